@@ -1,0 +1,25 @@
+# Two commands for a fresh machine:  `make run`  and  `make test`.
+VENV   ?= .venv
+PYTHON ?= python3
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.loupe-installed
+FOLDER ?=
+
+.PHONY: run test lint clean-venv
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=23"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+## Open the app (on a demo folder it generates the first time, unless FOLDER=... is given).
+run: $(STAMP)
+	$(PY) main.py $(FOLDER)
+
+## Run the whole suite offscreen.
+test: $(STAMP)
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)
