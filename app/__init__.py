@@ -1,0 +1,1 @@
+"""Loupe's Qt user interface (PySide6). Imports `detector`; never the reverse."""

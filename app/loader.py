@@ -1,0 +1,94 @@
+"""Decodes images off the GUI thread, keeps a small cache and prefetches neighbours."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
+
+from detector.images import ImageReadError, load_image
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    request_id: int
+    image_id: int
+    rgb: np.ndarray | None
+    error: str | None = None
+
+
+class _Signals(QObject):
+    done = Signal(object)  # LoadedImage
+
+
+class _LoadTask(QRunnable):
+    def __init__(self, request_id: int, image_id: int, path: Path, signals: _Signals):
+        super().__init__()
+        self.request_id, self.image_id, self.path, self.signals = request_id, image_id, path, signals
+
+    @Slot()
+    def run(self) -> None:
+        try:
+            result = LoadedImage(self.request_id, self.image_id, load_image(self.path))
+        except ImageReadError as exc:
+            result = LoadedImage(self.request_id, self.image_id, None, str(exc))
+        except Exception as exc:  # never let a worker die silently
+            result = LoadedImage(self.request_id, self.image_id, None, f"{self.path}: {exc}")
+        try:
+            self.signals.done.emit(result)
+        except RuntimeError:  # receiver already gone (window closed)
+            pass
+
+
+class ImageLoader(QObject):
+    """``request(image_id, path)`` answers through ``loaded`` (from cache at once when it can)."""
+
+    loaded = Signal(object)  # LoadedImage
+
+    def __init__(self, parent=None, cache_size: int = 12):
+        super().__init__(parent)
+        self.pool = QThreadPool(self)
+        self.pool.setMaxThreadCount(2)
+        self._signals = _Signals(self)
+        self._signals.done.connect(self._on_done)
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._pending: set[int] = set()
+        self._cache_size = cache_size
+        self._next_id = 0
+        self.latest_request = -1
+
+    def request(self, image_id: int, path: Path) -> int:
+        self._next_id += 1
+        rid = self._next_id
+        self.latest_request = rid
+        if image_id in self._cache:
+            self._cache.move_to_end(image_id)
+            self.loaded.emit(LoadedImage(rid, image_id, self._cache[image_id]))
+        else:
+            self.pool.start(_LoadTask(rid, image_id, path, self._signals))
+        return rid
+
+    def prefetch(self, image_id: int, path: Path) -> None:
+        if image_id not in self._cache and image_id not in self._pending:
+            self._pending.add(image_id)
+            self.pool.start(_LoadTask(0, image_id, path, self._signals))
+
+    def cached(self, image_id: int) -> np.ndarray | None:
+        return self._cache.get(image_id)
+
+    def _on_done(self, result: LoadedImage) -> None:
+        self._pending.discard(result.image_id)
+        if result.rgb is not None:
+            self._cache[result.image_id] = result.rgb
+            self._cache.move_to_end(result.image_id)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        if result.request_id:
+            self.loaded.emit(result)
+
+    def shutdown(self) -> None:
+        self.pool.clear()
+        self.pool.waitForDone(5000)

@@ -1,0 +1,82 @@
+"""Starts the Qt application: ``loupe [FOLDER] [--project P]`` (a demo folder when none is given)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def demo_folder() -> Path:
+    """The demo folder, generated on first use: synthetic scenes, the first few already reviewed."""
+    from PySide6.QtCore import QStandardPaths
+
+    from detector.coco import import_coco
+    from detector.store import Project
+    from detector.synthetic import generate
+
+    base = Path(os.environ.get("LOUPE_DEMO_DIR") or
+                Path(QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)) / "demo")
+    if not (base / "ground_truth.json").exists():
+        gt = generate(base / "images", n_images=40, seed=7, size=(320, 240))
+        (base / "ground_truth.json").write_bytes(gt.read_bytes())
+        gt.unlink()
+        # A starter set of 10 reviewed images, so Train works on the first click.
+        import json
+
+        data = json.loads((base / "ground_truth.json").read_text())
+        keep = {im["id"] for im in data["images"][:10]}
+        data["images"] = [im for im in data["images"] if im["id"] in keep]
+        data["annotations"] = [a for a in data["annotations"] if a["image_id"] in keep]
+        starter = base / "starter.json"
+        starter.write_text(json.dumps(data))
+        with Project(base / "images") as project:
+            project.scan()
+            import_coco(project, starter)
+    return base / "images"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="loupe", description="Open the Loupe labeling window.")
+    parser.add_argument("folder", nargs="?", help="folder of images (default: a demo folder)")
+    parser.add_argument("--project", help="project database path (for read-only folders)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication, QMessageBox
+
+    from detector.store import Project, ProjectError
+
+    from .main_window import MainWindow
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setOrganizationName("Loupe")
+    app.setApplicationName("Loupe")
+    stylesheet = Path(__file__).resolve().parent.parent / "resources" / "style.qss"
+    if stylesheet.exists():
+        app.setStyleSheet(stylesheet.read_text())
+    folder = Path(args.folder) if args.folder else demo_folder()
+    try:
+        project = Project(folder, args.project)
+    except ProjectError as exc:
+        QMessageBox.critical(None, "Loupe", str(exc))
+        print(f"loupe: {exc}", file=sys.stderr)
+        return 2
+    window = MainWindow(project)
+    smoke = os.environ.get("LOUPE_SMOKE") == "1"
+    shot = os.environ.get("LOUPE_SCREENSHOT")
+
+    def on_shown(_image_id: int) -> None:
+        if shot:
+            window.grab().save(shot)
+        if smoke:
+            print("smoke ok", flush=True)
+            QTimer.singleShot(0, window.close)
+
+    if smoke or shot:
+        window.image_shown.connect(on_shown)
+        QTimer.singleShot(120_000, lambda: (print("smoke: no image shown", file=sys.stderr),
+                                            app.exit(1)))
+    window.show()
+    return app.exec()

@@ -1,0 +1,193 @@
+"""The ``loupe`` command line. User mistakes print one line naming the file and the problem."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+COMMANDS = ("demo", "import", "export", "predict", "train", "evaluate")
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one line, exit status 2."""
+
+
+def _project(args):
+    from .store import Project, ProjectError
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: not a folder")
+    try:
+        project = Project(folder, args.project)
+    except ProjectError as exc:
+        raise UserError(str(exc)) from exc
+    project.scan()
+    return project
+
+
+def cmd_demo(args) -> int:
+    from .synthetic import generate
+
+    gt = generate(args.dir, n_images=args.images, seed=args.seed,
+                  size=(args.width, args.height))
+    print(f"wrote {args.images} images and {gt}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from .coco import import_coco
+
+    project = _project(args)
+    report = import_coco(project, args.coco_json)
+    print(report.summary())
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .coco import export_project
+
+    project = _project(args)
+    data = export_project(project, args.output, polygons=args.polygons,
+                          reviewed_only=args.reviewed_only)
+    print(f"wrote {args.output}: {len(data['images'])} images, {len(data['annotations'])} "
+          f"annotations, {len(data['categories'])} categories")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .inference import predict_project
+
+    project = _project(args)
+    summary = predict_project(project, weights=args.weights, device=args.device,
+                              batch_size=args.batch_size, progress=True,
+                              shard=_shard_from_env() if args.distributed else None)
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .training import TrainConfig, train_project
+
+    project = _project(args)
+    cfg = TrainConfig(
+        weights=args.weights, epochs=args.epochs, iterations=args.iterations,
+        batch_size=args.batch_size, lr=args.lr, device=args.device, backbone=args.backbone,
+        min_size=args.image_size, max_size=max(args.image_size, int(args.image_size * 5 / 3)),
+        seed=args.seed, holdout=args.holdout, resume=args.resume, extra_coco=args.coco,
+        checkpoint_every=args.checkpoint_every, optimizer=args.optimizer)
+    result = train_project(project, cfg, args.output, progress=not args.json_events,
+                           json_events=args.json_events)
+    print(json.dumps(result.summary()))
+    return 0 if result.ok else 1
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation import evaluate_project
+
+    project = _project(args)
+    metrics = evaluate_project(project, args.weights, gt=args.gt, device=args.device)
+    print(json.dumps(metrics))
+    return 0
+
+
+def _shard_from_env():
+    import os
+
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return (rank, world)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="loupe", description="Assisted image labeling with Mask R-CNN.")
+    sub = p.add_subparsers(dest="command")
+
+    d = sub.add_parser("demo", help="write a synthetic folder and DIR/ground_truth.json")
+    d.add_argument("dir")
+    d.add_argument("--images", type=int, default=24)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--width", type=int, default=192)
+    d.add_argument("--height", type=int, default=144)
+    d.set_defaults(func=cmd_demo)
+
+    def folder_args(sp):
+        sp.add_argument("folder")
+        sp.add_argument("--project", metavar="P", help="project database (for read-only folders)")
+
+    i = sub.add_parser("import", help="import a COCO file, all or nothing")
+    folder_args(i)
+    i.add_argument("coco_json")
+    i.set_defaults(func=cmd_import)
+
+    e = sub.add_parser("export", help="export the project as COCO JSON")
+    folder_args(e)
+    e.add_argument("-o", "--output", required=True)
+    e.add_argument("--polygons", action="store_true", help="masks as polygons instead of RLE")
+    e.add_argument("--reviewed-only", action="store_true")
+    e.set_defaults(func=cmd_export)
+
+    pr = sub.add_parser("predict", help="pre-annotate every image not yet reviewed")
+    folder_args(pr)
+    pr.add_argument("--weights", default=None, help="checkpoint file, 'coco', or 'active' (default)")
+    pr.add_argument("--device", default=None)
+    pr.add_argument("--batch-size", type=int, default=4)
+    pr.add_argument("--distributed", action="store_true",
+                    help="take this rank's share of the images (set by torchrun)")
+    pr.set_defaults(func=cmd_predict)
+
+    t = sub.add_parser("train", help="fine-tune on the reviewed images")
+    folder_args(t)
+    t.add_argument("--weights", default="coco", help="checkpoint file, 'coco' or 'none'")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--epochs", type=int, default=None)
+    g.add_argument("--iterations", type=int, default=None)
+    t.add_argument("--device", default=None)
+    t.add_argument("--batch-size", type=int, default=2)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    t.add_argument("--backbone", choices=("resnet50_v2", "resnet18"), default=None)
+    t.add_argument("--image-size", type=int, default=512)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--holdout", type=float, default=0.2)
+    t.add_argument("--coco", default=None, help="also train on this COCO file's images")
+    t.add_argument("--resume", default=None, help="resume from this checkpoint")
+    t.add_argument("--checkpoint-every", type=int, default=0)
+    t.add_argument("--json-events", action="store_true", help="stream progress as JSON lines")
+    t.add_argument("-o", "--output", required=True)
+    t.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="COCO AP of a checkpoint on held-out or given images")
+    folder_args(ev)
+    ev.add_argument("--weights", required=True)
+    ev.add_argument("--gt", default=None, help="ground-truth COCO file")
+    ev.add_argument("--device", default=None)
+    ev.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Headless commands; ``app.launcher`` sends everything else to the GUI."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        build_parser().print_help()
+        return 2
+    from .coco import CocoError
+    from .images import ImageReadError
+    from .store import ProjectError
+
+    try:
+        return args.func(args)
+    except (UserError, CocoError, ProjectError, ImageReadError) as exc:
+        print(f"loupe {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"loupe {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Instance masks as COCO RLE: encode, decode, area, polygons. Thin layer over pycocotools."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+Rle = dict[str, Any]
+
+
+def encode(mask: np.ndarray) -> Rle:
+    """Boolean/uint8 ``H x W`` mask -> compressed RLE with ASCII ``counts`` (JSON-ready)."""
+    m = np.asfortranarray(mask.astype(np.uint8, copy=False))
+    rle = mask_utils.encode(m)
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+
+
+def _c(rle: Rle) -> dict:
+    counts = rle["counts"]
+    if isinstance(counts, list):  # uncompressed RLE
+        return mask_utils.frPyObjects(rle, rle["size"][0], rle["size"][1])
+    if isinstance(counts, str):
+        return {"size": rle["size"], "counts": counts.encode("ascii")}
+    return rle
+
+
+def decode(rle: Rle) -> np.ndarray:
+    """RLE (compressed or not) -> ``H x W`` uint8 mask of 0/1."""
+    return mask_utils.decode(_c(rle))
+
+
+def compress(rle: Rle) -> Rle:
+    """Any RLE -> compressed RLE with ASCII counts."""
+    c = _c(rle)
+    counts = c["counts"]
+    return {"size": [int(c["size"][0]), int(c["size"][1])],
+            "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+
+
+def area(rle: Rle) -> int:
+    return int(mask_utils.area(_c(rle)))
+
+
+def bbox_xyxy(rle: Rle) -> tuple[float, float, float, float]:
+    x, y, w, h = (float(v) for v in mask_utils.toBbox(_c(rle)))
+    return (x, y, x + w, y + h)
+
+
+def from_polygons(polygons: list[list[float]], height: int, width: int) -> Rle:
+    """COCO polygon list (one list per part) -> one merged compressed RLE."""
+    parts = mask_utils.frPyObjects([list(map(float, p)) for p in polygons], height, width)
+    return compress(mask_utils.merge(parts))
+
+
+def from_box(box: tuple[float, float, float, float], height: int, width: int) -> Rle:
+    x1, y1, x2, y2 = box
+    m = np.zeros((height, width), dtype=np.uint8)
+    m[max(0, int(round(y1))):max(0, int(round(y2))), max(0, int(round(x1))):max(0, int(round(x2)))] = 1
+    return encode(m)
+
+
+def _bridge(outer: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """Join a hole into its outer ring with a zero-width cut, so even-odd filling keeps the hole."""
+    d = ((outer[:, None, :] - hole[None, :, :]) ** 2).sum(-1)
+    i, j = np.unravel_index(int(np.argmin(d)), d.shape)
+    hole_loop = np.concatenate([hole[j:], hole[: j + 1]])
+    return np.concatenate([outer[: i + 1], hole_loop, outer[i:]])
+
+
+def to_polygons(mask: np.ndarray) -> list[list[float]]:
+    """Trace a mask into COCO polygons: one per connected part, holes kept by bridging.
+
+    pycocotools rasterises a polygon with the even-odd rule, so a hole joined to its outer ring
+    by a cut stays empty; separate parts stay separate polygons of the same instance.
+    """
+    import cv2  # the standard contour tracer; only export with --polygons needs it
+
+    m = np.ascontiguousarray(mask.astype(np.uint8))
+    contours, hierarchy = cv2.findContours(m, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:
+        return []
+    hierarchy = hierarchy[0]
+    polygons: list[list[float]] = []
+    for idx, (_nxt, _prv, child, parent) in enumerate(hierarchy):
+        if parent != -1:
+            continue
+        ring = contours[idx][:, 0, :].astype(np.float64)
+        c = child
+        while c != -1:
+            hole = contours[c][:, 0, :].astype(np.float64)
+            if len(hole) >= 3:
+                ring = _bridge(ring, hole)
+            c = hierarchy[c][0]
+        if len(ring) < 3:  # a single pixel or a line: widen it into a tiny quad
+            x0, y0 = ring.min(0)
+            x1, y1 = ring.max(0) + 1
+            ring = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64)
+        polygons.append([round(float(v), 2) for v in ring.reshape(-1)])
+    return polygons

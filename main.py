@@ -1,0 +1,8 @@
+"""Loupe: `python main.py [FOLDER]` opens the app; `python main.py demo|import|export|...` runs a command."""
+
+import sys
+
+from app.launcher import main
+
+if __name__ == "__main__":
+    sys.exit(main())

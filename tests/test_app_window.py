@@ -1,0 +1,65 @@
+"""The real window, offscreen: open a folder, see the first image and its instances, navigate."""
+
+import pytest
+from PySide6.QtCore import QThread, QTimer, Qt
+
+from app.main_window import MainWindow
+from detector.coco import import_coco
+from detector.domain import ImageStatus
+
+
+@pytest.fixture
+def window(qtbot, project, demo):
+    _, gt = demo
+    import_coco(project, gt)
+    w = MainWindow()
+    qtbot.addWidget(w)
+    with qtbot.waitSignal(w.image_shown, timeout=10_000):
+        w.set_project(project)
+    yield w
+    w.close()
+
+
+def test_opens_folder_and_shows_first_image(window, project):
+    first = project.images()[0]
+    assert window.current_image_id == first.id
+    assert window.canvas.has_image
+    assert len(window.canvas.items_by_id) == len(project.instances(first.id))
+    assert window.instance_list.count() == len(project.instances(first.id))
+    assert window.image_list.model.rowCount() == 6
+
+
+def test_next_previous_and_selection_sync(window, qtbot, project):
+    ids = [r.id for r in project.images()]
+    with qtbot.waitSignal(window.image_shown, timeout=5000) as sig:
+        window.act_next.trigger()
+    assert sig.args == [ids[1]]
+    assert {k.toString() for k in window.act_next.shortcuts()} == {"D", "PgDown"}
+    with qtbot.waitSignal(window.image_shown, timeout=5000):
+        window.step(-1)
+    assert window.current_image_id == ids[0]
+    window.instance_list.item(0).setSelected(True)
+    inst_id = window.instance_list.item(0).data(Qt.ItemDataRole.UserRole)
+    assert window.canvas.items_by_id[inst_id].isSelected()
+
+
+def test_status_filter_and_mark_reviewed(window, qtbot, project):
+    first = project.images()[0]
+    project.set_status(first.id, ImageStatus.IN_REVIEW)
+    window.image_list.model.set_records(project.images())
+    window.current_image_id = first.id
+    with qtbot.waitSignal(window.image_shown, timeout=5000):
+        window.mark_reviewed()
+    assert project.image(first.id).status is ImageStatus.REVIEWED
+    window.image_list.filter.setCurrentIndex(window.image_list.filter.findData("in review"))
+    assert window.image_list.proxy.rowCount() == 0
+
+
+def test_no_threads_or_timers_left_after_close(qtbot, project):
+    w = MainWindow(project)
+    qtbot.addWidget(w)
+    qtbot.waitUntil(lambda: w.canvas.has_image, timeout=5000)
+    w.close()
+    assert w.loader.pool.activeThreadCount() == 0
+    assert not [t for t in w.findChildren(QThread) if t.isRunning()]
+    assert not [t for t in w.findChildren(QTimer) if t.isActive()]

@@ -1,0 +1,92 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from detector.store import Project
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def loupe(*args, **kw):
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=kw.get("cwd", ROOT), timeout=300)
+
+
+def test_demo_import_export_round_trip(tmp_path):
+    r = loupe("demo", tmp_path / "d", "--images", 5, "--seed", 1)
+    assert r.returncode == 0, r.stderr
+    gt = tmp_path / "d" / "ground_truth.json"
+    r = loupe("import", tmp_path / "d", gt)
+    assert r.returncode == 0 and "imported" in r.stdout
+    r = loupe("export", tmp_path / "d", "-o", tmp_path / "o.json", "--polygons", "--reviewed-only")
+    assert r.returncode == 0, r.stderr
+    out = json.loads((tmp_path / "o.json").read_text())
+    assert len(out["annotations"]) == len(json.loads(gt.read_text())["annotations"])
+    # Same seed, same pixels.
+    loupe("demo", tmp_path / "d2", "--images", 5, "--seed", 1)
+    assert (tmp_path / "d" / "scene_0003.png").read_bytes() == (tmp_path / "d2" / "scene_0003.png").read_bytes()
+
+
+def test_user_mistakes_give_one_line_and_no_traceback(tmp_path):
+    loupe("demo", tmp_path / "d", "--images", 2)
+    (tmp_path / "bad.json").write_text("{")
+    for args, words in [(("import", tmp_path / "d", tmp_path / "bad.json"), "bad.json: not valid JSON"),
+                        (("import", tmp_path / "nope", tmp_path / "bad.json"), "nope: not a folder"),
+                        (("import", tmp_path / "d", tmp_path / "missing.json"), "missing.json: cannot read")]:
+        r = loupe(*args)
+        assert r.returncode == 2
+        assert words in r.stderr and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+
+
+N_BIG = 60_000
+
+
+def _big_coco(folder: Path) -> Path:
+    """Many annotations so an import takes long enough to be killed half-way."""
+    from detector.synthetic import generate
+
+    gt = generate(folder, n_images=20, seed=2, size=(96, 64))
+    data = json.loads(gt.read_text())
+    anns = []
+    rng = np.random.default_rng(0)
+    for i in range(N_BIG):
+        x, y = rng.uniform(0, 60, size=2)
+        anns.append({"id": i + 1, "image_id": int(rng.integers(1, 21)), "category_id": 1,
+                     "bbox": [x, y, 10, 10], "iscrowd": 0,
+                     "segmentation": [[x, y, x + 10, y, x + 10, y + 10, x, y + 10]]})
+    data["annotations"] = anns
+    big = folder / "big.json"
+    big.write_text(json.dumps(data))
+    return big
+
+
+def test_kill_during_import_leaves_project_as_before(tmp_path):
+    folder = tmp_path / "f"
+    big = _big_coco(folder)
+    with Project(folder) as p:
+        p.scan()
+    killed_mid_import = 0
+    for delay in (0.3, 0.6, 1.0, 1.5, 2.0, 3.0, 4.0, 30.0):
+        proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "import", str(folder), str(big)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+        time.sleep(delay)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            killed_mid_import += 1
+        proc.wait()
+        with Project(folder) as p:
+            n = p.instance_count()
+            statuses = {r.status.value for r in p.images()}
+        if proc.returncode == -signal.SIGKILL:
+            assert n == 0 and statuses == {"new"}, f"half-written import after kill at {delay}s"
+        else:
+            assert n == N_BIG  # it finished: everything is there
+            break
+    assert killed_mid_import >= 2

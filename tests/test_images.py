@@ -1,0 +1,87 @@
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detector.images import ImageReadError, load_image, read_size, scan_folder
+from detector.store import Project
+from detector.domain import ImageStatus
+
+
+def _exif_rotated(path, orientation=6):
+    im = Image.new("RGB", (40, 20), (255, 0, 0))
+    im.paste((0, 0, 255), (0, 0, 10, 20))  # blue stripe on the left
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    im.save(path, exif=exif.tobytes())
+
+
+def test_exif_rotation_applied_to_size_and_pixels(tmp_path):
+    p = tmp_path / "rot.jpg"
+    _exif_rotated(p)
+    assert read_size(p) == (20, 40)  # displayed size: rotated by 90 degrees
+    a = load_image(p)
+    assert a.shape == (40, 20, 3)
+    # orientation 6 = rotate 90 CW to display: the left stripe ends up on top
+    assert a[:5, :, 2].mean() > 200 and a[-5:, :, 0].mean() > 200
+
+
+def test_sixteen_bit_and_modes_become_rgb(tmp_path):
+    a16 = (np.arange(64 * 32, dtype=np.uint16).reshape(32, 64) * 20)
+    Image.fromarray(a16).save(tmp_path / "deep.png")
+    rgb = load_image(tmp_path / "deep.png")
+    assert rgb.shape == (32, 64, 3) and rgb.dtype == np.uint8
+    assert rgb.max() == 255 and rgb.min() == 0  # its own maximum maps to 255
+    Image.new("RGBA", (8, 8), (10, 20, 30, 0)).save(tmp_path / "alpha.png")
+    assert (load_image(tmp_path / "alpha.png") == 255).all()  # transparent shows as white
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")
+    assert load_image(tmp_path / "cmyk.jpg").shape == (8, 8, 3)
+    Image.new("P", (8, 8), 3).save(tmp_path / "pal.png")
+    assert load_image(tmp_path / "pal.png").shape == (8, 8, 3)
+    Image.new("L", (8, 8), 7).save(tmp_path / "gray.bmp")
+    assert (load_image(tmp_path / "gray.bmp") == 7).all()
+
+
+def test_bad_files_are_named_and_explained(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not an image")
+    good = tmp_path / "good.jpg"
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(good, quality=95)
+    (tmp_path / "trunc.jpg").write_bytes(good.read_bytes()[:200])
+    for name, words in [("empty.png", "empty"), ("text.jpg", "not an image"),
+                        ("trunc.jpg", "truncated"), ("missing.png", "not found")]:
+        with pytest.raises(ImageReadError) as e:
+            load_image(tmp_path / name)
+        assert name in str(e.value) and words in str(e.value)
+
+
+def test_unreadable_files_are_flagged_not_fatal(tmp_path):
+    Image.new("RGB", (10, 10)).save(tmp_path / "ok.png")
+    (tmp_path / "bad.png").write_text("nope")
+    with Project(tmp_path) as p:
+        p.scan()
+        recs = {r.path: p.ensure_size(r) for r in p.images()}
+        assert recs["ok.png"].width == 10
+        assert recs["bad.png"].status is ImageStatus.UNREADABLE
+        assert "not an image" in p.image_by_path("bad.png").reason
+
+
+def test_scan_ten_thousand_files_reads_no_pixels(tmp_path):
+    # The files are not even valid images: scanning must not open them.
+    for i in range(100):
+        d = tmp_path / f"d{i:02d}"
+        d.mkdir()
+        for j in range(100):
+            (d / f"img_{j:03d}.jpg").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("skip me")
+    t = time.perf_counter()
+    files = scan_folder(tmp_path)
+    assert len(files) == 10_000
+    with Project(tmp_path) as p:
+        r = p.scan()
+        assert r.added == 10_000 and r.total == 10_000
+        assert p.status_counts()[ImageStatus.NEW] == 10_000
+        assert p.images()[0].width is None  # sizes are read lazily
+        assert p.scan().added == 0
+    print(f"scanned 10,000 files into the store in {time.perf_counter() - t:.2f}s")

@@ -1,0 +1,127 @@
+import sqlite3
+import threading
+
+import numpy as np
+import pytest
+
+from detector import masks as M
+from detector.domain import MODEL, Category, ImageStatus, Instance
+from detector.store import Project, ProjectError
+
+
+def _inst(image_id, cat_id, box=(1.0, 2.0, 30.0, 40.0), **kw):
+    m = np.zeros((96, 128), dtype=np.uint8)
+    m[2:40, 1:30] = 1
+    return Instance(cat_id, box, M.encode(m), image_id=image_id, **kw)
+
+
+def test_round_trip_survives_reopen(demo):
+    folder, _ = demo
+    with Project(folder) as p:
+        p.scan()
+        cat = p.add_category(Category("cell", keypoints=("a", "b"), skeleton=((1, 2),)))
+        img = p.images()[0]
+        inst = p.add_instance(_inst(img.id, cat.id, keypoints=((3.0, 4.0, 2), (0.0, 0.0, 0))))
+        assert inst.id is not None and inst.changed_by == p.user
+        assert p.image(img.id).status is ImageStatus.IN_REVIEW
+    with Project(folder) as p:
+        got = p.instances(img.id)
+        assert len(got) == 1
+        g = got[0]
+        assert g.box == (1.0, 2.0, 30.0, 40.0) and g.keypoints == ((3.0, 4.0, 2), (0.0, 0.0, 0))
+        assert M.area(g.mask) == 38 * 29
+        assert p.categories()[0].skeleton == ((1, 2),)
+        moved = p.update_instance(g.with_(box=(5.0, 5.0, 20.0, 20.0)))
+        assert p.instance(moved.id).box == (5.0, 5.0, 20.0, 20.0)
+        p.delete_instance(moved.id)
+        assert p.instances(img.id) == []
+        p.restore_instance(moved)
+        assert p.instance(moved.id).box == (5.0, 5.0, 20.0, 20.0)
+
+
+def test_predictions_never_replace_a_persons_work(project):
+    cat = project.add_category(Category("thing"))
+    img = project.images()[0]
+    mine = project.add_instance(_inst(img.id, cat.id))
+    first = project.replace_predictions(img.id, [_inst(img.id, cat.id, score=0.9)])
+    assert first[0].changed_by == MODEL
+    accepted = project.update_instance(first[0].with_(accepted=True))
+    project.replace_predictions(img.id, [_inst(img.id, cat.id, box=(0, 0, 5, 5), score=0.4)])
+    ids = {i.id for i in project.instances(img.id)}
+    assert mine.id in ids and accepted.id in ids and len(ids) == 3
+    # A new round replaces only the untouched prediction.
+    project.replace_predictions(img.id, [])
+    assert {i.id for i in project.instances(img.id)} == {mine.id, accepted.id}
+    # Reviewed images are never touched by the model.
+    project.set_status(img.id, ImageStatus.REVIEWED)
+    assert project.replace_predictions(img.id, [_inst(img.id, cat.id)]) == []
+    assert len(project.instances(img.id)) == 2
+
+
+def test_concurrent_reader_and_writer(demo):
+    folder, _ = demo
+    writer = Project(folder)
+    writer.scan()
+    cat = writer.add_category(Category("c"))
+    img = writer.images()[0]
+    errors, seen = [], []
+
+    def write():
+        try:
+            for i in range(150):
+                writer.add_instance(_inst(img.id, cat.id, box=(i, 0, i + 5, 5)))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def read():
+        reader = Project(folder)
+        try:
+            for _ in range(150):
+                n = len(reader.instances(img.id))
+                assert not seen or n >= seen[-1]  # never goes backwards, never half-written
+                seen.append(n)
+        except Exception as exc:  # pragma: no cover
+            errors.append(exc)
+        finally:
+            reader.close()
+
+    threads = [threading.Thread(target=write), threading.Thread(target=read)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(writer.instances(img.id)) == 150
+    writer.close()
+
+
+def test_newer_schema_is_refused_and_garbage_db_explained(tmp_path):
+    with Project(tmp_path) as p:
+        p.set_meta("schema_version", "99")
+    with pytest.raises(ProjectError, match="newer Loupe"):
+        Project(tmp_path)
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(ProjectError, match="bad.db"):
+        Project(tmp_path, bad)
+
+
+def test_failed_transaction_leaves_nothing(project):
+    cat = project.add_category(Category("x"))
+    img = project.images()[0]
+    with pytest.raises(RuntimeError):
+        with project.transaction():
+            project.add_instance(_inst(img.id, cat.id))
+            raise RuntimeError("boom")
+    assert project.instances(img.id) == []
+
+
+def test_read_only_folder_uses_project_path(tmp_path, demo):
+    folder, _ = demo
+    db = tmp_path / "elsewhere" / "p.db"
+    db.parent.mkdir()
+    with Project(folder, db) as p:
+        assert p.scan().added == 6
+    assert db.exists() and not (folder / ".loupe" / "project.db").exists()
+    # WAL mode is on: readers never block the writer.
+    assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
