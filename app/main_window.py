@@ -16,12 +16,18 @@ from detector.store import Project, ProjectError
 from .canvas import ImageCanvas
 from .image_list import ImageListWidget
 from .loader import ImageLoader, LoadedImage
+from .workers import InferenceWorker, ModelInfo, Progress, WorkerThread
 
 
 class MainWindow(QMainWindow):
     """One project at a time. ``image_shown(image_id)`` fires once an image and its instances show."""
 
     image_shown = Signal(int)
+    predictions_shown = Signal(int)  # image id whose fresh predictions are on screen
+    # Requests to the inference worker (queued: it lives on its own thread).
+    request_load = Signal(str)
+    request_predict = Signal(int, list)
+    request_fill = Signal(int, int, list, list)
 
     def __init__(self, project: Project | None = None):
         super().__init__()
@@ -30,6 +36,11 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)
         self.project: Project | None = None
         self.current_image_id: int | None = None
+        self.worker_thread: WorkerThread | None = None
+        self.model_info: ModelInfo | None = None
+        self._next_request = 0
+        self._batch_request = -1
+        self._asked: set[int] = set()
         self._categories: dict = {}
         self.canvas = ImageCanvas(self)
         self.setCentralWidget(self.canvas)
@@ -84,6 +95,12 @@ class MainWindow(QMainWindow):
         self.act_reviewed = self._action("Mark reviewed", self.mark_reviewed, "Space",
                                          "Mark this image reviewed and go to the next")
         self.act_quit = self._action("Quit", self.close, QKeySequence.StandardKey.Quit)
+        self.act_predict_all = self._action("Pre-annotate all", self.predict_all, "Ctrl+P",
+                                            "Pre-annotate every image not yet reviewed")
+        self.act_cancel = self._action("Cancel", self.cancel_work, "Esc", "Cancel background work")
+        self.act_cancel.setEnabled(False)
+        self.addAction(self.act_predict_all)
+        self.addAction(self.act_cancel)
         for a in (self.act_prev, self.act_next, self.act_fit, self.act_one, self.act_reviewed):
             self.addAction(a)
         m = self.menuBar().addMenu("&File")
@@ -97,6 +114,10 @@ class MainWindow(QMainWindow):
         tb = QToolBar("Main")
         tb.setObjectName("main toolbar")
         tb.addActions([self.act_open, self.act_prev, self.act_next, self.act_fit, self.act_reviewed])
+        tb.addSeparator()
+        tb.addActions([self.act_predict_all, self.act_cancel])
+        mm = self.menuBar().addMenu("&Model")
+        mm.addActions([self.act_predict_all, self.act_cancel])
         tb.addSeparator()
         box = QWidget()
         lay = QHBoxLayout(box)
@@ -158,11 +179,119 @@ class MainWindow(QMainWindow):
         counts = project.status_counts()
         self.statusBar().showMessage(
             f"{len(records)} images: " + ", ".join(f"{n} {s.value}" for s, n in counts.items() if n))
-        if project.active_model() is None:
-            self.device_label.setText("No model yet: review a few images, then Train")
+        self.start_worker()
         first = next((r for r in records if r.readable), None)
         if first is not None:
             self.show_image(first.id)
+
+    # -- the model worker -------------------------------------------------------------------
+    def start_worker(self) -> None:
+        self.stop_worker()
+        assert self.project is not None
+        worker = InferenceWorker(str(self.project.root), str(self.project.db_path))
+        self.worker_thread = WorkerThread(worker, self)
+        self.request_load.connect(worker.load_model)
+        self.request_predict.connect(worker.predict)
+        self.request_fill.connect(worker.fill_boxes)
+        worker.model_ready.connect(self._on_model_ready)
+        worker.prediction.connect(self._on_prediction)
+        worker.progress.connect(self._on_progress)
+        worker.finished.connect(self._on_finished)
+        worker.errored.connect(self._on_worker_error)
+        self.model_info = None
+        active = self.project.active_model()
+        if active is None:
+            self.device_label.setText("No model yet: review a few images, then Train")
+            self.act_predict_all.setEnabled(False)
+        else:
+            self.device_label.setText(f"loading model {active.name}…")
+            self.request_load.emit(active.path)
+
+    def load_model(self, weights: str) -> None:
+        """Swap the model in the running worker (no restart)."""
+        if self.worker_thread is not None:
+            self.request_load.emit(weights)
+
+    def stop_worker(self) -> None:
+        if self.worker_thread is not None:
+            wt, self.worker_thread = self.worker_thread, None
+            for sig in (self.request_load, self.request_predict, self.request_fill):
+                try:
+                    sig.disconnect()
+                except (RuntimeError, TypeError):
+                    pass
+            wt.stop()
+            wt.worker.close()
+
+    def _on_model_ready(self, info: ModelInfo) -> None:
+        self.model_info = info
+        self.device_label.setText(f"{info.device} · model: {Path(info.name).stem}")
+        self.act_predict_all.setEnabled(True)
+        if info.notice:
+            self.statusBar().showMessage(info.notice, 8000)
+        self._asked.clear()
+        if self.current_image_id is not None:
+            self._ask_prediction(self.current_image_id)
+
+    def _ask_prediction(self, image_id: int) -> None:
+        """Opening an image asks for its prediction first (once per model)."""
+        if self.model_info is None or self.project is None or image_id in self._asked:
+            return
+        if self.project.image(image_id).status is not ImageStatus.NEW:
+            return
+        self._asked.add(image_id)
+        self._next_request += 1
+        self.request_predict.emit(self._next_request, [image_id])
+
+    def predict_all(self) -> None:
+        if self.model_info is None or self.project is None:
+            QMessageBox.information(self, "No model yet",
+                                    "There is no model to pre-annotate with yet. Review a few images "
+                                    "(Space marks one reviewed), then Train.")
+            return
+        todo = [r.id for r in self.project.images([ImageStatus.NEW, ImageStatus.PREDICTED])]
+        if self.current_image_id in todo:  # the image in front of the person first
+            todo.remove(self.current_image_id)
+            todo.insert(0, self.current_image_id)
+        self._next_request += 1
+        self._batch_request = self._next_request
+        self.progress.setRange(0, max(1, len(todo)))
+        self.progress.setValue(0)
+        self.progress.setVisible(True)
+        self.act_cancel.setEnabled(True)
+        self.request_predict.emit(self._batch_request, todo)
+
+    def cancel_work(self) -> None:
+        if self.worker_thread is not None:
+            self.worker_thread.worker.cancel_event.set()
+
+    def _on_prediction(self, pred) -> None:
+        if self.project is None:
+            return
+        self.image_list.model.update_record(self.project.image(pred.image_id))
+        if pred.image_id == self.current_image_id:
+            self.refresh_instances()
+            self.predictions_shown.emit(pred.image_id)
+
+    def _on_progress(self, p: Progress) -> None:
+        if p.request_id == self._batch_request:
+            self.progress.setValue(p.done)
+            self.progress.setFormat(f"%v/%m  ETA {int(p.eta_s)} s")
+
+    def _on_finished(self, request_id: int) -> None:
+        if request_id == self._batch_request:
+            self.progress.setVisible(False)
+            self.act_cancel.setEnabled(False)
+            self._batch_request = -1
+            if self.project is not None:
+                counts = self.project.status_counts()
+                self.statusBar().showMessage(
+                    "Pre-annotation finished: " + ", ".join(f"{n} {s.value}" for s, n in counts.items() if n), 8000)
+
+    def _on_worker_error(self, message: str) -> None:
+        self.statusBar().showMessage(message, 15000)
+        if self.model_info is None:
+            self.device_label.setText("model: failed to load")
 
     # -- images -----------------------------------------------------------------------------
     def show_image(self, image_id: int) -> None:
@@ -188,6 +317,7 @@ class MainWindow(QMainWindow):
         self.canvas.set_image(result.rgb)
         self.refresh_instances()
         self.image_shown.emit(result.image_id)
+        self._ask_prediction(result.image_id)
 
     def refresh_instances(self) -> None:
         if self.project is None or self.current_image_id is None:
@@ -248,6 +378,13 @@ class MainWindow(QMainWindow):
                 return
 
     def closeEvent(self, event):  # noqa: N802
+        if self._batch_request >= 0:
+            answer = QMessageBox.question(self, "Quit Loupe?",
+                                          "Pre-annotation is still running. Stop it and quit?")
+            if answer != QMessageBox.StandardButton.Yes:
+                event.ignore()
+                return
+        self.stop_worker()
         self.loader.shutdown()
         if self.project is not None:
             self.project.close()

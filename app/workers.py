@@ -1,0 +1,140 @@
+"""The inference worker: the model lives on its own QThread and never runs on the GUI thread.
+
+Requests go in as queued signals; answers come back as plain dataclasses carrying the request id,
+so the view can drop answers to requests a newer one replaced. Exceptions become ``errored``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+from detector.domain import Prediction
+from detector.inference import (InferenceError, Predictor, device_description, is_out_of_memory,
+                                load_detector)
+from detector.store import Project
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    device: str
+    notice: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    request_id: int
+    done: int
+    total: int
+    eta_s: float
+
+
+class InferenceWorker(QObject):
+    model_ready = Signal(object)  # ModelInfo
+    prediction = Signal(object)  # Prediction (already stored in the project)
+    box_filled = Signal(object)  # Prediction with the instances for a person's boxes
+    progress = Signal(object)  # Progress
+    finished = Signal(int)  # request id
+    errored = Signal(str)
+
+    def __init__(self, folder: str, db_path: str | None, device: str | None = None):
+        super().__init__()
+        self.folder, self.db_path, self.device = folder, db_path, device
+        self.cancel_event = threading.Event()
+        self._project: Project | None = None
+        self.predictor: Predictor | None = None
+
+    def _proj(self) -> Project:
+        if self._project is None:
+            self._project = Project(self.folder, self.db_path)
+        return self._project
+
+    def _fail(self, exc: BaseException) -> None:
+        if is_out_of_memory(exc):
+            self.errored.emit("The GPU ran out of memory during inference: lower the batch size or "
+                              "close other GPU programs. The app keeps working.")
+        else:
+            self.errored.emit(str(exc) or type(exc).__name__)
+
+    @Slot(str)
+    def load_model(self, weights: str) -> None:
+        try:
+            det = load_detector(self._proj(), weights or None)
+            self.predictor = Predictor(det, self.device, batch_size=4)
+            self.model_ready.emit(ModelInfo(weights, device_description(self.predictor.device), det.notice))
+        except Exception as exc:  # reported, never a silent thread death
+            self.predictor = None
+            self._fail(exc)
+
+    @Slot(int, list)
+    def predict(self, request_id: int, image_ids: list) -> None:
+        """Predict and store the given images in order; cancellable between batches."""
+        if self.predictor is None:
+            self.errored.emit("No model loaded yet.")
+            self.finished.emit(request_id)
+            return
+        self.cancel_event.clear()
+        project = self._proj()
+        t0, done = time.perf_counter(), 0
+        try:
+            items = [(i, project.abspath(project.image(i))) for i in image_ids]
+            for pred in self.predictor.predict_items(items, request_id=request_id, cancel=self.cancel_event):
+                if pred.error:
+                    project.mark_unreadable(pred.image_id, pred.error.split(": ", 1)[-1])
+                else:
+                    project.set_size(pred.image_id, pred.width, pred.height)
+                    stored = project.replace_predictions(pred.image_id, pred.instances)
+                    pred = Prediction(request_id, pred.image_id, pred.path, pred.width, pred.height,
+                                      tuple(stored))
+                self.prediction.emit(pred)
+                done += 1
+                rate = done / max(1e-6, time.perf_counter() - t0)
+                self.progress.emit(Progress(request_id, done, len(items), (len(items) - done) / rate))
+        except Exception as exc:
+            self._fail(exc)
+        self.finished.emit(request_id)
+
+    @Slot(int, int, list, list)
+    def fill_boxes(self, request_id: int, image_id: int, boxes: list, labels: list) -> None:
+        """Mask and keypoints for a person's boxes from the model's second stage."""
+        if self.predictor is None:
+            self.errored.emit("No model loaded yet: the box stays a plain box.")
+            return
+        try:
+            from detector.images import load_image
+
+            project = self._proj()
+            rec = project.image(image_id)
+            arr = load_image(project.abspath(rec))
+            insts = self.predictor.predict_in_boxes(arr, boxes, labels)
+            self.box_filled.emit(Prediction(request_id, image_id, rec.path, arr.shape[1], arr.shape[0], insts))
+        except Exception as exc:
+            self._fail(exc)
+
+    @Slot()
+    def close(self) -> None:
+        if self._project is not None:
+            self._project.close()
+            self._project = None
+
+
+class WorkerThread(QObject):
+    """Owns the QThread and the worker; ``stop()`` cancels work and joins the thread."""
+
+    def __init__(self, worker: InferenceWorker, parent=None):
+        super().__init__(parent)
+        self.thread = QThread(parent)
+        self.thread.setObjectName("loupe-inference")
+        self.worker = worker
+        worker.moveToThread(self.thread)
+        self.thread.start()
+
+    def stop(self, timeout_ms: int = 10_000) -> bool:
+        self.worker.cancel_event.set()
+        self.thread.quit()
+        ok = self.thread.wait(timeout_ms)
+        return ok

@@ -1,0 +1,161 @@
+"""COCO AP with pycocotools' COCOeval, in detectron2's reset / process / evaluate shape."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from pathlib import Path
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from . import masks as M
+from .coco import build_coco, plan_import, read_json
+from .domain import Category, ImageRecord, Instance
+from .images import load_image
+from .inference import Predictor, load_detector
+from .model import Detector
+
+# COCO's 17 person keypoint sigmas, used when a schema matches them; 0.05 otherwise.
+_COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07,
+                         .87, .87, .89, .89]) / 10.0
+
+
+def _quiet():
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+def _stats(ev: COCOeval) -> dict[str, float]:
+    s = ev.stats
+    return {"AP": round(float(s[0]), 4), "AP50": round(float(s[1]), 4), "AP75": round(float(s[2]), 4)}
+
+
+class CocoEvaluator:
+    """``reset()``, ``process(image, ground truth, predictions)`` per image, then ``evaluate()``."""
+
+    def __init__(self, categories: list[Category] | tuple[Category, ...]):
+        self.categories = list(categories)
+        self.reset()
+
+    def reset(self) -> None:
+        self.records: list[ImageRecord] = []
+        self.gt: dict[int, list[Instance]] = {}
+        self.dt: dict[int, list[Instance]] = {}
+
+    def process(self, record: ImageRecord, gt: list[Instance], predictions: list[Instance]) -> None:
+        key = len(self.records) + 1
+        self.records.append(ImageRecord(record.path, record.width, record.height, id=key))
+        self.gt[key] = list(gt)
+        self.dt[key] = list(predictions)
+
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        data = build_coco(self.records, self.categories, self.gt)
+        cat_ids = {c.id: i + 1 for i, c in enumerate(self.categories)}
+        with _quiet():
+            gt = COCO()
+            gt.dataset = copy.deepcopy(data)  # COCOeval rewrites segmentations in place
+            gt.createIndex()
+        out: dict[str, dict[str, float]] = {}
+        kp_cats = [c for c in self.categories if c.keypoints]
+        for iou in ("bbox", "segm", "keypoints"):
+            if iou == "keypoints" and not kp_cats:
+                continue
+            results = []
+            for img_id, preds in self.dt.items():
+                for p in preds:
+                    r = {"image_id": img_id, "category_id": cat_ids[p.category_id],
+                         "score": float(p.score if p.score is not None else 1.0)}
+                    x1, y1, x2, y2 = p.box
+                    r["bbox"] = [x1, y1, x2 - x1, y2 - y1]
+                    if iou == "segm":
+                        if p.mask is None:
+                            continue
+                        rle = M.compress(p.mask)
+                        r["segmentation"] = {"size": rle["size"], "counts": rle["counts"]}
+                    if iou == "keypoints":
+                        if not p.keypoints:
+                            continue
+                        r["keypoints"] = [v for x, y, s in p.keypoints for v in (x, y, s)]
+                    results.append(r)
+            if not results:  # loadRes needs a non-empty list; no detections scores 0
+                out[iou] = {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
+                continue
+            if iou == "keypoints":
+                # One COCOeval per keypoint schema: OKS needs sigmas of that schema's length.
+                per = []
+                for c in kp_cats:
+                    cid = cat_ids[c.id]
+                    rs = [r for r in results if r["category_id"] == cid]
+                    has_gt = any(a["category_id"] == cid and a.get("num_keypoints", 0) > 0
+                                 for a in data["annotations"])
+                    if not rs or not has_gt:
+                        continue
+                    per.append(self._run(gt, rs, iou, [cid], len(c.keypoints)))
+                out[iou] = {k: round(float(np.mean([p[k] for p in per])), 4) for k in ("AP", "AP50", "AP75")} \
+                    if per else {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
+            else:
+                out[iou] = self._run(gt, results, iou, None, 0)
+        return out
+
+    @staticmethod
+    def _run(gt: COCO, results: list[dict], iou: str, cat_ids: list[int] | None, k: int) -> dict:
+        with _quiet():
+            dt = gt.loadRes(copy.deepcopy(results))
+            ev = COCOeval(gt, dt, iou)
+            if cat_ids is not None:
+                ev.params.catIds = cat_ids
+            if iou == "keypoints":
+                ev.params.kpt_oks_sigmas = _COCO_SIGMAS if k == 17 else np.full(k, 0.05)
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        stats = _stats(ev)
+        # COCOeval reports -1 when there is nothing to score; report that as 0.
+        return {k2: max(0.0, v) for k2, v in stats.items()}
+
+
+def evaluate_detector(detector: Detector, items: list[tuple[ImageRecord, Path, list[Instance]]],
+                      device: str | None = None, batch_size: int = 4) -> dict:
+    """AP of ``detector`` on (record, path, ground truth) items."""
+    predictor = Predictor(detector, device, batch_size)
+    ev = CocoEvaluator(detector.categories)
+    for rec, path, gt in items:
+        a = load_image(path)
+        rec = ImageRecord(rec.path, a.shape[1], a.shape[0], rec.status, id=rec.id)
+        (preds,) = predictor.predict([a])
+        ev.process(rec, gt, list(preds))
+    metrics = ev.evaluate()
+    metrics["images"] = len(items)
+    return metrics
+
+
+def evaluate_project(project, weights: str, gt: str | None = None, device: str | None = None,
+                     records: list[ImageRecord] | None = None) -> dict:
+    """AP of a checkpoint on the held-out reviewed images, or on a ground-truth COCO file."""
+    from .training import split_reviewed
+
+    det = load_detector(project, weights)
+    by_name = {c.name: c for c in det.categories}
+    items = []
+    if gt is not None:
+        _, images, _, _ = plan_import(read_json(gt), gt, project.root)
+        for im in images.values():
+            insts = [i.with_(category_id=by_name[n].id) for n, i in im.instances if n in by_name]
+            items.append((ImageRecord(im.path, im.width, im.height), project.root / im.path, insts))
+    else:
+        if records is None:
+            holdout = det.meta.get("holdout", {})
+            wanted = set(holdout.get("images", []))
+            if wanted:
+                records = [r for r in project.images() if r.path in wanted]
+            else:
+                _, records = split_reviewed(project, 0.2)
+        for r in records:
+            insts = [i for i in project.instances(r.id) if i.touched_by_person]
+            items.append((project.ensure_size(r), project.abspath(r), insts))
+    if not items:
+        return {"bbox": None, "segm": None, "images": 0,
+                "message": "no held-out reviewed images to evaluate on"}
+    return evaluate_detector(det, items, device)

@@ -1,0 +1,330 @@
+"""Batched inference that returns plain dataclasses with RLE masks at full image resolution.
+
+Unlike torchvision's own post-processing, no ``N x H x W`` float mask is ever built: each 28 x 28
+mask is pasted inside its box only and encoded to RLE on a CPU thread while the model runs the
+next batch. Image decoding also runs ahead on threads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.models.detection.roi_heads import keypointrcnn_inference, maskrcnn_inference
+
+from . import masks as M
+from .domain import MODEL, Category, ImageStatus, Instance, Prediction
+from .images import ImageReadError, load_image
+from .model import CheckpointError, Detector, build_model, detector_from_checkpoint, load_checkpoint
+
+
+class InferenceError(Exception):
+    """Inference cannot run; the message says what to do."""
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """CUDA, then Apple MPS, then CPU, unless ``name`` says otherwise."""
+    if name:
+        try:
+            dev = torch.device(name)
+        except RuntimeError as exc:
+            raise InferenceError(f"unknown device {name!r}") from exc
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise InferenceError(f"device {name!r} asked for, but no CUDA GPU is available")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"GPU: {torch.cuda.get_device_name(device)}"
+    if device.type == "mps":
+        return "GPU: Apple MPS"
+    return "CPU"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def paste_mask(prob: torch.Tensor, box: np.ndarray, height: int, width: int
+               ) -> tuple[np.ndarray, int, int]:
+    """Paste one ``M x M`` mask probability map inside its box; returns (bool crop, x0, y0).
+
+    Same geometry as torchvision's ``paste_masks_in_image`` (1-pixel pad, box expanded by
+    ``(M + 2) / M``), but only the box region is ever allocated.
+    """
+    m = prob.shape[-1]
+    scale = (m + 2.0) / m
+    padded = F.pad(prob[None, None].float(), (1, 1, 1, 1))
+    x1, y1, x2, y2 = (float(v) for v in box)
+    cx, cy = (x1 + x2) * 0.5, (y1 + y2) * 0.5
+    hw, hh = (x2 - x1) * 0.5 * scale, (y2 - y1) * 0.5 * scale
+    bx0, by0, bx1, by1 = int(cx - hw), int(cy - hh), int(cx + hw), int(cy + hh)
+    w, h = max(bx1 - bx0 + 1, 1), max(by1 - by0 + 1, 1)
+    resized = F.interpolate(padded, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    x_0, x_1 = max(bx0, 0), min(bx1 + 1, width)
+    y_0, y_1 = max(by0, 0), min(by1 + 1, height)
+    if x_1 <= x_0 or y_1 <= y_0:
+        return np.zeros((0, 0), dtype=bool), 0, 0
+    crop = resized[y_0 - by0:y_1 - by0, x_0 - bx0:x_1 - bx0] > 0.5
+    return crop.numpy(), x_0, y_0
+
+
+class Predictor:
+    """Runs a Detector on batches of images; results are Instances with RLE masks."""
+
+    def __init__(self, detector: Detector, device: str | torch.device | None = None,
+                 batch_size: int = 4, amp: bool = True, workers: int = 2):
+        self.detector = detector
+        self.device = device if isinstance(device, torch.device) else pick_device(device)
+        self.batch_size = max(1, int(batch_size))
+        self.model = detector.model.to(self.device).eval()
+        self.amp = amp and self.device.type == "cuda"
+        self.workers = workers
+        self._slices = detector.keypoint_slices()
+        self.category_ids: dict[int, int] = {i + 1: (c.id if c.id is not None else i + 1)
+                                             for i, c in enumerate(detector.categories)}
+
+    # -- the model pass, without full-image pasting -----------------------------------------
+    @torch.inference_mode()
+    def forward(self, arrays: list[np.ndarray]) -> list[dict[str, torch.Tensor]]:
+        """Boxes/keypoints in original pixels, 28x28 mask probabilities; all on the CPU."""
+        model = self.model
+        tensors = [torch.from_numpy(a).to(self.device, non_blocking=True).permute(2, 0, 1).float()
+                   .div_(255) for a in arrays]
+        sizes = [t.shape[-2:] for t in tensors]
+        ctx = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+        with ctx:
+            images, _ = model.transform(tensors)
+            features = model.backbone(images.tensors)
+            proposals, _ = model.rpn(images, features)
+            dets, _ = model.roi_heads(features, proposals, images.image_sizes)
+        out = []
+        for d, (oh, ow), (rh, rw) in zip(dets, sizes, images.image_sizes):
+            sx, sy = ow / rw, oh / rh
+            r = {"boxes": (d["boxes"].float() * torch.tensor([sx, sy, sx, sy], device=self.device)).cpu(),
+                 "labels": d["labels"].cpu(), "scores": d["scores"].float().cpu(),
+                 "masks": d["masks"][:, 0].float().cpu()}
+            if "keypoints" in d:
+                kp = d["keypoints"].float().clone()
+                kp[..., 0] *= sx
+                kp[..., 1] *= sy
+                r["keypoints"] = kp.cpu()
+                r["keypoints_scores"] = d["keypoints_scores"].float().cpu()
+            out.append(r)
+        return out
+
+    def to_instances(self, raw: dict[str, torch.Tensor], height: int, width: int) -> tuple[Instance, ...]:
+        """Paste and encode one image's detections (runs on a CPU thread)."""
+        canvas = np.zeros((height, width), dtype=np.uint8, order="F")
+        out = []
+        boxes = raw["boxes"].numpy()
+        for i in range(len(boxes)):
+            label = int(raw["labels"][i])
+            box = boxes[i].clip([0, 0, 0, 0], [width, height, width, height])
+            crop, x0, y0 = paste_mask(raw["masks"][i], boxes[i], height, width)
+            if crop.size:
+                canvas[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
+            rle = M.encode(canvas)
+            if crop.size:
+                canvas[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = 0
+            kps: tuple = ()
+            sl = self._slices.get(label)
+            if sl is not None and "keypoints" in raw:
+                pts = raw["keypoints"][i, sl].numpy()
+                kps = tuple((round(float(x), 2), round(float(y), 2), 2) for x, y, _ in pts)
+            out.append(Instance(
+                category_id=self.category_ids.get(label, label),
+                box=tuple(round(float(v), 2) for v in box), mask=rle, keypoints=kps,
+                score=round(float(raw["scores"][i]), 4), source=MODEL, changed_by=MODEL))
+        return tuple(out)
+
+    def predict(self, arrays: list[np.ndarray]) -> list[tuple[Instance, ...]]:
+        """Predict a list of RGB arrays (batched)."""
+        results = []
+        for i in range(0, len(arrays), self.batch_size):
+            batch = arrays[i:i + self.batch_size]
+            for raw, a in zip(self.forward(batch), batch):
+                results.append(self.to_instances(raw, a.shape[0], a.shape[1]))
+        return results
+
+    def predict_items(self, items: Iterable[tuple[Any, str | Path]], *, request_id: int = 0,
+                      cancel: threading.Event | None = None) -> Iterator[Prediction]:
+        """Predict (key, path) pairs in order; decoding and encoding overlap with the model.
+
+        An unreadable image yields a Prediction with ``error`` set. Stops between batches when
+        ``cancel`` is set.
+        """
+        items = list(items)
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="loupe-io") as pool:
+            def load(path):
+                try:
+                    return load_image(path), None
+                except ImageReadError as exc:
+                    return None, str(exc)
+
+            loads: list[Future] = [pool.submit(load, p) for _, p in items[: 2 * self.batch_size]]
+            submitted = len(loads)
+            pending: list[tuple[Any, str, Future | None, int, int, str | None]] = []
+            for start in range(0, len(items), self.batch_size):
+                if cancel is not None and cancel.is_set():
+                    break
+                chunk = items[start:start + self.batch_size]
+                arrays, keys = [], []
+                for k, (key, path) in enumerate(chunk):
+                    arr, err = loads[start + k].result()
+                    loads[start + k] = None  # type: ignore[call-overload]  # free the pixels
+                    if submitted < len(items):  # keep decoding ahead of the model
+                        loads.append(pool.submit(load, items[submitted][1]))
+                        submitted += 1
+                    if arr is None:
+                        pending.append((key, str(path), None, 0, 0, err))
+                    else:
+                        arrays.append(arr)
+                        keys.append((key, str(path)))
+                if arrays:
+                    for raw, a, (key, path) in zip(self.forward(arrays), arrays, keys):
+                        h, w = a.shape[:2]
+                        pending.append((key, path, pool.submit(self.to_instances, raw, h, w), w, h, None))
+                # Hand back what is finished, in order, while the next batch runs.
+                while pending and (pending[0][2] is None or pending[0][2].done()):
+                    yield self._done(pending.pop(0), request_id)
+            for p in pending:
+                yield self._done(p, request_id)
+
+    @staticmethod
+    def _done(p, request_id: int) -> Prediction:
+        key, path, fut, w, h, err = p
+        if fut is None:
+            return Prediction(request_id, key, path, 0, 0, (), error=err)
+        return Prediction(request_id, key, path, w, h, fut.result())
+
+    # -- the box as the region: the model's second stage fills in mask and keypoints --------
+    @torch.inference_mode()
+    def predict_in_boxes(self, array: np.ndarray, boxes: list[tuple[float, float, float, float]],
+                         labels: list[int]) -> tuple[Instance, ...]:
+        """Mask (and keypoints) for given boxes and labels (1-based model labels)."""
+        model, rh = self.model, self.model.roi_heads
+        t = torch.from_numpy(array).to(self.device).permute(2, 0, 1).float().div_(255)
+        oh, ow = t.shape[-2:]
+        ctx = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+        with ctx:
+            images, _ = model.transform([t])
+            rh_, rw_ = images.image_sizes[0]
+            sx, sy = ow / rw_, oh / rh_
+            b = torch.tensor(boxes, dtype=torch.float32, device=self.device).reshape(-1, 4)
+            b_r = b / torch.tensor([sx, sy, sx, sy], device=self.device)
+            lab = torch.tensor(labels, dtype=torch.int64, device=self.device)
+            features = model.backbone(images.tensors)
+            mf = rh.mask_head(rh.mask_roi_pool(features, [b_r], images.image_sizes))
+            probs = maskrcnn_inference(rh.mask_predictor(mf), [lab])[0]
+            raw = {"boxes": b.cpu(), "labels": lab.cpu(), "masks": probs[:, 0].float().cpu(),
+                   "scores": torch.ones(len(b))}
+            if rh.has_keypoint():
+                kf = rh.keypoint_head(rh.keypoint_roi_pool(features, [b_r], images.image_sizes))
+                kp, _ = keypointrcnn_inference(rh.keypoint_predictor(kf), [b_r])
+                kp = kp[0].float().clone()
+                kp[..., 0] *= sx
+                kp[..., 1] *= sy
+                raw["keypoints"] = kp.cpu()
+        return tuple(i.with_(score=None) for i in self.to_instances(raw, oh, ow))
+
+
+# ------------------------------------------------------------------------------------------
+# Loading a detector for a project, and pre-annotating a whole project
+# ------------------------------------------------------------------------------------------
+def load_detector(project, weights: str | None = None) -> Detector:
+    """The detector named by ``weights`` (checkpoint path, 'coco', or None/'active')."""
+    if weights in (None, "active"):
+        active = project.active_model()
+        if active is None:
+            raise InferenceError("no model yet: review a few images and train one "
+                                 "(loupe train), or pass --weights CHECKPOINT or --weights coco")
+        weights = active.path
+    if weights == "coco":
+        cats = project.categories()
+        if not cats:
+            raise InferenceError("the project has no categories yet; import or add some first")
+        det = build_model(categories=cats, weights="coco")
+        if "random" in det.notice.lower():
+            raise InferenceError(det.notice.split(":")[0] + ": pre-annotating with random "
+                                 "weights would only add noise; train first")
+        return det
+    try:
+        ckpt = load_checkpoint(weights)
+        det = detector_from_checkpoint(ckpt, source=str(weights))
+    except CheckpointError as exc:
+        raise InferenceError(str(exc)) from exc
+    return attach_project_categories(project, det)
+
+
+def attach_project_categories(project, det: Detector) -> Detector:
+    """Give the detector's categories the project's ids, adding any the project lacks."""
+    existing = {c.name: c for c in project.categories()}
+    cats = []
+    for c in det.categories:
+        pc = existing.get(c.name) or project.add_category(c)
+        cats.append(Category(c.name, pc.color, c.keypoints, c.skeleton, pc.id))
+    det.categories = tuple(cats)
+    return det
+
+
+def predict_project(project, weights: str | None = None, device: str | None = None,
+                    batch_size: int = 4, progress: bool = False,
+                    shard: tuple[int, int] | None = None, cancel: threading.Event | None = None,
+                    on_prediction: Callable[[Prediction], None] | None = None) -> dict:
+    """Pre-annotate every readable image not yet reviewed; never over a person's edits."""
+    det = load_detector(project, weights)
+    predictor = Predictor(det, device, batch_size)
+    todo = [r for r in project.images([ImageStatus.NEW, ImageStatus.PREDICTED, ImageStatus.IN_REVIEW])]
+    if shard is not None:
+        rank, world = shard
+        todo = todo[rank::world]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), unit="img", desc="pre-annotating")
+    n_inst = n_img = n_bad = 0
+    t0 = time.perf_counter()
+    try:
+        items = [(r.id, project.abspath(r)) for r in todo]
+        for pred in predictor.predict_items(items, cancel=cancel):
+            if pred.error:
+                n_bad += 1
+                project.mark_unreadable(pred.image_id, pred.error.split(": ", 1)[-1])
+                if bar is not None:
+                    bar.write(f"skipped {pred.error}")
+            else:
+                project.set_size(pred.image_id, pred.width, pred.height)
+                stored = project.replace_predictions(pred.image_id, pred.instances)
+                n_inst += len(stored)
+                n_img += 1
+            if on_prediction is not None:
+                on_prediction(pred)
+            if bar is not None:
+                bar.update(1)
+    except RuntimeError as exc:
+        if is_out_of_memory(exc):
+            raise InferenceError(f"out of memory on {predictor.device}: lower --batch-size "
+                                 f"(now {batch_size}) or use a smaller model input size") from exc
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    return {"images": n_img, "instances": n_inst, "unreadable": n_bad,
+            "device": device_description(predictor.device),
+            "seconds": round(time.perf_counter() - t0, 2), "notice": det.notice}

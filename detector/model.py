@@ -1,0 +1,407 @@
+"""The model: torchvision's Mask R-CNN with a keypoint branch on the same RoI heads, plus checkpoints.
+
+Label ``i + 1`` is ``categories[i]`` (0 is background). The keypoint head predicts the keypoints of
+every keypoint category side by side: category ``c`` owns the slice ``keypoint_slices()[c]``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import platform
+import zipfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import resnet18, resnet50
+from torchvision.models.detection import MaskRCNN, MaskRCNN_ResNet50_FPN_V2_Weights
+from torchvision.models.detection import KeypointRCNN_ResNet50_FPN_Weights
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
+from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import MultiScaleRoIAlign
+
+from .domain import Category
+
+CHECKPOINT_FORMAT = "loupe-checkpoint"
+CHECKPOINT_VERSION = 1
+BACKBONES = ("resnet50_v2", "resnet18")
+# Class-specific layers: rebuilt (rows remapped by name) when the category list changes.
+_PREDICTOR_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.",
+                       "roi_heads.keypoint_predictor.")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and the two-stage knobs. Sizes are pixels of the resized model input."""
+
+    backbone: str = "resnet50_v2"
+    min_size: int = 800
+    max_size: int = 1333
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # one per FPN level
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # K = len(aspect_ratios) anchors/location
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    rpn_fg_iou_thresh: float = 0.7  # anchor positive at IoU >= 0.7
+    rpn_bg_iou_thresh: float = 0.3  # negative below 0.3
+    rpn_batch_size_per_image: int = 256
+    box_batch_size_per_image: int = 512
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    box_detections_per_img: int = 100
+    trainable_layers: int = 5
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["anchor_sizes"] = list(self.anchor_sizes)
+        d["aspect_ratios"] = list(self.aspect_ratios)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        for k in ("anchor_sizes", "aspect_ratios"):
+            if k in kw:
+                kw[k] = tuple(kw[k])
+        cfg = cls(**kw)
+        if cfg.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {cfg.backbone!r} (known: {', '.join(BACKBONES)})")
+        return cfg
+
+
+@dataclass
+class Detector:
+    """A built model with the categories its labels mean and how it was made."""
+
+    model: MaskRCNN
+    categories: tuple[Category, ...]
+    config: ModelConfig
+    notice: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def keypoint_slices(self) -> dict[int, slice]:
+        return keypoint_slices(self.categories)
+
+    @property
+    def num_keypoints(self) -> int:
+        return sum(len(c.keypoints) for c in self.categories)
+
+
+def keypoint_slices(categories) -> dict[int, slice]:
+    """Label index -> slice of the keypoint head's output belonging to that category."""
+    out, start = {}, 0
+    for i, c in enumerate(categories):
+        if c.keypoints:
+            out[i + 1] = slice(start, start + len(c.keypoints))
+            start += len(c.keypoints)
+    return out
+
+
+def _architecture(num_classes: int, num_keypoints: int, cfg: ModelConfig) -> MaskRCNN:
+    """Random-init Mask R-CNN with real BatchNorm (trainable from scratch), keypoint head if K>0."""
+    anchors = AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes),
+                              (tuple(cfg.aspect_ratios),) * len(cfg.anchor_sizes))
+    kw = dict(
+        min_size=cfg.min_size, max_size=cfg.max_size, rpn_anchor_generator=anchors,
+        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+        rpn_fg_iou_thresh=cfg.rpn_fg_iou_thresh, rpn_bg_iou_thresh=cfg.rpn_bg_iou_thresh,
+        rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
+        box_batch_size_per_image=cfg.box_batch_size_per_image,
+        box_score_thresh=cfg.box_score_thresh, box_nms_thresh=cfg.box_nms_thresh,
+        box_detections_per_img=cfg.box_detections_per_img,
+    )
+    bn = nn.BatchNorm2d
+    if len(cfg.anchor_sizes) != 5:
+        raise ValueError("anchor_sizes needs one size per FPN level (5)")
+    if cfg.backbone == "resnet50_v2":
+        # The layout of torchvision's maskrcnn_resnet50_fpn_v2, so its COCO weights load as they are.
+        backbone = _resnet_fpn_extractor(resnet50(norm_layer=bn), cfg.trainable_layers, norm_layer=bn)
+        model = MaskRCNN(
+            backbone, num_classes=num_classes,
+            rpn_head=RPNHead(256, anchors.num_anchors_per_location()[0], conv_depth=2),
+            box_head=FastRCNNConvFCHead((256, 7, 7), [256] * 4, [1024], norm_layer=bn),
+            mask_head=MaskRCNNHeads(256, [256] * 4, 1, norm_layer=bn), **kw)
+        kp_layers = (512,) * 8
+    elif cfg.backbone == "resnet18":
+        backbone = _resnet_fpn_extractor(resnet18(norm_layer=bn), cfg.trainable_layers, norm_layer=bn)
+        model = MaskRCNN(backbone, num_classes=num_classes,
+                         mask_head=MaskRCNNHeads(256, [256] * 2, 1, norm_layer=bn), **kw)
+        kp_layers = (256,) * 4
+    else:
+        raise ValueError(f"unknown backbone {cfg.backbone!r} (known: {', '.join(BACKBONES)})")
+    if num_keypoints:
+        rh = model.roi_heads
+        rh.keypoint_roi_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], 14, 2)
+        rh.keypoint_head = KeypointRCNNHeads(256, kp_layers)
+        rh.keypoint_predictor = KeypointRCNNPredictor(kp_layers[-1], num_keypoints)
+    return model
+
+
+def _remap_rows(name: str, src: torch.Tensor, dst: torch.Tensor, rows: dict[int, int]) -> torch.Tensor:
+    """Copy class (or keypoint) rows of a predictor tensor from src to dst: rows maps dst->src."""
+    out = dst.clone()
+    per = 4 if "bbox_pred" in name else 1
+    dim = 1 if "kps_score_lowres.weight" in name else 0
+    for d, s in rows.items():
+        if (s + 1) * per <= src.shape[dim] and (d + 1) * per <= dst.shape[dim]:
+            out.narrow(dim, d * per, per).copy_(src.narrow(dim, s * per, per))
+    return out
+
+
+def transfer_weights(model: nn.Module, src_state: dict[str, torch.Tensor],
+                     class_rows: dict[int, int], keypoint_rows: dict[int, int]) -> dict[str, int]:
+    """Load every shape-compatible tensor; predictor rows only where the names match."""
+    dst = model.state_dict()
+    loaded, remapped, skipped = 0, 0, 0
+    new_state = {}
+    for k, v in dst.items():
+        s = src_state.get(k)
+        if s is None:
+            skipped += 1
+            continue
+        if k.startswith(_PREDICTOR_PREFIXES):
+            rows = keypoint_rows if "keypoint_predictor" in k else class_rows
+            if rows:
+                new_state[k] = _remap_rows(k, s, v, rows)
+                remapped += 1
+            else:
+                skipped += 1
+        elif s.shape == v.shape:
+            new_state[k] = s
+            loaded += 1
+        else:
+            skipped += 1
+    model.load_state_dict(new_state, strict=False)
+    return {"loaded": loaded, "remapped": remapped, "skipped": skipped}
+
+
+def _norm(name: str) -> str:
+    return name.strip().lower().replace("_", " ")
+
+
+def class_rows_by_name(dst: tuple[Category, ...], src_names: list[str]) -> dict[int, int]:
+    """dst label -> src label for categories whose names match (background always 0 -> 0)."""
+    idx = {_norm(n): i for i, n in enumerate(src_names)}
+    rows = {0: 0}
+    for i, c in enumerate(dst):
+        j = idx.get(_norm(c.name))
+        if j is not None:
+            rows[i + 1] = j
+    return rows
+
+
+def keypoint_rows_by_name(dst: tuple[Category, ...], src: tuple[Category, ...]) -> dict[int, int]:
+    """dst keypoint channel -> src channel where (category, keypoint) names match."""
+    src_pos = {}
+    for lab, sl in keypoint_slices(src).items():
+        c = src[lab - 1]
+        for j, kp in enumerate(c.keypoints):
+            src_pos[(_norm(c.name), _norm(kp))] = sl.start + j
+    rows = {}
+    for lab, sl in keypoint_slices(dst).items():
+        c = dst[lab - 1]
+        for j, kp in enumerate(c.keypoints):
+            s = src_pos.get((_norm(c.name), _norm(kp)))
+            if s is not None:
+                rows[sl.start + j] = s
+    return rows
+
+
+def coco_state_dict(which: str = "mask") -> dict[str, torch.Tensor] | None:
+    """torchvision's COCO weights from its cache (downloaded there if possible), else None."""
+    w = (MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1 if which == "mask"
+         else KeypointRCNN_ResNet50_FPN_Weights.COCO_V1)
+    try:
+        return w.get_state_dict(progress=False, check_hash=False)
+    except Exception:  # offline, or a broken cache file: fall back to the next option
+        return None
+
+
+def coco_cache_path(which: str = "mask") -> Path:
+    w = (MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1 if which == "mask"
+         else KeypointRCNN_ResNet50_FPN_Weights.COCO_V1)
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(w.url)
+
+
+def build_model(*, categories: list[Category] | tuple[Category, ...], weights: str | os.PathLike | None = "coco",
+                config: ModelConfig | None = None) -> Detector:
+    """Build a Detector for ``categories``.
+
+    ``weights``: a Loupe checkpoint path; ``"coco"`` for torchvision's COCO weights when they are
+    in its cache or downloadable (mapped onto categories whose names match COCO's); ``None`` or
+    ``"none"`` for random initialisation. Whatever cannot be had falls back to the next option,
+    and ``Detector.notice`` says so.
+    """
+    categories = tuple(categories)
+    if not categories:
+        raise ValueError("the project has no categories yet: add one before building a model")
+    if weights not in (None, "none", "coco"):
+        ckpt = load_checkpoint(weights)
+        return detector_from_checkpoint(ckpt, categories, source=str(weights), config=config)
+    cfg = config or ModelConfig()
+    nk = sum(len(c.keypoints) for c in categories)
+    model = _architecture(len(categories) + 1, nk, cfg)
+    notice = ""
+    if weights == "coco":
+        if cfg.backbone != "resnet50_v2":
+            notice = (f"COCO weights exist for the resnet50_v2 backbone only; {cfg.backbone} starts "
+                      "from random weights")
+        else:
+            sd = coco_state_dict("mask")
+            if sd is None:
+                notice = ("No pretrained weights found (torchvision's COCO Mask R-CNN is not in "
+                          f"{coco_cache_path().parent} and could not be downloaded): starting "
+                          "from random weights. Review a few images and train.")
+            else:
+                names = MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1.meta["categories"]
+                rows = class_rows_by_name(categories, names)
+                transfer_weights(model, sd, rows, {})
+                matched = [categories[d - 1].name for d in rows if d]
+                notice = "Started from torchvision's COCO Mask R-CNN weights" + (
+                    f"; categories matched to COCO: {', '.join(matched)}" if matched else "")
+                if nk:
+                    notice += _coco_keypoints(model, categories)
+    else:
+        notice = "Random initial weights (as asked): review a few images and train."
+    return Detector(model, categories, cfg, notice, {"weights": str(weights)})
+
+
+def _coco_keypoints(model: MaskRCNN, categories: tuple[Category, ...]) -> str:
+    """Person keypoints from torchvision's Keypoint R-CNN, where the schema's names match COCO's."""
+    sd = coco_state_dict("keypoint")
+    if sd is None:
+        return "; no Keypoint R-CNN weights in the cache, keypoint head starts from random"
+    names = KeypointRCNN_ResNet50_FPN_Weights.COCO_V1.meta["keypoint_names"]
+    person = (Category("person", keypoints=tuple(names)),)
+    rows = keypoint_rows_by_name(categories, person)
+    if not rows:
+        return "; no keypoint names match COCO's person keypoints"
+    head = {k: v for k, v in sd.items() if k.startswith("roi_heads.keypoint_head.")}
+    if all(model.state_dict()[k].shape == v.shape for k, v in head.items()):
+        model.load_state_dict(head, strict=False)
+    pred = {k: v for k, v in sd.items() if k.startswith("roi_heads.keypoint_predictor.")}
+    transfer_weights(model, pred, {}, rows)
+    return f"; {len(rows)} keypoints from COCO's Keypoint R-CNN"
+
+
+# ------------------------------------------------------------------------------------------
+# Checkpoints
+# ------------------------------------------------------------------------------------------
+def _category_dicts(categories) -> list[dict]:
+    return [{"name": c.name, "color": c.color, "keypoints": list(c.keypoints),
+             "skeleton": [list(p) for p in c.skeleton]} for c in categories]
+
+
+def _categories_from(dicts: list[dict]) -> tuple[Category, ...]:
+    return tuple(Category(d["name"], d.get("color", "#e6194b"), tuple(d.get("keypoints", ())),
+                          tuple(tuple(p) for p in d.get("skeleton", ()))) for d in dicts)
+
+
+def save_checkpoint(path: str | os.PathLike, detector: Detector, **extra: Any) -> Path:
+    """Write a plain-dict checkpoint atomically (weights, categories, config, versions, extras)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in _unwrap(detector.model).state_dict().items()}
+    ckpt = {
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+        "model": state,
+        "categories": _category_dicts(detector.categories),
+        "config": detector.config.to_dict(),
+        "versions": {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+                     "python": platform.python_version()},
+        **extra,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(ckpt, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint with ``weights_only=True``: a pickle that would run code is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: refused: it holds objects other than plain weights "
+                              "(a pickle that could run code); not loaded") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: "
+                              f"{str(exc).splitlines()[0][:120]})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a Loupe checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    if int(ckpt.get("version", 0)) > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer Loupe (version {ckpt.get('version')})")
+    for key in ("model", "categories", "config"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: checkpoint lacks {key!r}")
+    return ckpt
+
+
+def detector_from_checkpoint(ckpt: dict, categories: tuple[Category, ...] | None = None, *,
+                             source: str = "checkpoint", config: ModelConfig | None = None,
+                             strict_categories: bool = False) -> Detector:
+    """Rebuild the model a checkpoint describes; with other categories, keep what fits.
+
+    Predictor rows are carried over for categories (and keypoints) whose names match; the rest of
+    the network keeps its weights. ``strict_categories`` refuses a category mismatch instead.
+    """
+    try:
+        saved_cfg = ModelConfig.from_dict(ckpt["config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: architecture options not understood ({exc})") from exc
+    if config is not None and config.backbone != saved_cfg.backbone:
+        raise CheckpointError(f"{source}: a {saved_cfg.backbone} checkpoint cannot start a "
+                              f"{config.backbone} model")
+    cfg = saved_cfg if config is None else config
+    saved_cats = _categories_from(ckpt["categories"])
+    cats = saved_cats if categories is None else tuple(categories)
+    same = [(c.name, c.keypoints) for c in cats] == [(c.name, c.keypoints) for c in saved_cats]
+    if not same and strict_categories:
+        raise CheckpointError(f"{source}: made for categories {[c.name for c in saved_cats]}, "
+                              f"the project has {[c.name for c in cats]}")
+    nk = sum(len(c.keypoints) for c in cats)
+    model = _architecture(len(cats) + 1, nk, cfg)
+    state = ckpt["model"]
+    if same:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{source}: weights do not fit a {cfg.backbone} model "
+                                  f"({str(exc).splitlines()[0][:160]})") from exc
+        notice = f"Loaded {source}"
+    else:
+        stats = transfer_weights(model, state, class_rows_by_name(cats, ["__bg__"] + [c.name for c in saved_cats]),
+                                 keypoint_rows_by_name(cats, saved_cats))
+        if stats["loaded"] == 0:
+            raise CheckpointError(f"{source}: no weights fit a {cfg.backbone} model")
+        notice = (f"Loaded {source}; categories changed, class-specific layers rebuilt "
+                  f"(kept rows for matching names)")
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "scaler")}
+    return Detector(model, cats, cfg, notice, meta)
+

@@ -1,0 +1,573 @@
+"""Fine-tuning on a project's reviewed images: a small loop with hooks, events and checkpoints.
+
+Runs unchanged under ``torchrun --nproc_per_node=N`` (DistributedDataParallel, a distributed
+sampler; only rank 0 writes checkpoints and logs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from . import masks as M
+from .domain import Category, ImageRecord, ImageStatus, Instance
+from .images import load_image
+from .inference import is_out_of_memory, pick_device
+from .model import (CheckpointError, Detector, ModelConfig, build_model, detector_from_checkpoint,
+                    keypoint_slices, load_checkpoint, save_checkpoint)
+
+LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg",
+              "loss_mask", "loss_keypoint")
+
+
+class TrainingError(Exception):
+    """Training stopped; the message says why and what to do. The previous model is kept."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    weights: str | None = "coco"  # checkpoint path, "coco" or "none"
+    epochs: int | None = None
+    iterations: int | None = None  # default: 20 epochs' worth, at least 100 steps
+    batch_size: int = 2
+    lr: float | None = None  # default: 0.01 * batch/8 (SGD), 1e-4 (AdamW)
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    clip_grad: float = 10.0
+    device: str | None = None
+    backbone: str | None = None  # default: the checkpoint's, else resnet50_v2
+    min_size: int = 512
+    max_size: int = 853
+    trainable_layers: int | None = None  # backbone stages to train (0-5); default 3 pretrained, 5 random
+    augment: bool = True
+    seed: int = 0
+    holdout: float = 0.2
+    resume: str | None = None
+    extra_coco: str | None = None
+    checkpoint_every: int = 0
+    amp: bool = True
+    model_overrides: dict = field(default_factory=dict)  # any ModelConfig field
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    """One progress report; ``kind`` is start, step, checkpoint, done, cancelled or error."""
+
+    kind: str
+    step: int = 0
+    total_steps: int = 0
+    epoch: int = 0
+    lr: float = 0.0
+    losses: dict[str, float] = field(default_factory=dict)
+    images_per_s: float = 0.0
+    message: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+@dataclass
+class TrainResult:
+    ok: bool
+    checkpoint: str | None
+    steps: int
+    images_seen: int
+    cancelled: bool = False
+    message: str = ""
+    losses: dict[str, float] = field(default_factory=dict)
+    train_images: int = 0
+    holdout_images: int = 0
+
+    def summary(self) -> dict:
+        return asdict(self)
+
+
+class Hook:
+    """Override what you need; ``after_train`` always runs (in ``finally``)."""
+
+    def before_train(self, trainer: Trainer) -> None: ...
+    def after_loss(self, trainer: Trainer, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return losses
+    def after_step(self, trainer: Trainer, event: TrainEvent) -> None: ...
+    def after_train(self, trainer: Trainer) -> None: ...
+
+
+# ------------------------------------------------------------------------------------------
+# Data
+# ------------------------------------------------------------------------------------------
+def is_holdout(path: str, fraction: float) -> bool:
+    """Stable split: the same image is held out every time, whatever else is in the project."""
+    if fraction <= 0:
+        return False
+    h = int(hashlib.sha1(path.encode("utf-8")).hexdigest()[:8], 16)
+    return (h % 10_000) < fraction * 10_000
+
+
+def split_reviewed(project, holdout: float) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """(train, held out) among the reviewed images; at least one image stays for training."""
+    reviewed = project.images(ImageStatus.REVIEWED)
+    train = [r for r in reviewed if not is_holdout(r.path, holdout)]
+    held = [r for r in reviewed if is_holdout(r.path, holdout)]
+    if not train and held:
+        train, held = held[:1], held[1:]
+    return train, held
+
+
+@dataclass
+class Sample:
+    path: Path
+    instances: list[Instance]
+
+
+class LabelledImages(torch.utils.data.Dataset):
+    """Images and their instances as torchvision detection targets, augmented with transforms v2."""
+
+    def __init__(self, samples: list[Sample], categories: tuple[Category, ...], augment: bool, seed: int):
+        self.samples = samples
+        self.label_of = {c.id: i + 1 for i, c in enumerate(categories)}
+        self.categories = categories
+        self.slices = keypoint_slices(categories)
+        self.num_keypoints = sum(len(c.keypoints) for c in categories)
+        flip = list(range(self.num_keypoints))
+        for lab, sl in self.slices.items():
+            perm = categories[lab - 1].flip_permutation()
+            for j, p in enumerate(perm):
+                flip[sl.start + j] = sl.start + p
+        self.flip_perm = torch.tensor(flip, dtype=torch.long)
+        self.augment = augment
+        self.rng = random.Random(seed)
+        self.colour = v2.ColorJitter(0.3, 0.3, 0.3, 0.03)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        s = self.samples[i]
+        rgb = load_image(s.path)
+        h, w = rgb.shape[:2]
+        insts = [x for x in s.instances if not x.crowd and x.category_id in self.label_of]
+        masks = np.zeros((len(insts), h, w), dtype=np.uint8)
+        kps = torch.zeros((len(insts), self.num_keypoints, 3), dtype=torch.float32)
+        for j, inst in enumerate(insts):
+            masks[j] = M.decode(inst.mask) if inst.mask is not None else M.decode(M.from_box(inst.box, h, w))
+            sl = self.slices.get(self.label_of[inst.category_id])
+            if sl is not None and inst.keypoints:
+                kps[j, sl] = torch.tensor(inst.keypoints, dtype=torch.float32)[: sl.stop - sl.start]
+        image = tv_tensors.Image(torch.from_numpy(rgb).permute(2, 0, 1))
+        boxes = tv_tensors.BoundingBoxes(torch.tensor([x.box for x in insts], dtype=torch.float32).reshape(-1, 4),
+                                         format="XYXY", canvas_size=(h, w))
+        mask_t = tv_tensors.Mask(torch.from_numpy(masks))
+        n, k = len(insts), self.num_keypoints
+        vis = kps[..., 2]
+        points = tv_tensors.KeyPoints(kps[..., :2].reshape(-1, 2), canvas_size=(h, w))
+        if self.augment:
+            if self.rng.random() < 0.5:
+                # Boxes, masks and keypoints move together; left/right keypoints swap names.
+                flip = v2.functional.horizontal_flip
+                image, boxes, mask_t, points = flip(image), flip(boxes), flip(mask_t), flip(points)
+                xy = points.as_subclass(torch.Tensor).reshape(n, k, 2)[:, self.flip_perm]
+                vis = vis[:, self.flip_perm]
+            else:
+                xy = points.as_subclass(torch.Tensor).reshape(n, k, 2)
+            image = self.colour(image)
+        else:
+            xy = points.as_subclass(torch.Tensor).reshape(n, k, 2)
+        kps = torch.cat([xy, vis[..., None]], dim=-1)
+        labels = torch.tensor([self.label_of[x.category_id] for x in insts], dtype=torch.int64)
+        b = boxes.as_subclass(torch.Tensor)
+        keep = (b[:, 2] - b[:, 0] >= 1) & (b[:, 3] - b[:, 1] >= 1)  # torchvision rejects empty boxes
+        target = {"boxes": b[keep], "labels": labels[keep],
+                  "masks": mask_t.as_subclass(torch.Tensor)[keep]}
+        if self.num_keypoints:
+            target["keypoints"] = kps[keep]
+        return image.as_subclass(torch.Tensor).float().div_(255), target
+
+
+class AspectRatioBatches(torch.utils.data.Sampler):
+    """Batches of images with the same orientation (landscape vs portrait), shuffled per epoch."""
+
+    def __init__(self, groups: list[int], batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.groups, self.batch_size, self.seed = groups, batch_size, seed
+        self.rank, self.world, self.epoch = rank, world, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        rng = random.Random(self.seed + self.epoch)
+        idx = list(range(len(self.groups)))
+        rng.shuffle(idx)
+        batches, open_ = [], {}
+        for i in idx:
+            g = open_.setdefault(self.groups[i], [])
+            g.append(i)
+            if len(g) == self.batch_size:
+                batches.append(g)
+                open_[self.groups[i]] = []
+        batches += [g for g in open_.values() if g]
+        rng.shuffle(batches)
+        # Every rank gets the same number of batches (padding with repeats) so DDP stays in step.
+        per = math.ceil(len(batches) / self.world)
+        batches = (batches * (1 + per * self.world // max(1, len(batches))))[: per * self.world]
+        return batches[self.rank::self.world]
+
+    def __iter__(self):
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+def _collate(batch):
+    return tuple(zip(*batch))
+
+
+# ------------------------------------------------------------------------------------------
+# The trainer
+# ------------------------------------------------------------------------------------------
+def _dist_info() -> tuple[int, int, int]:
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        return int(os.environ.get("RANK", 0)), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    return 0, 1, 0
+
+
+class Trainer:
+    """Trains ``detector`` on ``samples``; emits TrainEvents; cancellable and resumable."""
+
+    def __init__(self, detector: Detector, samples: list[Sample], groups: list[int], cfg: TrainConfig,
+                 output: str | os.PathLike, *, on_event: Callable[[TrainEvent], None] | None = None,
+                 hooks: list[Hook] | None = None, cancel: threading.Event | None = None,
+                 extra_meta: dict | None = None):
+        self.detector, self.samples, self.cfg = detector, samples, cfg
+        self.output = Path(output)
+        self.on_event = on_event or (lambda e: None)
+        self.hooks = hooks or []
+        self.cancel = cancel or threading.Event()
+        self.extra_meta = extra_meta or {}
+        self.rank, self.world, local_rank = _dist_info()
+        if self.world > 1 and not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
+            dist.init_process_group(backend)
+        self.device = pick_device(cfg.device)
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(self.device)
+        steps_per_epoch = max(1, math.ceil(len(samples) / cfg.batch_size / self.world))
+        if cfg.iterations:
+            self.total_steps = cfg.iterations
+        elif cfg.epochs:
+            self.total_steps = cfg.epochs * steps_per_epoch
+        else:
+            self.total_steps = max(100, 20 * steps_per_epoch)
+        self.steps_per_epoch = steps_per_epoch
+        self.step = 0
+        self.images_seen = 0
+        self.last_losses: dict[str, float] = {}
+        torch.manual_seed(cfg.seed)
+        self.dataset = LabelledImages(samples, detector.categories, cfg.augment, cfg.seed + self.rank)
+        self.sampler = AspectRatioBatches(groups, cfg.batch_size, cfg.seed, self.rank, self.world)
+        self.model = detector.model.to(self.device)
+        if cfg.min_size:
+            s = cfg.min_size
+            # Scale jitter the torchvision way: a random shorter side per batch while training.
+            self.model.transform.min_size = tuple(int(s * f) for f in (0.8, 0.9, 1.0, 1.1, 1.2)) \
+                if cfg.augment else (s,)
+            self.model.transform.max_size = cfg.max_size
+        self.ddp = None
+        if self.world > 1:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if cfg.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(params, lr=cfg.lr or 1e-4, weight_decay=cfg.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(params, lr=cfg.lr or 0.01 * cfg.batch_size / 8,
+                                             momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        warm = max(1, min(cfg.warmup_steps, self.total_steps // 5))
+        total = self.total_steps
+
+        def schedule(step: int) -> float:  # linear warm-up, then cosine to 5%
+            if step < warm:
+                return 0.001 + (1 - 0.001) * step / warm
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def emit(self, event: TrainEvent) -> None:
+        if self.is_main:
+            self.on_event(event)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save(self, path: Path, *, complete: bool) -> None:
+        if not self.is_main:
+            return
+        save_checkpoint(path, self.detector, optimizer=self.optimizer.state_dict(),
+                        scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
+                        step=self.step, total_steps=self.total_steps, complete=complete,
+                        images_seen=self.images_seen, world_size=self.world,
+                        train_config=_jsonable(asdict(self.cfg)),
+                        training={"losses": self.last_losses, "steps": self.step,
+                                  "images": len(self.samples)}, **self.extra_meta)
+
+    def resume_from(self, ckpt: dict) -> None:
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if "scaler" in ckpt and ckpt["scaler"]:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.step = int(ckpt.get("step", 0))
+        self.images_seen = int(ckpt.get("images_seen", 0))
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        model = self.ddp or self.model
+        model.train()
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler,
+                                             collate_fn=_collate, num_workers=0)
+        for h in self.hooks:
+            h.before_train(self)
+        self.emit(TrainEvent("start", self.step, self.total_steps,
+                             message=f"training on {len(self.samples)} images, {self.world} process(es), "
+                                     f"device {self.device}"))
+        t_last, n_last = time.perf_counter(), 0
+        result: TrainResult | None = None
+        try:
+            epoch = self.step // self.steps_per_epoch
+            while self.step < self.total_steps:
+                self.sampler.set_epoch(epoch)
+                for images, targets in loader:
+                    if self.step >= self.total_steps:
+                        break
+                    if self._cancelled():
+                        self.save(self.output, complete=False)
+                        self.emit(TrainEvent("cancelled", self.step, self.total_steps, epoch,
+                                             message="cancelled; progress saved, resumable"))
+                        result = TrainResult(False, str(self.output), self.step, self.images_seen,
+                                             cancelled=True, message="cancelled",
+                                             losses=self.last_losses)
+                        return result
+                    self._one_step(model, images, targets)
+                    self.images_seen += len(images) * self.world
+                    n_last += len(images) * self.world
+                    now = time.perf_counter()
+                    ips = n_last / max(1e-6, now - t_last)
+                    t_last, n_last = now, 0
+                    ev = TrainEvent("step", self.step, self.total_steps, epoch,
+                                    self.optimizer.param_groups[0]["lr"], dict(self.last_losses),
+                                    round(ips, 3))
+                    self.emit(ev)
+                    for h in self.hooks:
+                        h.after_step(self, ev)
+                    if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0 \
+                            and self.step < self.total_steps:
+                        self.save(self.output, complete=False)
+                        self.emit(TrainEvent("checkpoint", self.step, self.total_steps, epoch,
+                                             message=str(self.output)))
+                epoch += 1
+            self.save(self.output, complete=True)
+            self.emit(TrainEvent("done", self.step, self.total_steps, epoch, losses=self.last_losses,
+                                 message=str(self.output)))
+            result = TrainResult(True, str(self.output), self.step, self.images_seen,
+                                 losses=self.last_losses)
+            return result
+        finally:
+            self.model.transform.min_size = (self.cfg.min_size,)
+            self.model.eval()
+            for h in self.hooks:
+                h.after_train(self)
+
+    def _cancelled(self) -> bool:
+        flag = self.cancel.is_set()
+        if self.world > 1:  # every rank stops at the same step
+            t = torch.tensor([int(flag)], device=self.device if self.device.type == "cuda" else "cpu")
+            dist.all_reduce(t)
+            flag = bool(t.item())
+        return flag
+
+    def _one_step(self, model, images, targets) -> None:
+        images = [i.to(self.device, non_blocking=True) for i in images]
+        targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
+        try:
+            with torch.autocast("cuda", enabled=self.amp):
+                losses = model(images, targets)
+            for h in self.hooks:
+                losses = h.after_loss(self, losses)
+            total = sum(losses.values())
+            if not torch.isfinite(total):
+                bad = [k for k, v in losses.items() if not torch.isfinite(v)]
+                raise TrainingError(
+                    f"the loss became {float(total)} at step {self.step + 1} ({', '.join(bad)}): "
+                    "training stopped and the previous model is kept. Lower the learning rate "
+                    f"(now {self.optimizer.param_groups[0]['lr']:.2g}) or check the labels.")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+            if self.cfg.clip_grad:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+        except RuntimeError as exc:
+            if is_out_of_memory(exc):
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                raise TrainingError(
+                    f"out of memory on {self.device} at step {self.step + 1}: lower the batch size "
+                    f"(now {self.cfg.batch_size}) or the image size (now {self.cfg.min_size})") from exc
+            raise
+        self.step += 1
+        self.last_losses = {k: round(float(v.detach()), 5) for k, v in losses.items()}
+        self.last_losses["loss"] = round(float(total.detach()), 5)
+
+
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=str))
+
+
+# ------------------------------------------------------------------------------------------
+# From a project
+# ------------------------------------------------------------------------------------------
+def _person_instances(project, rec: ImageRecord) -> list[Instance]:
+    return [i for i in project.instances(rec.id) if i.touched_by_person]
+
+
+def collect_samples(project, records: list[ImageRecord]) -> tuple[list[Sample], list[int]]:
+    samples, groups = [], []
+    for r in records:
+        r = project.ensure_size(r)
+        if not r.readable:
+            continue
+        samples.append(Sample(project.abspath(r), _person_instances(project, r)))
+        groups.append(int(r.width >= r.height))
+    return samples, groups
+
+
+def prepare_detector(project, cfg: TrainConfig) -> tuple[Detector, dict | None]:
+    """The model to start from, and the checkpoint to resume (if any)."""
+    cats = project.categories()
+    if not cats:
+        raise TrainingError("the project has no categories: label something first")
+    overrides = dict(cfg.model_overrides)
+    resume_ckpt = None
+    if cfg.resume:
+        try:
+            resume_ckpt = load_checkpoint(cfg.resume)
+            det = detector_from_checkpoint(resume_ckpt, tuple(cats), source=cfg.resume,
+                                           strict_categories=True)
+        except CheckpointError as exc:
+            raise TrainingError(str(exc)) from exc
+        return det, resume_ckpt
+    if cfg.weights not in (None, "none", "coco"):
+        try:
+            ckpt = load_checkpoint(cfg.weights)
+        except CheckpointError as exc:
+            raise TrainingError(str(exc)) from exc
+        saved = ModelConfig.from_dict(ckpt["config"])
+        mcfg = replace(saved, min_size=cfg.min_size, max_size=cfg.max_size, **overrides)
+        if cfg.trainable_layers is not None and cfg.trainable_layers != saved.trainable_layers:
+            mcfg = replace(mcfg, trainable_layers=cfg.trainable_layers)
+        try:
+            det = detector_from_checkpoint(ckpt, tuple(cats), source=str(cfg.weights), config=mcfg)
+        except CheckpointError as exc:
+            raise TrainingError(str(exc)) from exc
+        return det, None
+    backbone = cfg.backbone or "resnet50_v2"
+    pretrained = cfg.weights == "coco" and backbone == "resnet50_v2"
+    layers = cfg.trainable_layers if cfg.trainable_layers is not None else (3 if pretrained else 5)
+    mcfg = ModelConfig(backbone=backbone, min_size=cfg.min_size, max_size=cfg.max_size,
+                       trainable_layers=layers, **overrides)
+    det = build_model(categories=cats, weights=cfg.weights, config=mcfg)
+    return det, None
+
+
+def train_project(project, cfg: TrainConfig, output: str | os.PathLike, *, progress: bool = False,
+                  json_events: bool = False, on_event: Callable[[TrainEvent], None] | None = None,
+                  hooks: list[Hook] | None = None, cancel: threading.Event | None = None) -> TrainResult:
+    """Fine-tune on the project's reviewed images (minus the held-out split) and write ``output``."""
+    train, held = split_reviewed(project, cfg.holdout)
+    samples, groups = collect_samples(project, train)
+    if cfg.extra_coco:
+        samples_x, groups_x = _coco_samples(project, cfg.extra_coco)
+        samples += samples_x
+        groups += groups_x
+    if not samples:
+        raise TrainingError("no reviewed images to train on: review (Space) a few images first")
+    if not any(s.instances for s in samples):
+        raise TrainingError("the reviewed images have no instances: label some objects first")
+    det, resume_ckpt = prepare_detector(project, cfg)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=1, unit="step", desc="training", disable=_dist_info()[0] != 0)
+
+    def report(ev: TrainEvent) -> None:
+        if json_events:
+            print(ev.to_json(), flush=True)
+        if bar is not None:
+            if ev.kind == "start":
+                bar.reset(total=ev.total_steps)
+                bar.update(ev.step)
+                bar.write(det.notice)
+            elif ev.kind == "step":
+                bar.update(1)
+                bar.set_postfix(loss=ev.losses.get("loss"), ips=ev.images_per_s)
+        if on_event is not None:
+            on_event(ev)
+
+    trainer = Trainer(det, samples, groups, cfg, output, on_event=report, hooks=hooks, cancel=cancel,
+                      extra_meta={"holdout": {"fraction": cfg.holdout,
+                                              "images": [r.path for r in held]},
+                                  "notice": det.notice})
+    if resume_ckpt is not None:
+        trainer.resume_from(resume_ckpt)
+    try:
+        result = trainer.run()
+    except TrainingError as exc:
+        report(TrainEvent("error", trainer.step, trainer.total_steps, message=str(exc)))
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    result.train_images, result.holdout_images = len(samples), len(held)
+    return result
+
+
+def _coco_samples(project, coco_path: str) -> tuple[list[Sample], list[int]]:
+    """Samples from a COCO file's images under the project's folder (validated, not imported)."""
+    from .coco import plan_import, read_json
+
+    cats, images, _, _ = plan_import(read_json(coco_path), coco_path, project.root)
+    ids = {c.name: c.id for c in project.categories()}
+    missing = sorted({n for im in images.values() for n, _ in im.instances if n not in ids})
+    if missing:
+        raise TrainingError(f"{coco_path}: categories not in the project: {', '.join(missing)}")
+    samples, groups = [], []
+    for im in images.values():
+        samples.append(Sample(project.root / im.path,
+                              [i.with_(category_id=ids[n]) for n, i in im.instances]))
+        groups.append(int(im.width >= im.height))
+    return samples, groups
+

@@ -1,0 +1,152 @@
+"""Model building, starting weights and checkpoints (CPU, light backbone)."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from detector.domain import Category
+from detector.model import (CheckpointError, ModelConfig, _architecture, build_model,
+                            coco_cache_path, detector_from_checkpoint, load_checkpoint,
+                            save_checkpoint)
+from detector.synthetic import CATEGORIES
+
+LIGHT = ModelConfig(backbone="resnet18", min_size=96, max_size=128,
+                    anchor_sizes=(8, 16, 32, 64, 128), box_detections_per_img=20)
+
+
+def test_random_init_trains_from_scratch_and_has_all_heads():
+    det = build_model(categories=CATEGORIES, weights="none", config=LIGHT)
+    m = det.model
+    assert not any(isinstance(x, FrozenBatchNorm2d) for x in m.modules())
+    assert any(isinstance(x, nn.BatchNorm2d) for x in m.backbone.modules())
+    assert all(p.requires_grad for p in m.backbone.body.parameters())
+    rh = m.roi_heads
+    assert rh.has_mask() and rh.has_keypoint()
+    assert rh.box_predictor.cls_score.out_features == len(CATEGORIES) + 1
+    assert rh.keypoint_predictor.kps_score_lowres.out_channels == 4
+    assert m.rpn.head.cls_logits.out_channels == 3  # K = 3 anchors per location
+    assert m.rpn.proposal_matcher.high_threshold == 0.7 and m.rpn.proposal_matcher.low_threshold == 0.3
+    no_kp = build_model(categories=CATEGORIES[:2], weights="none", config=LIGHT)
+    assert not no_kp.model.roi_heads.has_keypoint()
+
+
+def test_knobs_reach_the_model():
+    cfg = ModelConfig(backbone="resnet18", aspect_ratios=(0.5, 1.0, 2.0, 4.0), rpn_pre_nms_top_n_test=300,
+                      rpn_post_nms_top_n_test=150, box_score_thresh=0.3, box_nms_thresh=0.4,
+                      box_detections_per_img=17)
+    m = build_model(categories=CATEGORIES[:1], weights="none", config=cfg).model
+    assert m.rpn.head.cls_logits.out_channels == 4
+    m.eval()
+    assert m.rpn.pre_nms_top_n() == 300 and m.rpn.post_nms_top_n() == 150
+    assert (m.roi_heads.score_thresh, m.roi_heads.nms_thresh, m.roi_heads.detections_per_img) == (0.3, 0.4, 17)
+
+
+def _outputs(det, seed=0):
+    torch.manual_seed(seed)
+    x = torch.rand(3, 96, 128)
+    det.model.eval()
+    with torch.no_grad():
+        return det.model([x])[0]
+
+
+def test_checkpoint_round_trip(tmp_path):
+    det = build_model(categories=CATEGORIES, weights="none", config=LIGHT)
+    path = save_checkpoint(tmp_path / "m.pt", det, step=7)
+    ckpt = load_checkpoint(path)
+    assert ckpt["step"] == 7 and ckpt["config"]["backbone"] == "resnet18"
+    assert [c["name"] for c in ckpt["categories"]] == [c.name for c in CATEGORIES]
+    assert ckpt["categories"][3]["skeleton"] == [[1, 2], [2, 4], [4, 3], [3, 1]]
+    assert "torch" in ckpt["versions"]
+    again = detector_from_checkpoint(ckpt)
+    a, b = _outputs(det), _outputs(again)
+    assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["masks"], b["masks"])
+    assert not list(tmp_path.glob("*.tmp"))  # written atomically
+
+
+def test_category_change_keeps_matching_rows(tmp_path):
+    det = build_model(categories=CATEGORIES, weights="none", config=LIGHT)
+    ckpt = load_checkpoint(save_checkpoint(tmp_path / "m.pt", det))
+    new = (Category("triangle"), Category("blob"), Category("kite", keypoints=("top", "left", "right", "bottom")))
+    d2 = detector_from_checkpoint(ckpt, new)
+    w_old = det.model.roi_heads.box_predictor.cls_score.weight
+    w_new = d2.model.roi_heads.box_predictor.cls_score.weight
+    assert torch.equal(w_new[1], w_old[3]) and torch.equal(w_new[3], w_old[4])  # by name
+    assert not torch.equal(w_new[2], w_old[2])  # 'blob' is new
+    k_old = det.model.roi_heads.keypoint_predictor.kps_score_lowres.weight
+    assert torch.equal(d2.model.roi_heads.keypoint_predictor.kps_score_lowres.weight, k_old)
+    assert torch.equal(d2.model.backbone.body.conv1.weight, det.model.backbone.body.conv1.weight)
+    with pytest.raises(CheckpointError, match="categories"):
+        detector_from_checkpoint(ckpt, new, strict_categories=True)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ['EVIL_MARK']}",))
+
+
+def test_bad_checkpoints_are_refused(tmp_path, monkeypatch):
+    mark = tmp_path / "pwned"
+    monkeypatch.setenv("EVIL_MARK", str(mark))
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "loupe-checkpoint", "model": _Evil()}, evil)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(evil)
+    assert not mark.exists()
+    raw = tmp_path / "raw.pkl"
+    raw.write_bytes(pickle.dumps(_Evil()))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(raw)
+    assert not mark.exists()
+
+    (tmp_path / "junk.pt").write_bytes(os.urandom(2000))
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        load_checkpoint(tmp_path / "junk.pt")
+    good = save_checkpoint(tmp_path / "good.pt", build_model(categories=CATEGORIES[:1], weights="none",
+                                                             config=LIGHT))
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(tmp_path / "cut.pt")
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a Loupe checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    ckpt = load_checkpoint(good)
+    ckpt["config"]["backbone"] = "resnet50_v2"  # weights of one architecture, label of another
+    with pytest.raises(CheckpointError, match="do not fit"):
+        detector_from_checkpoint(ckpt)
+
+
+def test_coco_weights_from_the_cache_the_test_fills(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(*a, **k):
+        raise OSError("offline (test)")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    cats = (Category("person"), Category("circle"), Category("dog"))
+    # Without a cache (and no network here) we fall back to random weights, and say so.
+    det = build_model(categories=cats, weights="coco", config=ModelConfig(min_size=96, max_size=128))
+    assert "No pretrained weights found" in det.notice
+    # Fill torchvision's cache with a (random) COCO-shaped state dict, where torchvision looks.
+    torch.manual_seed(1)
+    coco = _architecture(91, 0, ModelConfig())
+    sd = coco.state_dict()
+    path = coco_cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(sd, path)
+    det = build_model(categories=cats, weights="coco", config=ModelConfig(min_size=96, max_size=128))
+    assert "COCO" in det.notice and "person" in det.notice and "dog" in det.notice
+    got = det.model.state_dict()
+    assert torch.equal(got["backbone.body.layer1.0.conv1.weight"], sd["backbone.body.layer1.0.conv1.weight"])
+    cls = got["roi_heads.box_predictor.cls_score.weight"]
+    src = sd["roi_heads.box_predictor.cls_score.weight"]
+    assert torch.equal(cls[0], src[0]) and torch.equal(cls[1], src[1]) and torch.equal(cls[3], src[18])
+    assert not torch.equal(cls[2], src[2])  # 'circle' is not a COCO class
+    bb = got["roi_heads.box_predictor.bbox_pred.weight"]
+    assert torch.equal(bb[12:16], sd["roi_heads.box_predictor.bbox_pred.weight"][72:76])
+    mk = got["roi_heads.mask_predictor.mask_fcn_logits.weight"]
+    assert torch.equal(mk[3], sd["roi_heads.mask_predictor.mask_fcn_logits.weight"][18])
