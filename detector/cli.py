@@ -7,10 +7,12 @@ import json
 import sys
 from pathlib import Path
 
+from .errors import LoupeError
+
 COMMANDS = ("demo", "import", "export", "predict", "train", "evaluate")
 
 
-class UserError(Exception):
+class UserError(LoupeError):
     """A mistake the user can fix; printed as one line, exit status 2."""
 
 
@@ -175,13 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         build_parser().print_help()
         return 2
-    from .coco import CocoError
-    from .images import ImageReadError
-    from .store import ProjectError
-
     try:
         return args.func(args)
-    except (UserError, CocoError, ProjectError, ImageReadError) as exc:
+    except LoupeError as exc:
         print(f"loupe {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -19,13 +19,14 @@ from typing import Any
 import numpy as np
 
 from . import masks as M
+from .errors import LoupeError
 from .domain import Category, ImageRecord, ImageStatus, Instance
 from .images import ImageReadError, read_size, scan_folder
 
 IMPORTED_BY = "import"
 
 
-class CocoError(Exception):
+class CocoError(LoupeError):
     """A COCO file rejected whole; the message names the file and the offending entry."""
 
 

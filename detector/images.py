@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import LoupeError
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 # Orientations 5-8 rotate by 90 degrees: width and height swap.
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
@@ -17,7 +19,7 @@ _EXIF_ORIENTATION = 0x0112
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 178_956_970
 
 
-class ImageReadError(Exception):
+class ImageReadError(LoupeError):
     """An image file that cannot be used; the message names the file and the problem."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

@@ -21,12 +21,13 @@ import torch.nn.functional as F
 from torchvision.models.detection.roi_heads import keypointrcnn_inference, maskrcnn_inference
 
 from . import masks as M
+from .errors import LoupeError
 from .domain import MODEL, Category, ImageStatus, Instance, Prediction
 from .images import ImageReadError, load_image
 from .model import CheckpointError, Detector, build_model, detector_from_checkpoint, load_checkpoint
 
 
-class InferenceError(Exception):
+class InferenceError(LoupeError):
     """Inference cannot run; the message says what to do."""
 
 

@@ -28,6 +28,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
+from .errors import LoupeError
 from .domain import Category
 
 CHECKPOINT_FORMAT = "loupe-checkpoint"
@@ -38,7 +39,7 @@ _PREDICTOR_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mas
                        "roi_heads.keypoint_predictor.")
 
 
-class CheckpointError(Exception):
+class CheckpointError(LoupeError):
     """A checkpoint that cannot be used; the message names the file and the problem."""
 
 

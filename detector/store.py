@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .errors import LoupeError
 from .domain import MODEL, Category, ImageRecord, ImageStatus, Instance
 from .images import ImageReadError, read_size, scan_folder
 
@@ -30,7 +31,7 @@ PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f
            "#bfef45", "#fabed4", "#469990", "#dcbeff", "#9a6324", "#800000", "#aaffc3")
 
 
-class ProjectError(Exception):
+class ProjectError(LoupeError):
     """A project that cannot be opened or changed; the message says which file and why."""
 
 

@@ -25,6 +25,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from . import masks as M
+from .errors import LoupeError
 from .domain import Category, ImageRecord, ImageStatus, Instance
 from .images import load_image
 from .inference import is_out_of_memory, pick_device
@@ -35,7 +36,7 @@ LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_bo
               "loss_mask", "loss_keypoint")
 
 
-class TrainingError(Exception):
+class TrainingError(LoupeError):
     """Training stopped; the message says why and what to do. The previous model is kept."""
 
 
@@ -279,6 +280,8 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch
         self.step = 0
         self.images_seen = 0
+        self.local_images = 0  # this rank's own count, to show every rank took part
+        self.images_per_rank: list[int] = []
         self.last_losses: dict[str, float] = {}
         torch.manual_seed(cfg.seed)
         self.dataset = LabelledImages(samples, detector.categories, cfg.augment, cfg.seed + self.rank)
@@ -328,6 +331,7 @@ class Trainer:
                         scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
                         step=self.step, total_steps=self.total_steps, complete=complete,
                         images_seen=self.images_seen, world_size=self.world,
+                        images_per_rank=self.images_per_rank,
                         train_config=_jsonable(asdict(self.cfg)),
                         training={"losses": self.last_losses, "steps": self.step,
                                   "images": len(self.samples)}, **self.extra_meta)
@@ -369,6 +373,7 @@ class Trainer:
                                              losses=self.last_losses)
                         return result
                     self._one_step(model, images, targets)
+                    self.local_images += len(images)
                     self.images_seen += len(images) * self.world
                     n_last += len(images) * self.world
                     now = time.perf_counter()
@@ -386,6 +391,7 @@ class Trainer:
                         self.emit(TrainEvent("checkpoint", self.step, self.total_steps, epoch,
                                              message=str(self.output)))
                 epoch += 1
+            self.images_per_rank = self._gather_counts()
             self.save(self.output, complete=True)
             self.emit(TrainEvent("done", self.step, self.total_steps, epoch, losses=self.last_losses,
                                  message=str(self.output)))
@@ -397,6 +403,14 @@ class Trainer:
             self.model.eval()
             for h in self.hooks:
                 h.after_train(self)
+
+    def _gather_counts(self) -> list[int]:
+        if self.world == 1:
+            return [self.local_images]
+        dev = self.device if self.device.type == "cuda" else torch.device("cpu")
+        out = [torch.zeros(1, dtype=torch.long, device=dev) for _ in range(self.world)]
+        dist.all_gather(out, torch.tensor([self.local_images], device=dev))
+        return [int(t.item()) for t in out]
 
     def _cancelled(self) -> bool:
         flag = self.cancel.is_set()
@@ -418,7 +432,7 @@ class Trainer:
             if not torch.isfinite(total):
                 bad = [k for k, v in losses.items() if not torch.isfinite(v)]
                 raise TrainingError(
-                    f"the loss became {float(total)} at step {self.step + 1} ({', '.join(bad)}): "
+                    f"the loss became {float(total.detach())} at step {self.step + 1} ({', '.join(bad)}): "
                     "training stopped and the previous model is kept. Lower the learning rate "
                     f"(now {self.optimizer.param_groups[0]['lr']:.2g}) or check the labels.")
             self.optimizer.zero_grad(set_to_none=True)
@@ -551,6 +565,8 @@ def train_project(project, cfg: TrainConfig, output: str | os.PathLike, *, progr
     finally:
         if bar is not None:
             bar.close()
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     result.train_images, result.holdout_images = len(samples), len(held)
     return result
 

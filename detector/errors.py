@@ -1,0 +1,5 @@
+"""The one base class of every mistake or fault Loupe explains to the user in one line."""
+
+
+class LoupeError(Exception):
+    """A problem the user can act on; the message names the file and the problem."""

@@ -1,0 +1,271 @@
+"""Training, prediction and evaluation on synthetic shapes (CPU, light backbone, small images)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from detector import masks as M
+from detector.coco import import_coco
+from detector.domain import Category, ImageStatus, Instance
+from detector.evaluation import evaluate_project
+from detector.inference import Predictor, load_detector, predict_project
+from detector.images import load_image
+from detector.model import build_model, load_checkpoint, save_checkpoint
+from detector.store import Project
+from detector.synthetic import generate
+from detector.training import Hook, TrainConfig, TrainingError, train_project
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = dict(rpn_batch_size_per_image=64, box_batch_size_per_image=64,
+            anchor_sizes=(8, 16, 32, 64, 128), box_detections_per_img=20)
+
+
+def cfg(**kw):
+    base = dict(weights="none", backbone="resnet18", iterations=60, batch_size=2, lr=0.02,
+                min_size=96, max_size=128, holdout=0.0, augment=False, warmup_steps=5,
+                model_overrides=FAST)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _labelled(folder, n=4, seed=5):
+    gt = generate(folder, n_images=n, seed=seed, size=(128, 96))
+    p = Project(folder)
+    p.scan()
+    import_coco(p, gt)
+    return p, gt
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One small model overfitted on 4 images, shared by the tests below (about a minute)."""
+    folder = tmp_path_factory.mktemp("train") / "shapes"
+    p, gt = _labelled(folder)
+    events = []
+    result = train_project(p, cfg(), folder.parent / "model.pt", on_event=events.append)
+    p.close()
+    return folder, gt, Path(result.checkpoint), events, result
+
+
+@pytest.mark.slow
+def test_each_loss_falls_and_ap_rises(trained, tmp_path):
+    folder, _, ckpt, events, result = trained
+    assert result.ok and result.steps == 60 and result.images_seen == 120
+    steps = [e for e in events if e.kind == "step"]
+    assert [e.step for e in steps] == list(range(1, 61))
+    first, last = steps[:10], steps[-10:]
+    mean = lambda evs, k: float(np.mean([e.losses[k] for e in evs]))  # noqa: E731
+    for k in ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_mask", "loss_keypoint", "loss"):
+        assert mean(last, k) < 0.7 * mean(first, k), k
+    # Box regression is averaged over all sampled RoIs: it first rises as the RPN starts to
+    # propose positives, then falls. It must be falling from its peak by the end.
+    windows = [mean(steps[i:i + 10], "loss_box_reg") for i in range(0, 51, 5)]
+    assert windows[-1] < max(windows)
+    assert all(e.lr > 0 and e.images_per_s > 0 for e in steps)
+    with Project(folder) as p:
+        after = evaluate_project(p, str(ckpt), records=p.images())
+        untrained = build_model(categories=load_detector(p, str(ckpt)).categories, weights="none",
+                                config=load_detector(p, str(ckpt)).config)
+        save_checkpoint(tmp_path / "untrained.pt", untrained)
+        before = evaluate_project(p, str(tmp_path / "untrained.pt"), records=p.images())
+    assert before["segm"]["AP"] < 0.05 and before["bbox"]["AP"] < 0.05
+    assert after["bbox"]["AP"] > 0.3 and after["segm"]["AP"] > 0.3, after
+    assert after["keypoints"]["AP"] > before["keypoints"]["AP"] + 0.2, (before, after)
+
+
+@pytest.mark.slow
+def test_predictions_are_well_formed(trained):
+    folder, _, ckpt, _, _ = trained
+    with Project(folder) as p:
+        det = load_detector(p, str(ckpt))
+        cats = {c.id: c for c in p.categories()}
+        rec = p.images()[0]
+        a = load_image(p.abspath(rec))
+        (insts,) = Predictor(det, "cpu", batch_size=2).predict([a])
+    assert insts, "the overfitted model finds objects"
+    scores = [i.score for i in insts]
+    assert scores == sorted(scores, reverse=True)
+    for i in insts:
+        m = M.decode(i.mask)
+        assert m.shape == a.shape[:2]
+        x1, y1, x2, y2 = i.box
+        assert 0 <= x1 < x2 <= a.shape[1] and 0 <= y1 < y2 <= a.shape[0]
+        if m.any():  # the mask lies inside its (padded) box
+            bx1, by1, bx2, by2 = M.bbox_xyxy(i.mask)
+            assert bx1 >= x1 - 3 and by1 >= y1 - 3 and bx2 <= x2 + 3 and by2 <= y2 + 3
+        assert (len(i.keypoints) == 4) == bool(cats[i.category_id].keypoints)
+
+
+@pytest.mark.slow
+def test_predicted_masks_match_torchvision_pasting(trained):
+    """Our inside-the-box pasting gives torchvision's own full-image masks."""
+    folder, _, ckpt, _, _ = trained
+    with Project(folder) as p:
+        det = load_detector(p, str(ckpt))
+        a = load_image(p.abspath(p.images()[1]))
+    pred = Predictor(det, "cpu")
+    (ours,) = pred.predict([a])
+    with torch.no_grad():
+        ref = det.model([torch.from_numpy(a).permute(2, 0, 1).float() / 255])[0]
+    assert len(ours) == len(ref["boxes"])
+    for inst, m in zip(ours, ref["masks"][:, 0] > 0.5):
+        mine = M.decode(inst.mask).astype(bool)
+        union = (mine | m.numpy()).sum()
+        assert union == 0 or (mine & m.numpy()).sum() / union > 0.97
+
+
+@pytest.mark.slow
+def test_predict_project_never_overwrites_a_person(trained, tmp_path):
+    folder, _, ckpt, _, _ = trained
+    work = tmp_path / "f"
+    shutil.copytree(folder, work, ignore=shutil.ignore_patterns(".loupe"))
+    with Project(work) as p:
+        p.scan()
+        imgs = p.images()
+        (work / "broken.png").write_bytes(b"not a png")
+        p.scan()
+        circle = p.add_category(Category("circle"))
+        mine = p.add_instance(Instance(circle.id, (1.0, 1.0, 9.0, 9.0), image_id=imgs[0].id))
+        p.set_status(imgs[1].id, ImageStatus.REVIEWED)
+        summary = predict_project(p, weights=str(ckpt), device="cpu", batch_size=2)
+        assert summary["unreadable"] == 1 and summary["images"] == len(imgs) - 1
+        assert p.instance(mine.id) == mine
+        assert p.instances(imgs[1].id) == []  # reviewed: untouched
+        assert p.image_by_path("broken.png").status is ImageStatus.UNREADABLE
+        preds = [i for i in p.instances(imgs[2].id)]
+        assert preds and all(i.changed_by == "model" and i.score is not None for i in preds)
+        assert p.image(imgs[2].id).status is ImageStatus.PREDICTED
+        # Cancelling between batches stops early.
+        stop = threading.Event()
+        stop.set()
+        assert predict_project(p, weights=str(ckpt), device="cpu", cancel=stop)["images"] == 0
+
+
+@pytest.mark.slow
+def test_box_prompt_fills_mask_and_keypoints(trained):
+    folder, _, ckpt, _, _ = trained
+    with Project(folder) as p:
+        det = load_detector(p, str(ckpt))
+        rec = p.images()[0]
+        gt = p.instances(rec.id)[0]
+        a = load_image(p.abspath(rec))
+    label = [c.id for c in det.categories].index(gt.category_id) + 1
+    (inst,) = Predictor(det, "cpu").predict_in_boxes(a, [gt.box], [label])
+    assert inst.box == tuple(round(v, 2) for v in gt.box) and inst.score is None
+    m, g = M.decode(inst.mask).astype(bool), M.decode(gt.mask).astype(bool)
+    assert (m & g).sum() / (m | g).sum() > 0.5
+
+
+class _CancelAt(Hook):
+    def __init__(self, step, event):
+        self.step, self.event = step, event
+
+    def after_step(self, trainer, ev):
+        if ev.step == self.step:
+            self.event.set()
+
+
+def test_cancel_then_resume(tmp_path):
+    p, _ = _labelled(tmp_path / "f", n=2)
+    stop = threading.Event()
+    out = tmp_path / "m.pt"
+    r = train_project(p, cfg(iterations=5), out, hooks=[_CancelAt(2, stop)], cancel=stop)
+    assert r.cancelled and r.steps == 2
+    ck = load_checkpoint(out)
+    assert ck["complete"] is False and ck["step"] == 2 and "optimizer" in ck
+    r2 = train_project(p, cfg(iterations=5, resume=str(out)), out)
+    assert r2.ok and r2.steps == 5
+    assert load_checkpoint(out)["complete"] is True
+    p.close()
+
+
+class _Inject(Hook):
+    def __init__(self, at, what):
+        self.at, self.what = at, what
+
+    def after_loss(self, trainer, losses):
+        if trainer.step + 1 == self.at:
+            if self.what == "nan":
+                losses = dict(losses, loss_mask=losses["loss_mask"] * float("nan"))
+            else:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return losses
+
+
+@pytest.mark.parametrize("what,words", [("nan", "loss became nan"), ("oom", "lower the batch size")])
+def test_nan_or_oom_stops_with_a_message_and_keeps_the_old_model(tmp_path, what, words):
+    p, _ = _labelled(tmp_path / "f", n=2)
+    out = tmp_path / "m.pt"
+    out.write_bytes(b"previous model")
+    events = []
+    with pytest.raises(TrainingError, match=words) as e:
+        train_project(p, cfg(iterations=4), out, hooks=[_Inject(2, what)], on_event=events.append)
+    assert out.read_bytes() == b"previous model"
+    assert events[-1].kind == "error" and words in events[-1].message
+    assert "previous model is kept" in str(e.value) or what == "oom"
+    p.close()
+
+
+def test_refuses_without_reviewed_images(tmp_path):
+    generate(tmp_path / "f", n_images=2, size=(64, 48))
+    with Project(tmp_path / "f") as p:
+        p.scan()
+        with pytest.raises(TrainingError, match="no reviewed images"):
+            train_project(p, cfg(), tmp_path / "m.pt")
+
+
+def _loupe(*args, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=600, env=env)
+
+
+@pytest.mark.slow
+def test_command_line_train_evaluate_predict(tmp_path):
+    p, gt = _labelled(tmp_path / "f", n=3)
+    p.close()
+    r = _loupe("train", tmp_path / "f", "--weights", "none", "--backbone", "resnet18", "--iterations", 2,
+               "--image-size", 96, "--batch-size", 2, "--json-events", "-o", tmp_path / "m.pt")
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{\"kind\"")]
+    kinds = [e["kind"] for e in events]
+    assert kinds[0] == "start" and kinds.count("step") == 2 and "done" in kinds
+    assert set(events[1]["losses"]) >= {"loss_objectness", "loss_rpn_box_reg", "loss_classifier",
+                                        "loss_box_reg", "loss_mask", "loss_keypoint"}
+    r = _loupe("evaluate", tmp_path / "f", "--weights", tmp_path / "m.pt", "--gt", gt)
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(metrics["segm"]) == {"AP", "AP50", "AP75"} and metrics["images"] == 3
+    with Project(tmp_path / "f") as p2:
+        for rec in p2.images():
+            p2.set_status(rec.id, ImageStatus.NEW)
+    r = _loupe("predict", tmp_path / "f", "--weights", tmp_path / "m.pt", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["images"] == 3
+    r = _loupe("predict", tmp_path / "f", "--weights", tmp_path / "nope.pt")
+    assert r.returncode == 2 and "nope.pt: file not found" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(tmp_path):
+    p, _ = _labelled(tmp_path / "f", n=4)
+    p.close()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+            ROOT / "main.py", "train", tmp_path / "f", "--weights", "none", "--backbone", "resnet18",
+            "--iterations", 2, "--image-size", 96, "--batch-size", 1, "--device", "cpu",
+            "--holdout", 0, "-o", tmp_path / "ddp.pt"]
+    r = subprocess.run([str(a) for a in args],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ck = load_checkpoint(tmp_path / "ddp.pt")
+    assert ck["world_size"] == 2 and ck["complete"]
+    assert ck["images_per_rank"] == [2, 2]  # both ranks trained on their share
+    assert not list(tmp_path.glob("ddp.pt.tmp"))
