@@ -64,7 +64,7 @@ class InferenceWorker(QObject):
     def load_model(self, weights: str) -> None:
         try:
             det = load_detector(self._proj(), weights or None)
-            self.predictor = Predictor(det, self.device, batch_size=4)
+            self.predictor = Predictor(det, self.device)
             self.model_ready.emit(ModelInfo(weights, device_description(self.predictor.device), det.notice))
         except Exception as exc:  # reported, never a silent thread death
             self.predictor = None

@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     folder_args(pr)
     pr.add_argument("--weights", default=None, help="checkpoint file, 'coco', or 'active' (default)")
     pr.add_argument("--device", default=None)
-    pr.add_argument("--batch-size", type=int, default=4)
+    pr.add_argument("--batch-size", type=int, default=None, help="default: 4 on a GPU, 1 on a CPU")
     pr.add_argument("--distributed", action="store_true",
                     help="take this rank's share of the images (set by torchrun)")
     pr.set_defaults(func=cmd_predict)

@@ -88,10 +88,11 @@ class Predictor:
     """Runs a Detector on batches of images; results are Instances with RLE masks."""
 
     def __init__(self, detector: Detector, device: str | torch.device | None = None,
-                 batch_size: int = 4, amp: bool = True, workers: int = 2):
+                 batch_size: int | None = None, amp: bool = True, workers: int = 2):
         self.detector = detector
         self.device = device if isinstance(device, torch.device) else pick_device(device)
-        self.batch_size = max(1, int(batch_size))
+        # Batches pay off on a GPU; on a CPU one image at a time is fastest (measured).
+        self.batch_size = max(1, int(batch_size or (4 if self.device.type != "cpu" else 1)))
         self.model = detector.model.to(self.device).eval()
         self.amp = amp and self.device.type == "cuda"
         self.workers = workers
@@ -112,7 +113,7 @@ class Predictor:
             images, _ = model.transform(tensors)
             features = model.backbone(images.tensors)
             proposals, _ = model.rpn(images, features)
-            dets, _ = model.roi_heads(features, proposals, images.image_sizes)
+            dets = self._heads(features, proposals, images.image_sizes)
         out = []
         for d, (oh, ow), (rh, rw) in zip(dets, sizes, images.image_sizes):
             sx, sy = ow / rw, oh / rh
@@ -127,6 +128,40 @@ class Predictor:
                 r["keypoints_scores"] = d["keypoints_scores"].float().cpu()
             out.append(r)
         return out
+
+    def _heads(self, features, proposals, image_sizes) -> list[dict[str, torch.Tensor]]:
+        """torchvision's RoIHeads at inference, except that the keypoint head runs only on
+        detections of categories that have keypoints (torchvision runs it on every detection)."""
+        rh = self.model.roi_heads
+        feats = rh.box_head(rh.box_roi_pool(features, proposals, image_sizes))
+        class_logits, box_regression = rh.box_predictor(feats)
+        boxes, scores, labels = rh.postprocess_detections(class_logits, box_regression, proposals,
+                                                          image_sizes)
+        dets = [{"boxes": b, "labels": lab, "scores": sc} for b, sc, lab in zip(boxes, scores, labels)]
+        if rh.has_mask():
+            if sum(len(b) for b in boxes):
+                mf = rh.mask_head(rh.mask_roi_pool(features, boxes, image_sizes))
+                probs = maskrcnn_inference(rh.mask_predictor(mf), labels)
+            else:
+                probs = [b.new_zeros((0, 1, 28, 28)) for b in boxes]
+            for d, p in zip(dets, probs):
+                d["masks"] = p
+        if rh.has_keypoint():
+            k = rh.keypoint_predictor.kps_score_lowres.out_channels
+            wanted = torch.tensor(sorted(self._slices), device=boxes[0].device)
+            sel = [torch.isin(lab, wanted) for lab in labels]
+            kboxes = [b[s] for b, s in zip(boxes, sel)]
+            kps = [b.new_zeros((len(b), k, 3)) for b in boxes]
+            kscores = [b.new_zeros((len(b), k)) for b in boxes]
+            if sum(len(b) for b in kboxes):
+                kf = rh.keypoint_head(rh.keypoint_roi_pool(features, kboxes, image_sizes))
+                kp, ks = keypointrcnn_inference(rh.keypoint_predictor(kf), kboxes)
+                for i, s in enumerate(sel):
+                    kps[i][s] = kp[i].to(kps[i].dtype)
+                    kscores[i][s] = ks[i].to(kscores[i].dtype)
+            for d, kp_, ks_ in zip(dets, kps, kscores):
+                d["keypoints"], d["keypoints_scores"] = kp_, ks_
+        return dets
 
     def to_instances(self, raw: dict[str, torch.Tensor], height: int, width: int) -> tuple[Instance, ...]:
         """Paste and encode one image's detections (runs on a CPU thread)."""
@@ -284,7 +319,7 @@ def attach_project_categories(project, det: Detector) -> Detector:
 
 
 def predict_project(project, weights: str | None = None, device: str | None = None,
-                    batch_size: int = 4, progress: bool = False,
+                    batch_size: int | None = None, progress: bool = False,
                     shard: tuple[int, int] | None = None, cancel: threading.Event | None = None,
                     on_prediction: Callable[[Prediction], None] | None = None) -> dict:
     """Pre-annotate every readable image not yet reviewed; never over a person's edits."""
