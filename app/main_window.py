@@ -1,19 +1,22 @@
-"""The main window assembles docks, actions and the canvas; behaviour lives in the widgets."""
+"""The main window assembles docks, actions and the canvas; behaviour lives in the widgets,
+the editor (edits and undo) and the workers (model, image decoding)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, Signal
-from PySide6.QtGui import QAction, QColor, QKeySequence
-from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QListWidget, QListWidgetItem,
-                               QMainWindow, QMessageBox, QProgressBar, QSlider, QToolBar,
-                               QWidget, QHBoxLayout)
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence
+from PySide6.QtWidgets import (QDialog, QDockWidget, QFileDialog, QHBoxLayout, QLabel,
+                               QMainWindow, QMessageBox, QProgressBar, QSlider, QTextBrowser,
+                               QToolBar, QVBoxLayout, QWidget)
 
-from detector.domain import ImageStatus
+from detector.domain import ImageStatus, Prediction
 from detector.store import Project, ProjectError
 
-from .canvas import ImageCanvas
+from .canvas import ImageCanvas, Tool
+from .docks import CategoriesPanel, CategoryDialog, InstancesPanel
+from .editor import Editor
 from .image_list import ImageListWidget
 from .loader import ImageLoader, LoadedImage
 from .workers import InferenceWorker, ModelInfo, Progress, WorkerThread
@@ -41,27 +44,37 @@ class MainWindow(QMainWindow):
         self._next_request = 0
         self._batch_request = -1
         self._asked: set[int] = set()
-        self._categories: dict = {}
+
         self.canvas = ImageCanvas(self)
         self.setCentralWidget(self.canvas)
+        self.editor = Editor(self.canvas, self)
+        self.editor.changed.connect(self.refresh_instances)
+        self.editor.fill_requested.connect(self._ask_fill)
+        self.editor.message.connect(lambda m: self.statusBar().showMessage(m, 6000))
+        self.canvas.point_clicked.connect(self._place_keypoint)
+        self.canvas.space_tapped.connect(self.mark_reviewed)
         self.loader = ImageLoader(self)
         self.loader.loaded.connect(self._on_loaded)
 
         self.image_list = ImageListWidget()
         self.image_list.image_chosen.connect(self.show_image)
         self._dock("Images", self.image_list, Qt.DockWidgetArea.LeftDockWidgetArea)
-        self.instance_list = QListWidget()
-        self.instance_list.setSelectionMode(QListWidget.SelectionMode.ExtendedSelection)
-        self.instance_list.itemSelectionChanged.connect(self._on_list_selection)
-        self.canvas.selection_changed.connect(self._on_canvas_selection)
-        self._dock("Instances", self.instance_list, Qt.DockWidgetArea.RightDockWidgetArea)
-        self.category_list = QListWidget()
-        self._dock("Categories", self.category_list, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.instances_panel = InstancesPanel()
+        self.instances_panel.ids_selected.connect(self.canvas.select_ids)
+        self.instances_panel.visibility_changed.connect(self._on_instance_visibility)
+        self.canvas.selection_changed.connect(self.instances_panel.select_ids)
+        self._dock("Instances", self.instances_panel, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.categories_panel = CategoriesPanel()
+        self.categories_panel.visibility_changed.connect(self._on_category_visibility)
+        self.categories_panel.current_changed.connect(self._on_current_category)
+        self.categories_panel.add_requested.connect(self.add_category)
+        self.categories_panel.edit_requested.connect(self.edit_category)
+        self._dock("Categories", self.categories_panel, Qt.DockWidgetArea.RightDockWidgetArea)
 
         self._build_actions()
         self.device_label = QLabel("model: none")
         self.progress = QProgressBar()
-        self.progress.setMaximumWidth(220)
+        self.progress.setMaximumWidth(240)
         self.progress.setVisible(False)
         self.statusBar().addPermanentWidget(self.progress)
         self.statusBar().addPermanentWidget(self.device_label)
@@ -84,41 +97,93 @@ class MainWindow(QMainWindow):
             tip = f"{tip or text} ({', '.join(QKeySequence(s).toString() for s in seqs)})"
         act.setToolTip(tip or text)
         act.triggered.connect(slot)
+        self.addAction(act)  # shortcuts work wherever the focus is in the window
         return act
 
     def _build_actions(self) -> None:
-        self.act_open = self._action("Open folder…", self.choose_folder, QKeySequence.StandardKey.Open)
-        self.act_prev = self._action("Previous", lambda: self.step(-1), ["A", "PgUp"])
-        self.act_next = self._action("Next", lambda: self.step(1), ["D", "PgDown"])
-        self.act_fit = self._action("Fit", self.canvas.fit, "F")
-        self.act_one = self._action("1:1", self.canvas.actual_size, "1")
-        self.act_reviewed = self._action("Mark reviewed", self.mark_reviewed, "Space",
-                                         "Mark this image reviewed and go to the next")
-        self.act_quit = self._action("Quit", self.close, QKeySequence.StandardKey.Quit)
-        self.act_predict_all = self._action("Pre-annotate all", self.predict_all, "Ctrl+P",
-                                            "Pre-annotate every image not yet reviewed")
-        self.act_cancel = self._action("Cancel", self.cancel_work, "Esc", "Cancel background work")
+        a = self._action
+        self.act_open = a("Open folder…", self.choose_folder, QKeySequence.StandardKey.Open)
+        self.act_prev = a("Previous", lambda: self.step(-1), ["A", "PgUp"], "Previous image")
+        self.act_next = a("Next", lambda: self.step(1), ["D", "PgDown"], "Next image")
+        self.act_fit = a("Fit", self.canvas.fit, "F", "Fit the image in the window")
+        self.act_one = a("1:1", self.canvas.actual_size, "Ctrl+1", "Actual pixels")
+        self.act_reviewed = a("Reviewed ✓", self.mark_reviewed, None,
+                              "Keep what is shown, mark the image reviewed and go to the next (Space)")
+        self.act_undo = self.editor.undo_group.createUndoAction(self, "Undo")
+        self.act_undo.setShortcut(QKeySequence("Ctrl+Z"))
+        self.act_redo = self.editor.undo_group.createRedoAction(self, "Redo")
+        self.act_redo.setShortcuts([QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")])
+        self.addActions([self.act_undo, self.act_redo])
+        self.act_delete = a("Delete", self.editor.delete_selected, ["Del", "Backspace"], "Delete selected")
+        self.act_duplicate = a("Duplicate", self.editor.duplicate_selected, "Ctrl+D", "Duplicate selected")
+        self.act_accept = a("Accept", self.editor.accept_selected, ["Return", "Enter"], "Accept selected")
+        self.act_accept_all = a("Accept all ≥ slider", lambda: self.editor.accept_above(self.canvas.min_score),
+                                ["Ctrl+Return", "Ctrl+Enter"], "Accept every prediction above the slider")
+        self.act_keypoint_vis = a("Keypoint visibility", self.editor.toggle_keypoint, "V",
+                                  "Cycle the clicked keypoint: visible / occluded / unlabelled")
+        self.act_smaller = a("Smaller brush", lambda: self._brush(-2), "[")
+        self.act_bigger = a("Bigger brush", lambda: self._brush(2), "]")
+        self.act_help = a("Shortcuts", self.show_shortcuts, ["F1", "?"], "Keyboard shortcuts")
+        self.act_predict_all = a("Pre-annotate all", self.predict_all, "Ctrl+P",
+                                 "Pre-annotate every image not yet reviewed")
+        self.act_cancel = a("Cancel", self.cancel_work, "Ctrl+.", "Cancel background work")
         self.act_cancel.setEnabled(False)
-        self.addAction(self.act_predict_all)
-        self.addAction(self.act_cancel)
-        for a in (self.act_prev, self.act_next, self.act_fit, self.act_one, self.act_reviewed):
-            self.addAction(a)
+        self.act_quit = a("Quit", self.close, QKeySequence.StandardKey.Quit)
+        for n in range(1, 10):
+            a(f"Category {n}", lambda _=False, n=n: self._category_by_number(n), str(n))
+
+        self.tool_group = QActionGroup(self)
+        self.tool_actions: dict[Tool, QAction] = {}
+        for tool, text, key, tip in [
+            (Tool.SELECT, "Select", "S", "Select, move, resize; drag keypoints"),
+            (Tool.BOX, "Box", "W", "Draw a box; the model fills in its mask"),
+            (Tool.POLYGON, "Polygon", "P", "Click points, Enter or double-click to close"),
+            (Tool.BRUSH, "Brush", "B", "Paint the selected mask ([ and ] size)"),
+            (Tool.ERASER, "Eraser", "E", "Erase from the selected mask ([ and ] size)"),
+            (Tool.KEYPOINT, "Keypoint", "K", "Click to place the next missing keypoint"),
+        ]:
+            act = a(text, lambda _=False, t=tool: self.set_tool(t), key, tip)
+            act.setCheckable(True)
+            self.tool_group.addAction(act)
+            self.tool_actions[tool] = act
+        self.tool_actions[Tool.SELECT].setChecked(True)
+
         m = self.menuBar().addMenu("&File")
         m.addAction(self.act_open)
         self.recent_menu = m.addMenu("Open recent")
         self._fill_recent()
         m.addSeparator()
         m.addAction(self.act_quit)
+        e = self.menuBar().addMenu("&Edit")
+        e.addActions([self.act_undo, self.act_redo])
+        e.addSeparator()
+        e.addActions([self.act_delete, self.act_duplicate, self.act_accept, self.act_accept_all,
+                      self.act_keypoint_vis, self.act_reviewed])
+        t = self.menuBar().addMenu("&Tools")
+        t.addActions(list(self.tool_actions.values()))
         v = self.menuBar().addMenu("&View")
         v.addActions([self.act_fit, self.act_one, self.act_prev, self.act_next])
-        tb = QToolBar("Main")
-        tb.setObjectName("main toolbar")
-        tb.addActions([self.act_open, self.act_prev, self.act_next, self.act_fit, self.act_reviewed])
-        tb.addSeparator()
-        tb.addActions([self.act_predict_all, self.act_cancel])
         mm = self.menuBar().addMenu("&Model")
         mm.addActions([self.act_predict_all, self.act_cancel])
+        h = self.menuBar().addMenu("&Help")
+        h.addAction(self.act_help)
+
+        tb = QToolBar("Main")
+        tb.setObjectName("main toolbar")
+        tb.addActions([self.act_open, self.act_prev, self.act_next, self.act_fit])
         tb.addSeparator()
+        tb.addActions([self.act_undo, self.act_redo, self.act_accept, self.act_reviewed])
+        tb.addSeparator()
+        tb.addActions([self.act_predict_all, self.act_cancel])
+        tb.addSeparator()
+        tb.addWidget(self._slider_box())
+        self.addToolBar(tb)
+        tools = QToolBar("Tools")
+        tools.setObjectName("tools toolbar")
+        tools.addActions(list(self.tool_actions.values()))
+        self.addToolBar(Qt.ToolBarArea.LeftToolBarArea, tools)
+
+    def _slider_box(self) -> QWidget:
         box = QWidget()
         lay = QHBoxLayout(box)
         lay.setContentsMargins(6, 0, 6, 0)
@@ -126,20 +191,46 @@ class MainWindow(QMainWindow):
         self.score_slider = QSlider(Qt.Orientation.Horizontal)
         self.score_slider.setRange(0, 100)
         self.score_slider.setValue(50)
-        self.score_slider.setMaximumWidth(160)
+        self.score_slider.setMaximumWidth(140)
         self.score_label = QLabel("0.50")
         self.score_slider.valueChanged.connect(self._on_threshold)
         lay.addWidget(self.score_slider)
         lay.addWidget(self.score_label)
-        tb.addWidget(box)
-        self.addToolBar(tb)
+        lay.addWidget(QLabel("  Mask"))
+        self.alpha_slider = QSlider(Qt.Orientation.Horizontal)
+        self.alpha_slider.setRange(0, 255)
+        self.alpha_slider.setValue(self.canvas.mask_alpha)
+        self.alpha_slider.setMaximumWidth(100)
+        self.alpha_slider.sliderReleased.connect(
+            lambda: self.canvas.set_mask_alpha(self.alpha_slider.value(), self.editor.categories))
+        lay.addWidget(self.alpha_slider)
         self.canvas.min_score = 0.5
+        return box
 
     def _fill_recent(self) -> None:
         self.recent_menu.clear()
         for folder in QSettings().value("recent_folders", [], type=list)[:8]:
             act = self.recent_menu.addAction(folder)
             act.triggered.connect(lambda _=False, f=folder: self.open_folder(f))
+
+    def show_shortcuts(self) -> None:
+        rows = []
+        for act in self.actions():
+            keys = ", ".join(k.toString() for k in act.shortcuts())
+            if keys:
+                rows.append(f"<tr><td><b>{keys}</b></td><td>{act.text()}</td></tr>")
+        rows.append("<tr><td><b>Space</b></td><td>Keep what is shown, mark reviewed, next image</td></tr>")
+        rows.append("<tr><td><b>Space + drag, middle drag</b></td><td>Pan</td></tr>")
+        rows.append("<tr><td><b>Wheel</b></td><td>Zoom to the cursor</td></tr>")
+        dlg = QDialog(self)
+        dlg.setWindowTitle("Keyboard shortcuts")
+        text = QTextBrowser()
+        text.setHtml("<table cellpadding=3>" + "".join(rows) + "</table>")
+        lay = QVBoxLayout(dlg)
+        lay.addWidget(text)
+        dlg.resize(460, 560)
+        dlg.show()
+        self._help = dlg
 
     # -- project ----------------------------------------------------------------------------
     def choose_folder(self) -> None:
@@ -158,6 +249,7 @@ class MainWindow(QMainWindow):
 
     def set_project(self, project: Project) -> None:
         if self.project is not None and self.project is not project:
+            self.stop_worker()
             self.project.close()
         self.project = project
         project.scan()
@@ -167,13 +259,8 @@ class MainWindow(QMainWindow):
         settings.setValue("recent_folders", recent[:8])
         self._fill_recent()
         self.setWindowTitle(f"Loupe — {project.root}")
-        self._categories = {c.id: c for c in project.categories()}
-        self.category_list.clear()
-        for c in self._categories.values():
-            item = QListWidgetItem(c.name + (f"  ({len(c.keypoints)} keypoints)" if c.keypoints else ""))
-            item.setForeground(Qt.GlobalColor.white)
-            item.setBackground(QColor(c.color).darker(160))
-            self.category_list.addItem(item)
+        self.editor.set_project(project)
+        self._show_categories()
         records = project.images()
         self.image_list.model.set_records(records)
         counts = project.status_counts()
@@ -183,6 +270,41 @@ class MainWindow(QMainWindow):
         first = next((r for r in records if r.readable), None)
         if first is not None:
             self.show_image(first.id)
+
+    def _show_categories(self) -> None:
+        self.categories_panel.set_categories(list(self.editor.categories.values()),
+                                             self.canvas.hidden_categories)
+        if self.editor.current_category is not None:
+            self.categories_panel.set_current(self.editor.current_category)
+
+    def add_category(self) -> None:
+        dlg = CategoryDialog(None, self)
+        if dlg.exec() and dlg.result_category is not None:
+            try:
+                cat = self.project.add_category(dlg.result_category)
+            except ProjectError as exc:
+                QMessageBox.warning(self, "Category", str(exc))
+                return
+            self.editor.reload_categories()
+            self.editor.current_category = cat.id
+            self._show_categories()
+
+    def edit_category(self, category_id: int) -> None:
+        dlg = CategoryDialog(self.editor.categories[category_id], self)
+        if dlg.exec() and dlg.result_category is not None:
+            self.project.update_category(dlg.result_category)
+            self.editor.reload_categories()
+            self._show_categories()
+            self.refresh_instances()
+
+    def _category_by_number(self, n: int) -> None:
+        ids = list(self.editor.categories)
+        if n - 1 < len(ids):
+            self.editor.set_category(ids[n - 1])
+            self.categories_panel.set_current(ids[n - 1])
+
+    def _on_current_category(self, category_id: int) -> None:
+        self.editor.current_category = category_id
 
     # -- the model worker -------------------------------------------------------------------
     def start_worker(self) -> None:
@@ -195,13 +317,14 @@ class MainWindow(QMainWindow):
         self.request_fill.connect(worker.fill_boxes)
         worker.model_ready.connect(self._on_model_ready)
         worker.prediction.connect(self._on_prediction)
+        worker.box_filled.connect(self._on_box_filled)
         worker.progress.connect(self._on_progress)
         worker.finished.connect(self._on_finished)
         worker.errored.connect(self._on_worker_error)
         self.model_info = None
         active = self.project.active_model()
         if active is None:
-            self.device_label.setText("No model yet: review a few images, then Train")
+            self.device_label.setText("No model yet: review a few images (Space), then Train")
             self.act_predict_all.setEnabled(False)
         else:
             self.device_label.setText(f"loading model {active.name}…")
@@ -221,7 +344,7 @@ class MainWindow(QMainWindow):
                 except (RuntimeError, TypeError):
                     pass
             wt.stop()
-            wt.worker.close()
+            self._batch_request = -1
 
     def _on_model_ready(self, info: ModelInfo) -> None:
         self.model_info = info
@@ -243,6 +366,17 @@ class MainWindow(QMainWindow):
         self._next_request += 1
         self.request_predict.emit(self._next_request, [image_id])
 
+    def _ask_fill(self, image_id: int, boxes: list, category_ids: list) -> None:
+        if self.model_info is None:
+            self.statusBar().showMessage("No model yet: the box stays a plain box (paint its mask "
+                                         "with B, or train a model).", 6000)
+            return
+        self._next_request += 1
+        self.request_fill.emit(self._next_request, image_id, boxes, category_ids)
+
+    def _on_box_filled(self, pred: Prediction) -> None:
+        self.editor.apply_fill(pred.image_id, list(pred.instances))
+
     def predict_all(self) -> None:
         if self.model_info is None or self.project is None:
             QMessageBox.information(self, "No model yet",
@@ -257,6 +391,7 @@ class MainWindow(QMainWindow):
         self._batch_request = self._next_request
         self.progress.setRange(0, max(1, len(todo)))
         self.progress.setValue(0)
+        self.progress.setFormat("%v/%m")
         self.progress.setVisible(True)
         self.act_cancel.setEnabled(True)
         self.request_predict.emit(self._batch_request, todo)
@@ -265,7 +400,7 @@ class MainWindow(QMainWindow):
         if self.worker_thread is not None:
             self.worker_thread.worker.cancel_event.set()
 
-    def _on_prediction(self, pred) -> None:
+    def _on_prediction(self, pred: Prediction) -> None:
         if self.project is None:
             return
         self.image_list.model.update_record(self.project.image(pred.image_id))
@@ -314,26 +449,22 @@ class MainWindow(QMainWindow):
             self.image_list.model.update_record(self.project.image(result.image_id))
             self.statusBar().showMessage(f"Skipped unreadable image: {result.error}", 8000)
             return
+        self.editor.set_image(result.image_id)
+        self.canvas.hidden_ids.clear()
         self.canvas.set_image(result.rgb)
         self.refresh_instances()
+        self.canvas.setFocus()
         self.image_shown.emit(result.image_id)
         self._ask_prediction(result.image_id)
 
     def refresh_instances(self) -> None:
-        if self.project is None or self.current_image_id is None:
+        if self.project is None or self.current_image_id is None or not self.canvas.has_image:
             return
         instances = self.project.instances(self.current_image_id)
-        self.canvas.set_instances(instances, self._categories)
-        self.instance_list.blockSignals(True)
-        self.instance_list.clear()
-        for inst in instances:
-            cat = self._categories.get(inst.category_id)
-            state = "accepted" if inst.accepted else ("edited" if inst.touched_by_person else "predicted")
-            score = f"{inst.score:.2f}" if inst.score is not None else "—"
-            item = QListWidgetItem(f"{cat.name if cat else '?'}   {score}   {inst.source} · {state}")
-            item.setData(Qt.ItemDataRole.UserRole, inst.id)
-            self.instance_list.addItem(item)
-        self.instance_list.blockSignals(False)
+        self.canvas.set_instances(instances, self.editor.categories)
+        self.instances_panel.set_instances(instances, self.editor.categories, self.canvas.hidden_ids)
+        self.instances_panel.select_ids(self.canvas.selected_ids())
+        self.image_list.model.update_record(self.project.image(self.current_image_id))
 
     def step(self, delta: int) -> None:
         if self.current_image_id is None:
@@ -345,25 +476,41 @@ class MainWindow(QMainWindow):
     def mark_reviewed(self) -> None:
         if self.project is None or self.current_image_id is None:
             return
-        self.project.set_status(self.current_image_id, ImageStatus.REVIEWED)
-        self.image_list.model.update_record(self.project.image(self.current_image_id))
+        self.editor.mark_reviewed(self.canvas.min_score)
         self.step(1)
 
-    # -- selection sync ---------------------------------------------------------------------
-    def _on_canvas_selection(self, ids: list[int]) -> None:
-        self.instance_list.blockSignals(True)
-        for i in range(self.instance_list.count()):
-            item = self.instance_list.item(i)
-            item.setSelected(item.data(Qt.ItemDataRole.UserRole) in ids)
-        self.instance_list.blockSignals(False)
+    # -- tools, visibility ------------------------------------------------------------------
+    def set_tool(self, tool: Tool) -> None:
+        self.canvas.set_tool(tool)
+        self.tool_actions[tool].setChecked(True)
+        if tool is Tool.KEYPOINT:
+            name = self.editor.next_missing_name()
+            self.statusBar().showMessage(f"Click to place '{name}'" if name else
+                                         "Select one instance of a keypoint category first", 6000)
 
-    def _on_list_selection(self) -> None:
-        ids = [it.data(Qt.ItemDataRole.UserRole) for it in self.instance_list.selectedItems()]
-        self.canvas.select_ids(ids)
+    def _place_keypoint(self, x: float, y: float) -> None:
+        more = self.editor.place_next_keypoint(x, y)
+        name = self.editor.next_missing_name()
+        if more and name:
+            self.statusBar().showMessage(f"Click to place '{name}'", 6000)
+        else:
+            self.set_tool(Tool.SELECT)
+
+    def _brush(self, delta: float) -> None:
+        self.canvas.brush_radius = max(1.0, min(100.0, self.canvas.brush_radius + delta))
+        self.statusBar().showMessage(f"Brush radius {self.canvas.brush_radius:.0f} px", 2000)
 
     def _on_threshold(self, value: int) -> None:
         self.score_label.setText(f"{value / 100:.2f}")
         self.canvas.apply_threshold(value / 100)
+
+    def _on_instance_visibility(self, instance_id: int, visible: bool) -> None:
+        (self.canvas.hidden_ids.discard if visible else self.canvas.hidden_ids.add)(instance_id)
+        self.canvas.apply_visibility()
+
+    def _on_category_visibility(self, category_id: int, visible: bool) -> None:
+        (self.canvas.hidden_categories.discard if visible else self.canvas.hidden_categories.add)(category_id)
+        self.canvas.apply_visibility()
 
     # -- drag and drop, closing ---------------------------------------------------------------
     def dragEnterEvent(self, event):  # noqa: N802
@@ -377,6 +524,13 @@ class MainWindow(QMainWindow):
                 self.open_folder(str(path))
                 return
 
+    def keyPressEvent(self, event):  # noqa: N802
+        # Space anywhere in the window (not only on the canvas) marks reviewed.
+        if event.key() == Qt.Key.Key_Space and not event.isAutoRepeat():
+            self.mark_reviewed()
+            return
+        super().keyPressEvent(event)
+
     def closeEvent(self, event):  # noqa: N802
         if self._batch_request >= 0:
             answer = QMessageBox.question(self, "Quit Loupe?",
@@ -386,6 +540,7 @@ class MainWindow(QMainWindow):
                 return
         self.stop_worker()
         self.loader.shutdown()
+        self.statusBar().clearMessage()  # also stops the message's timeout timer
         if self.project is not None:
             self.project.close()
         super().closeEvent(event)

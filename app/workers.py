@@ -99,11 +99,18 @@ class InferenceWorker(QObject):
         self.finished.emit(request_id)
 
     @Slot(int, int, list, list)
-    def fill_boxes(self, request_id: int, image_id: int, boxes: list, labels: list) -> None:
+    def fill_boxes(self, request_id: int, image_id: int, boxes: list, category_ids: list) -> None:
         """Mask and keypoints for a person's boxes from the model's second stage."""
         if self.predictor is None:
             self.errored.emit("No model loaded yet: the box stays a plain box.")
             return
+        label_of = {cid: lab for lab, cid in self.predictor.category_ids.items()}
+        known = [(b, label_of[c]) for b, c in zip(boxes, category_ids) if c in label_of]
+        if not known:
+            self.errored.emit("The model does not know this category yet: the box stays a plain "
+                              "box until the next training.")
+            return
+        boxes, labels = [b for b, _ in known], [lab for _, lab in known]
         try:
             from detector.images import load_image
 
@@ -131,10 +138,14 @@ class WorkerThread(QObject):
         self.thread.setObjectName("loupe-inference")
         self.worker = worker
         worker.moveToThread(self.thread)
+        self.thread.finished.connect(worker.deleteLater)
         self.thread.start()
 
     def stop(self, timeout_ms: int = 10_000) -> bool:
+        """Cancel running work and join the thread (model work stops between batches)."""
         self.worker.cancel_event.set()
         self.thread.quit()
         ok = self.thread.wait(timeout_ms)
+        if ok:
+            self.worker.close()
         return ok

@@ -25,7 +25,7 @@ def test_opens_folder_and_shows_first_image(window, project):
     assert window.current_image_id == first.id
     assert window.canvas.has_image
     assert len(window.canvas.items_by_id) == len(project.instances(first.id))
-    assert window.instance_list.count() == len(project.instances(first.id))
+    assert window.instances_panel.count() == len(project.instances(first.id))
     assert window.image_list.model.rowCount() == 6
 
 
@@ -38,8 +38,8 @@ def test_next_previous_and_selection_sync(window, qtbot, project):
     with qtbot.waitSignal(window.image_shown, timeout=5000):
         window.step(-1)
     assert window.current_image_id == ids[0]
-    window.instance_list.item(0).setSelected(True)
-    inst_id = window.instance_list.item(0).data(Qt.ItemDataRole.UserRole)
+    window.instances_panel.item(0).setSelected(True)
+    inst_id = window.instances_panel.item(0).data(Qt.ItemDataRole.UserRole)
     assert window.canvas.items_by_id[inst_id].isSelected()
 
 

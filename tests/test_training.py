@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from detector import masks as M
-from detector.coco import import_coco
 from detector.domain import Category, ImageStatus, Instance
 from detector.evaluation import evaluate_project
 from detector.inference import Predictor, load_detector, predict_project
@@ -21,38 +20,17 @@ from detector.images import load_image
 from detector.model import build_model, load_checkpoint, save_checkpoint
 from detector.store import Project
 from detector.synthetic import generate
-from detector.training import Hook, TrainConfig, TrainingError, train_project
+from detector.training import Hook, TrainingError, train_project
+
+from conftest import labelled as _labelled
+from conftest import small_train_config as cfg
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = dict(rpn_batch_size_per_image=64, box_batch_size_per_image=64,
-            anchor_sizes=(8, 16, 32, 64, 128), box_detections_per_img=20)
 
 
-def cfg(**kw):
-    base = dict(weights="none", backbone="resnet18", iterations=60, batch_size=2, lr=0.02,
-                min_size=96, max_size=128, holdout=0.0, augment=False, warmup_steps=5,
-                model_overrides=FAST)
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def _labelled(folder, n=4, seed=5):
-    gt = generate(folder, n_images=n, seed=seed, size=(128, 96))
-    p = Project(folder)
-    p.scan()
-    import_coco(p, gt)
-    return p, gt
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One small model overfitted on 4 images, shared by the tests below (about a minute)."""
-    folder = tmp_path_factory.mktemp("train") / "shapes"
-    p, gt = _labelled(folder)
-    events = []
-    result = train_project(p, cfg(), folder.parent / "model.pt", on_event=events.append)
-    p.close()
-    return folder, gt, Path(result.checkpoint), events, result
+@pytest.fixture
+def trained(trained_model):
+    return trained_model
 
 
 @pytest.mark.slow

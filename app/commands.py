@@ -1,0 +1,107 @@
+"""One QUndoCommand per kind of edit. Each redo/undo writes to the project store at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from PySide6.QtGui import QUndoCommand
+
+from detector.domain import ImageStatus, Instance
+from detector.store import Project
+
+Refresh = Callable[[], None]
+
+
+class _Command(QUndoCommand):
+    def __init__(self, project: Project, refresh: Refresh, text: str):
+        super().__init__(text)
+        self.project, self.refresh = project, refresh
+
+
+class AddInstances(_Command):
+    """Add new instances (a drawn box, polygon, painted mask, duplicate)."""
+
+    def __init__(self, project, refresh, instances: list[Instance], text: str = "Add instance"):
+        super().__init__(project, refresh, text)
+        self.pending = list(instances)
+        self.stored: list[Instance] = []
+
+    def redo(self) -> None:
+        if not self.stored:
+            self.stored = [self.project.add_instance(i) for i in self.pending]
+        else:
+            for i in self.stored:
+                self.project.restore_instance(i)
+        self.refresh()
+
+    def undo(self) -> None:
+        for i in self.stored:
+            self.project.delete_instance(i.id)
+        self.refresh()
+
+
+class DeleteInstances(_Command):
+    def __init__(self, project, refresh, instances: list[Instance], text: str = "Delete"):
+        super().__init__(project, refresh, text)
+        self.instances = list(instances)
+
+    def redo(self) -> None:
+        for i in self.instances:
+            self.project.delete_instance(i.id)
+        self.refresh()
+
+    def undo(self) -> None:
+        for i in self.instances:
+            self.project.restore_instance(i)
+        self.refresh()
+
+
+class EditInstances(_Command):
+    """Any change to existing instances: move, resize, paint, erase, keypoints, category, accept.
+
+    Consecutive edits with the same ``merge_key`` on the same instances merge into one step
+    (e.g. repeated arrow-key nudges); a mouse drag is already one edit on release.
+    """
+
+    def __init__(self, project, refresh, pairs: list[tuple[Instance, Instance]], text: str,
+                 merge_key: int = -1):
+        super().__init__(project, refresh, text)
+        self.pairs = list(pairs)
+        self.merge_key = merge_key
+
+    def id(self) -> int:  # noqa: A003 (Qt's name)
+        return self.merge_key
+
+    def mergeWith(self, other: QUndoCommand) -> bool:  # noqa: N802
+        if not isinstance(other, EditInstances) or other.merge_key != self.merge_key or self.merge_key < 0:
+            return False
+        if [a.id for a, _ in self.pairs] != [a.id for a, _ in other.pairs]:
+            return False
+        self.pairs = [(a, b2) for (a, _), (_, b2) in zip(self.pairs, other.pairs)]
+        return True
+
+    def redo(self) -> None:
+        for _, after in self.pairs:
+            self.project.update_instance(after)
+        self.refresh()
+
+    def undo(self) -> None:
+        for before, _ in self.pairs:
+            # Undo gives the instance back exactly, its owner included (a prediction stays one).
+            self.project.update_instance(before, by=before.changed_by)
+        self.refresh()
+
+
+class SetImageStatus(_Command):
+    def __init__(self, project, refresh, image_id: int, status: ImageStatus, text: str = "Mark reviewed"):
+        super().__init__(project, refresh, text)
+        self.image_id, self.status = image_id, status
+        self.before = project.image(image_id).status
+
+    def redo(self) -> None:
+        self.project.set_status(self.image_id, self.status)
+        self.refresh()
+
+    def undo(self) -> None:
+        self.project.set_status(self.image_id, self.before)
+        self.refresh()
