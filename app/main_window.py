@@ -3,6 +3,7 @@ the editor (edits and undo) and the workers (model, image decoding)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, Signal
@@ -19,6 +20,8 @@ from .docks import CategoriesPanel, CategoryDialog, InstancesPanel
 from .editor import Editor
 from .image_list import ImageListWidget
 from .loader import ImageLoader, LoadedImage
+from .training import (ModelVersionsDialog, TrainingPanel, TrainRunner, TrainSettings,
+                       TrainSettingsDialog, headline)
 from .workers import InferenceWorker, ModelInfo, Progress, WorkerThread
 
 
@@ -70,6 +73,18 @@ class MainWindow(QMainWindow):
         self.categories_panel.add_requested.connect(self.add_category)
         self.categories_panel.edit_requested.connect(self.edit_category)
         self._dock("Categories", self.categories_panel, Qt.DockWidgetArea.RightDockWidgetArea)
+
+        self.train_settings = TrainSettings()
+        self.runner = TrainRunner(self)
+        self.runner.event.connect(self._on_train_event)
+        self.runner.finished.connect(self._on_train_finished)
+        self.training_panel = TrainingPanel()
+        self.training_panel.train_clicked.connect(self.start_training)
+        self.training_panel.cancel_clicked.connect(self.runner.cancel)
+        self.training_panel.settings_clicked.connect(self.edit_train_settings)
+        self.training_dock = self._dock("Training", self.training_panel, Qt.DockWidgetArea.BottomDockWidgetArea)
+        self._reannotate_after_load = False
+        self.resizeDocks([self.training_dock], [190], Qt.Orientation.Vertical)
 
         self._build_actions()
         self.device_label = QLabel("model: none")
@@ -128,6 +143,9 @@ class MainWindow(QMainWindow):
                                  "Pre-annotate every image not yet reviewed")
         self.act_cancel = a("Cancel", self.cancel_work, "Ctrl+.", "Cancel background work")
         self.act_cancel.setEnabled(False)
+        self.act_train = a("Train", self.start_training, "Ctrl+T", "Fine-tune on the reviewed images")
+        self.act_train_settings = a("Training settings…", self.edit_train_settings)
+        self.act_versions = a("Model versions…", self.show_versions)
         self.act_quit = a("Quit", self.close, QKeySequence.StandardKey.Quit)
         for n in range(1, 10):
             a(f"Category {n}", lambda _=False, n=n: self._category_by_number(n), str(n))
@@ -165,6 +183,8 @@ class MainWindow(QMainWindow):
         v.addActions([self.act_fit, self.act_one, self.act_prev, self.act_next])
         mm = self.menuBar().addMenu("&Model")
         mm.addActions([self.act_predict_all, self.act_cancel])
+        mm.addSeparator()
+        mm.addActions([self.act_train, self.act_train_settings, self.act_versions])
         h = self.menuBar().addMenu("&Help")
         h.addAction(self.act_help)
 
@@ -174,7 +194,7 @@ class MainWindow(QMainWindow):
         tb.addSeparator()
         tb.addActions([self.act_undo, self.act_redo, self.act_accept, self.act_reviewed])
         tb.addSeparator()
-        tb.addActions([self.act_predict_all, self.act_cancel])
+        tb.addActions([self.act_predict_all, self.act_cancel, self.act_train])
         tb.addSeparator()
         tb.addWidget(self._slider_box())
         self.addToolBar(tb)
@@ -353,7 +373,10 @@ class MainWindow(QMainWindow):
         if info.notice:
             self.statusBar().showMessage(info.notice, 8000)
         self._asked.clear()
-        if self.current_image_id is not None:
+        if self._reannotate_after_load:
+            self._reannotate_after_load = False
+            self.predict_all()
+        elif self.current_image_id is not None:
             self._ask_prediction(self.current_image_id)
 
     def _ask_prediction(self, image_id: int) -> None:
@@ -427,6 +450,106 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(message, 15000)
         if self.model_info is None:
             self.device_label.setText("model: failed to load")
+
+    # -- training ---------------------------------------------------------------------------
+    def edit_train_settings(self) -> None:
+        dlg = TrainSettingsDialog(self.train_settings, self)
+        if dlg.exec():
+            self.train_settings = dlg.settings()
+
+    def start_training(self) -> None:
+        if self.project is None or self.runner.running:
+            return
+        reviewed = self.project.images(ImageStatus.REVIEWED)
+        labelled = [r for r in reviewed if any(i.touched_by_person for i in self.project.instances(r.id))]
+        if len(reviewed) < 2 or not labelled:
+            self._notify("Not enough to train on",
+                         f"Training needs at least 2 reviewed images with some objects labelled "
+                         f"(now {len(reviewed)} reviewed, {len(labelled)} with objects). Correct a few "
+                         "images and mark them reviewed with Space.")
+            return
+        models_dir = self.project.db_path.parent / "models"
+        n = len(self.project.models()) + 1
+        output = models_dir / f"v{n}-{int(time.time())}.pt"
+        active = self.project.active_model()
+        self.training_panel.started()
+        self.training_dock.show()
+        self.act_train.setEnabled(False)
+        self._train_started_settings = dict(self.train_settings.__dict__)
+        self.runner.start(str(self.project.root), str(self.project.db_path), output,
+                          self.train_settings, active.path if active else None)
+
+    def _on_train_event(self, ev: dict) -> None:
+        self.training_panel.on_event(ev)
+
+    def _on_train_finished(self, result: dict) -> None:
+        self.act_train.setEnabled(True)
+        if not result["ok"]:
+            self.training_panel.stopped(result["message"])
+            if not result["cancelled"]:
+                self._notify("Training stopped", result["message"])
+            return
+        metrics = result.get("metrics") or {}
+        after, before = metrics.get("after"), metrics.get("before")
+        new, old = headline(after), headline(before)
+        active = self.project.active_model()
+        better = active is None or old is None or (new is not None and new >= old)
+        version = self.project.add_model(
+            Path(result["checkpoint"]).stem.split("-")[0], result["checkpoint"], after or {},
+            {**self._train_started_settings, "log": result.get("log")},
+            int(result.get("images_seen") or 0), activate=better)
+        text = f"{version.name}: segm AP {new if new is not None else '—'}"
+        if old is not None:
+            text += f" (before: {old})"
+        if better:
+            text += " — now the active model; re-annotating the images not yet reviewed."
+            self._reannotate_after_load = True
+            self.load_model(version.path)
+        else:
+            text += " — not better than the active model; activate it from Model versions if you prefer it."
+        self.training_panel.stopped(text)
+        self.statusBar().showMessage(text, 15000)
+
+    def show_versions(self) -> None:
+        if self.project is None:
+            return
+        dlg = ModelVersionsDialog(self.project, self)
+        dlg.activate.connect(lambda vid: (self.activate_version(vid), dlg.refresh()))
+        dlg.delete.connect(lambda vid: (self.delete_version(vid), dlg.refresh()))
+        dlg.export.connect(self.export_version)
+        dlg.show()
+        self._versions_dialog = dlg
+
+    def activate_version(self, version_id: int) -> None:
+        v = next(m for m in self.project.models() if m.id == version_id)
+        self.project.activate_model(version_id)
+        self._reannotate_after_load = True
+        self.load_model(v.path)
+
+    def delete_version(self, version_id: int) -> None:
+        v = next(m for m in self.project.models() if m.id == version_id)
+        if v.active:
+            self._notify("Model versions", "The active model cannot be deleted; activate another first.")
+            return
+        self.project.delete_model(version_id)
+        for f in (Path(v.path), Path(v.path).with_suffix(".log.jsonl")):
+            f.unlink(missing_ok=True)
+
+    def export_version(self, version_id: int) -> None:
+        import shutil
+
+        v = next(m for m in self.project.models() if m.id == version_id)
+        path, _ = QFileDialog.getSaveFileName(self, "Export checkpoint", f"{v.name}.pt", "Checkpoints (*.pt)")
+        if path:
+            shutil.copyfile(v.path, path)
+
+    def _notify(self, title: str, text: str) -> None:
+        """A message that does not block (the app keeps working while it is shown)."""
+        box = QMessageBox(QMessageBox.Icon.Information, title, text, QMessageBox.StandardButton.Ok, self)
+        box.setModal(False)
+        box.show()
+        self._last_notice = box
+        self.statusBar().showMessage(text, 15000)
 
     # -- images -----------------------------------------------------------------------------
     def show_image(self, image_id: int) -> None:
@@ -532,12 +655,18 @@ class MainWindow(QMainWindow):
         super().keyPressEvent(event)
 
     def closeEvent(self, event):  # noqa: N802
-        if self._batch_request >= 0:
+        busy = [w for w, on in (("pre-annotation", self._batch_request >= 0),
+                                ("training", self.runner.running)) if on]
+        if busy:
             answer = QMessageBox.question(self, "Quit Loupe?",
-                                          "Pre-annotation is still running. Stop it and quit?")
+                                          f"{' and '.join(busy).capitalize()} still running. Stop and quit?")
             if answer != QMessageBox.StandardButton.Yes:
                 event.ignore()
                 return
+        if self.runner.running:
+            self.runner.cancel()
+            if not self.runner.proc.waitForFinished(10_000):
+                self.runner.kill()
         self.stop_worker()
         self.loader.shutdown()
         self.statusBar().clearMessage()  # also stops the message's timeout timer

@@ -70,8 +70,32 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _model_options(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` pairs for ModelConfig fields (numbers and comma lists parsed)."""
+    from .model import ModelConfig
+
+    known = ModelConfig.__dataclass_fields__
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in known:
+            raise UserError(f"--model-option {pair!r}: expected KEY=VALUE with KEY one of "
+                            f"{', '.join(known)}")
+        parts = [v for v in value.split(",") if v]
+        try:
+            nums = [float(v) if any(c in v for c in ".e") else int(v) for v in parts]
+        except ValueError:
+            out[key] = value
+            continue
+        out[key] = tuple(nums) if key in ("anchor_sizes", "aspect_ratios") else nums[0]
+    return out
+
+
 def cmd_train(args) -> int:
-    from .training import TrainConfig, train_project
+    import signal
+    import threading
+
+    from .training import TrainConfig, TrainEvent, train_project
 
     project = _project(args)
     cfg = TrainConfig(
@@ -79,11 +103,31 @@ def cmd_train(args) -> int:
         batch_size=args.batch_size, lr=args.lr, device=args.device, backbone=args.backbone,
         min_size=args.image_size, max_size=max(args.image_size, int(args.image_size * 5 / 3)),
         seed=args.seed, holdout=args.holdout, resume=args.resume, extra_coco=args.coco,
-        checkpoint_every=args.checkpoint_every, optimizer=args.optimizer)
+        checkpoint_every=args.checkpoint_every, optimizer=args.optimizer,
+        trainable_layers=args.trainable_layers, augment=not args.no_augment,
+        model_overrides=_model_options(args.model_option))
+    cancel = threading.Event()
+    # SIGTERM / Ctrl+C stop at the next step boundary, keeping a resumable checkpoint.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: cancel.set())
     result = train_project(project, cfg, args.output, progress=not args.json_events,
-                           json_events=args.json_events)
-    print(json.dumps(result.summary()))
-    return 0 if result.ok else 1
+                           json_events=args.json_events, cancel=cancel)
+    if result.ok and args.evaluate:
+        from .evaluation import evaluate_project
+        from .model import load_checkpoint
+
+        held = load_checkpoint(args.output).get("holdout", {}).get("images", [])
+        records = [r for r in (project.image_by_path(p) for p in held) if r is not None]
+        after = evaluate_project(project, args.output, records=records, device=args.device)
+        before = (evaluate_project(project, args.compare, records=records, device=args.device)
+                  if args.compare else None)
+        ev = TrainEvent("eval", result.steps, result.steps, metrics={"after": after, "before": before})
+        if args.json_events:
+            print(ev.to_json(), flush=True)
+        else:
+            print(json.dumps(ev.metrics))
+    print(json.dumps(result.summary()), flush=True)
+    return 0 if result.ok or result.cancelled else 1
 
 
 def cmd_evaluate(args) -> int:
@@ -157,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--coco", default=None, help="also train on this COCO file's images")
     t.add_argument("--resume", default=None, help="resume from this checkpoint")
     t.add_argument("--checkpoint-every", type=int, default=0)
+    t.add_argument("--trainable-layers", type=int, default=None, help="backbone stages to train (0-5)")
+    t.add_argument("--no-augment", action="store_true", help="no flips, colour or scale jitter")
+    t.add_argument("--model-option", action="append", metavar="KEY=VALUE",
+                   help="a model knob, e.g. anchor_sizes=16,32,64,128,256 (repeatable)")
+    t.add_argument("--evaluate", action="store_true",
+                   help="after training, COCO AP on the held-out reviewed images")
+    t.add_argument("--compare", default=None, metavar="W",
+                   help="with --evaluate, also score this checkpoint on the same images")
     t.add_argument("--json-events", action="store_true", help="stream progress as JSON lines")
     t.add_argument("-o", "--output", required=True)
     t.set_defaults(func=cmd_train)

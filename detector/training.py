@@ -79,6 +79,7 @@ class TrainEvent:
     losses: dict[str, float] = field(default_factory=dict)
     images_per_s: float = 0.0
     message: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -1,0 +1,94 @@
+"""Train from the GUI: a child process streams losses to the chart; cancel works; a finished run
+becomes a model version with metrics, is swapped in and re-annotates the unreviewed images."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from app.main_window import MainWindow
+from app.training import TrainSettings
+from detector.coco import import_coco
+from detector.domain import MODEL, ImageStatus
+from detector.store import Project
+from detector.synthetic import generate
+
+SMALL = ["--model-option", "rpn_batch_size_per_image=64", "--model-option", "box_batch_size_per_image=64",
+         "--model-option", "anchor_sizes=8,16,32,64,128", "--model-option", "box_detections_per_img=20",
+         "--holdout", "0.4", "--seed", "1"]
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    folder = tmp_path / "f"
+    gt = generate(folder, n_images=8, seed=5, size=(128, 96))
+    data = json.loads(gt.read_text())
+    keep = {i["id"] for i in data["images"][:6]}
+    data["images"] = [i for i in data["images"] if i["id"] in keep]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in keep]
+    (tmp_path / "six.json").write_text(json.dumps(data))
+    p = Project(folder)
+    p.scan()
+    import_coco(p, tmp_path / "six.json")
+    w = MainWindow()
+    qtbot.addWidget(w)
+    with qtbot.waitSignal(w.image_shown, timeout=10_000):
+        w.set_project(p)
+    w.train_settings = TrainSettings(iterations=40, batch_size=2, image_size=96, weights="none",
+                                     backbone="resnet18", augment=False, lr=0.02, extra_args=SMALL)
+    yield w, p
+    if w.runner.running:
+        w.runner.kill()
+    w.cancel_work()
+    qtbot.waitUntil(lambda: w._batch_request < 0, timeout=30_000)
+    w.close()
+
+
+def test_train_cancel_then_complete_swaps_model_and_reannotates(qtbot, window):
+    w, p = window
+    chart = w.training_panel.chart
+    # Cancel: stops within a few seconds, no version, the app keeps working.
+    w.train_settings.iterations = 500
+    w.act_train.trigger()
+    assert w.runner.running and not w.act_train.isEnabled()
+    qtbot.waitUntil(lambda: "loss" in chart.series and chart.series["loss"].count() >= 2, timeout=120_000)
+    with qtbot.waitSignal(w.runner.finished, timeout=30_000) as fin:
+        w.training_panel.cancel_button.click()
+    assert fin.args[0]["cancelled"] and not fin.args[0]["ok"]
+    assert p.models() == [] and w.act_train.isEnabled()
+    assert "cancelled" in w.training_panel.result.text()
+
+    # A full run.
+    w.train_settings.iterations = 40
+    with qtbot.waitSignal(w.runner.finished, timeout=300_000) as fin:
+        w.act_train.trigger()
+    result = fin.args[0]
+    assert result["ok"], result["message"]
+    names = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask",
+             "loss_keypoint", "loss", "lr"}
+    assert names <= set(chart.series)
+    assert all(chart.series[k].count() >= 20 for k in ("loss_objectness", "loss_mask", "loss", "lr"))
+    (version,) = p.models()
+    assert version.active and version.images_seen >= 40  # 40 steps of batch 2 (an odd last batch is 1)
+    assert set(version.metrics) >= {"bbox", "segm", "keypoints"}
+    assert 0 <= version.metrics["segm"]["AP"] <= 1 and version.metrics["images"] >= 1
+    log = Path(result["log"])
+    assert log.exists() and any(json.loads(x)["kind"] == "step" for x in log.read_text().splitlines())
+    # Hot swap, then the images not yet reviewed are re-annotated by the new model.
+    qtbot.waitUntil(lambda: w.model_info is not None and w.model_info.name == version.path, timeout=60_000)
+    qtbot.waitUntil(lambda: p.status_counts()[ImageStatus.NEW] == 0 and not w.progress.isVisible(),
+                    timeout=60_000)
+    unreviewed = p.images([ImageStatus.PREDICTED])
+    assert len(unreviewed) == 2
+    stamps = [i.changed_at for r in unreviewed for i in p.instances(r.id) if i.changed_by == MODEL]
+    assert stamps and min(stamps) > version.created_at
+
+
+def test_refuses_to_train_without_reviewed_images(qtbot, tmp_path):
+    generate(tmp_path / "g", n_images=3, size=(64, 48))
+    w = MainWindow(Project(tmp_path / "g"))
+    qtbot.addWidget(w)
+    w.act_train.trigger()
+    assert not w.runner.running
+    assert "at least 2 reviewed images" in w.statusBar().currentMessage()
+    w.close()
