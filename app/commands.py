@@ -7,15 +7,43 @@ from collections.abc import Callable
 from PySide6.QtGui import QUndoCommand
 
 from detector.domain import ImageStatus, Instance
-from detector.store import Project
+from detector.store import Project, ProjectError
 
 Refresh = Callable[[], None]
 
 
 class _Command(QUndoCommand):
+    """Runs ``_redo``/``_undo``; a failed write (disk full, read-only) is reported, never half-kept.
+
+    A command whose first redo fails marks itself obsolete, so QUndoStack drops it: the stack
+    never holds an edit the store does not have.
+    """
+
     def __init__(self, project: Project, refresh: Refresh, text: str):
         super().__init__(text)
         self.project, self.refresh = project, refresh
+        self.error: str | None = None
+        self._done_once = False
+
+    def redo(self) -> None:
+        try:
+            self._redo()
+            self.error = None
+        except ProjectError as exc:
+            self.error = str(exc)
+            if not self._done_once:
+                self.setObsolete(True)
+        else:
+            self._done_once = True
+        self.refresh()
+
+    def undo(self) -> None:
+        try:
+            self._undo()
+            self.error = None
+        except ProjectError as exc:
+            self.error = str(exc)
+        self.refresh()
 
 
 class AddInstances(_Command):
@@ -26,18 +54,18 @@ class AddInstances(_Command):
         self.pending = list(instances)
         self.stored: list[Instance] = []
 
-    def redo(self) -> None:
-        if not self.stored:
-            self.stored = [self.project.add_instance(i) for i in self.pending]
-        else:
-            for i in self.stored:
-                self.project.restore_instance(i)
-        self.refresh()
+    def _redo(self) -> None:
+        with self.project.transaction():
+            if not self.stored:
+                self.stored = [self.project.add_instance(i) for i in self.pending]
+            else:
+                for i in self.stored:
+                    self.project.restore_instance(i)
 
-    def undo(self) -> None:
-        for i in self.stored:
-            self.project.delete_instance(i.id)
-        self.refresh()
+    def _undo(self) -> None:
+        with self.project.transaction():
+            for i in self.stored:
+                self.project.delete_instance(i.id)
 
 
 class DeleteInstances(_Command):
@@ -45,15 +73,15 @@ class DeleteInstances(_Command):
         super().__init__(project, refresh, text)
         self.instances = list(instances)
 
-    def redo(self) -> None:
-        for i in self.instances:
-            self.project.delete_instance(i.id)
-        self.refresh()
+    def _redo(self) -> None:
+        with self.project.transaction():
+            for i in self.instances:
+                self.project.delete_instance(i.id)
 
-    def undo(self) -> None:
-        for i in self.instances:
-            self.project.restore_instance(i)
-        self.refresh()
+    def _undo(self) -> None:
+        with self.project.transaction():
+            for i in self.instances:
+                self.project.restore_instance(i)
 
 
 class EditInstances(_Command):
@@ -80,16 +108,16 @@ class EditInstances(_Command):
         self.pairs = [(a, b2) for (a, _), (_, b2) in zip(self.pairs, other.pairs)]
         return True
 
-    def redo(self) -> None:
-        for _, after in self.pairs:
-            self.project.update_instance(after)
-        self.refresh()
+    def _redo(self) -> None:
+        with self.project.transaction():
+            for _, after in self.pairs:
+                self.project.update_instance(after)
 
-    def undo(self) -> None:
-        for before, _ in self.pairs:
-            # Undo gives the instance back exactly, its owner included (a prediction stays one).
-            self.project.update_instance(before, by=before.changed_by)
-        self.refresh()
+    def _undo(self) -> None:
+        with self.project.transaction():
+            for before, _ in self.pairs:
+                # Undo gives the instance back exactly, its owner included (a prediction stays one).
+                self.project.update_instance(before, by=before.changed_by)
 
 
 class SetImageStatus(_Command):
@@ -98,10 +126,8 @@ class SetImageStatus(_Command):
         self.image_id, self.status = image_id, status
         self.before = project.image(image_id).status
 
-    def redo(self) -> None:
+    def _redo(self) -> None:
         self.project.set_status(self.image_id, self.status)
-        self.refresh()
 
-    def undo(self) -> None:
+    def _undo(self) -> None:
         self.project.set_status(self.image_id, self.before)
-        self.refresh()

@@ -68,6 +68,8 @@ class Editor(QObject):
         st = self.stack()
         if st is not None:
             st.push(cmd)
+            if cmd.error:
+                self.message.emit(f"Not saved: {cmd.error}")
 
     def _refresh(self) -> None:
         self.changed.emit()
@@ -99,6 +101,8 @@ class Editor(QObject):
         inst = Instance(cat, tuple(box), keypoints=self._blank_keypoints(cat), image_id=self.image_id)
         cmd = AddInstances(self.project, self._refresh, [inst], "New box")
         self._push(cmd)
+        if cmd.error:
+            return
         self.canvas.select_ids([i.id for i in cmd.stored])
         self.fill_requested.emit(self.image_id, [list(box)], [cat])
 

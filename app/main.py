@@ -57,22 +57,41 @@ def main(argv: list[str] | None = None) -> int:
     if stylesheet.exists():
         app.setStyleSheet(stylesheet.read_text())
     folder = Path(args.folder) if args.folder else demo_folder()
+    smoke = os.environ.get("LOUPE_SMOKE") == "1"
     try:
-        project = Project(folder, args.project)
+        project = Project(folder, args.project, exclusive=True)
     except ProjectError as exc:
-        QMessageBox.critical(None, "Loupe", str(exc))
         print(f"loupe: {exc}", file=sys.stderr)
+        if not smoke:
+            QMessageBox.critical(None, "Loupe", str(exc))
         return 2
     window = MainWindow(project)
-    smoke = os.environ.get("LOUPE_SMOKE") == "1"
     shot = os.environ.get("LOUPE_SCREENSHOT")
 
-    def on_shown(_image_id: int) -> None:
+    done = False
+
+    def finish(_image_id: int = 0) -> None:
+        nonlocal done
+        if done:
+            return
+        done = True
         if shot:
             window.grab().save(shot)
         if smoke:
             print("smoke ok", flush=True)
             QTimer.singleShot(0, window.close)
+
+    def on_shown(image_id: int) -> None:
+        window.image_shown.disconnect(on_shown)  # the first image only
+        # With a model and an image still to annotate, the picture waits for its predictions
+        # (or the worker's error, or 60 s), so it shows what a person sees.
+        rec = project.image(image_id)
+        if shot and project.active_model() is not None and rec.status.value == "new":
+            window.predictions_shown.connect(finish)
+            window.worker_thread.worker.errored.connect(lambda _m: finish())
+            QTimer.singleShot(60_000, finish)
+        else:
+            finish()
 
     if smoke or shot:
         window.image_shown.connect(on_shown)

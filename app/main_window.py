@@ -46,6 +46,8 @@ class MainWindow(QMainWindow):
         self.model_info: ModelInfo | None = None
         self._next_request = 0
         self._batch_request = -1
+        self._batch_error = ""  # the worker's error during the running batch, shown when it ends
+        self.last_error = ""
         self._asked: set[int] = set()
 
         self.canvas = ImageCanvas(self)
@@ -143,6 +145,8 @@ class MainWindow(QMainWindow):
                                  "Pre-annotate every image not yet reviewed")
         self.act_cancel = a("Cancel", self.cancel_work, "Ctrl+.", "Cancel background work")
         self.act_cancel.setEnabled(False)
+        self.act_restart_worker = a("Restart model worker", self.start_worker, None,
+                                    "Start a fresh inference worker (after an error)")
         self.act_train = a("Train", self.start_training, "Ctrl+T", "Fine-tune on the reviewed images")
         self.act_train_settings = a("Training settings…", self.edit_train_settings)
         self.act_versions = a("Model versions…", self.show_versions)
@@ -182,7 +186,7 @@ class MainWindow(QMainWindow):
         v = self.menuBar().addMenu("&View")
         v.addActions([self.act_fit, self.act_one, self.act_prev, self.act_next])
         mm = self.menuBar().addMenu("&Model")
-        mm.addActions([self.act_predict_all, self.act_cancel])
+        mm.addActions([self.act_predict_all, self.act_cancel, self.act_restart_worker])
         mm.addSeparator()
         mm.addActions([self.act_train, self.act_train_settings, self.act_versions])
         h = self.menuBar().addMenu("&Help")
@@ -229,7 +233,7 @@ class MainWindow(QMainWindow):
 
     def _fill_recent(self) -> None:
         self.recent_menu.clear()
-        for folder in QSettings().value("recent_folders", [], type=list)[:8]:
+        for folder in _recent_folders()[:8]:
             act = self.recent_menu.addAction(folder)
             act.triggered.connect(lambda _=False, f=folder: self.open_folder(f))
 
@@ -260,7 +264,7 @@ class MainWindow(QMainWindow):
 
     def open_folder(self, folder: str, project_path: str | None = None) -> bool:
         try:
-            project = Project(folder, project_path)
+            project = Project(folder, project_path, exclusive=True)
         except ProjectError as exc:
             QMessageBox.warning(self, "Cannot open folder", str(exc))
             return False
@@ -274,8 +278,7 @@ class MainWindow(QMainWindow):
         self.project = project
         project.scan()
         settings = QSettings()
-        recent = [str(project.root)] + [f for f in settings.value("recent_folders", [], type=list)
-                                        if f != str(project.root)]
+        recent = [str(project.root)] + [f for f in _recent_folders() if f != str(project.root)]
         settings.setValue("recent_folders", recent[:8])
         self._fill_recent()
         self.setWindowTitle(f"Loupe — {project.root}")
@@ -417,6 +420,7 @@ class MainWindow(QMainWindow):
         self.progress.setFormat("%v/%m")
         self.progress.setVisible(True)
         self.act_cancel.setEnabled(True)
+        self._batch_error = ""
         self.request_predict.emit(self._batch_request, todo)
 
     def cancel_work(self) -> None:
@@ -441,13 +445,18 @@ class MainWindow(QMainWindow):
             self.progress.setVisible(False)
             self.act_cancel.setEnabled(False)
             self._batch_request = -1
-            if self.project is not None:
+            if self._batch_error:
+                self.statusBar().showMessage(f"Pre-annotation stopped: {self._batch_error}", 30000)
+            elif self.project is not None:
                 counts = self.project.status_counts()
                 self.statusBar().showMessage(
                     "Pre-annotation finished: " + ", ".join(f"{n} {s.value}" for s, n in counts.items() if n), 8000)
 
     def _on_worker_error(self, message: str) -> None:
         self.statusBar().showMessage(message, 15000)
+        self.last_error = message
+        if self._batch_request >= 0:
+            self._batch_error = message
         if self.model_info is None:
             self.device_label.setText("model: failed to load")
 
@@ -565,13 +574,17 @@ class MainWindow(QMainWindow):
                 self.loader.prefetch(nb, self.project.abspath(self.project.image(nb)))
 
     def _on_loaded(self, result: LoadedImage) -> None:
-        if self.project is None or result.request_id != self.loader.latest_request:
-            return  # an answer to a request a newer one replaced
+        if self.project is None:
+            return
         if result.rgb is None:
+            # A fact about the file, worth keeping even when the person has moved on.
             self.project.mark_unreadable(result.image_id, result.error.split(": ", 1)[-1])
             self.image_list.model.update_record(self.project.image(result.image_id))
-            self.statusBar().showMessage(f"Skipped unreadable image: {result.error}", 8000)
+            if result.request_id == self.loader.latest_request:
+                self.statusBar().showMessage(f"Skipped unreadable image: {result.error}", 8000)
             return
+        if result.request_id != self.loader.latest_request:
+            return  # an answer to a request a newer one replaced
         self.editor.set_image(result.image_id)
         self.canvas.hidden_ids.clear()
         self.canvas.set_image(result.rgb)
@@ -673,3 +686,14 @@ class MainWindow(QMainWindow):
         if self.project is not None:
             self.project.close()
         super().closeEvent(event)
+
+
+def _recent_folders() -> list[str]:
+    """Recent folders from QSettings; anything else found there (an older or newer Loupe, a hand
+    edit) is ignored rather than misread."""
+    value = QSettings().value("recent_folders", [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        return []
+    return [v for v in value if isinstance(v, str) and v]

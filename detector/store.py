@@ -127,7 +127,7 @@ class Project:
     """A labelled folder and its database (``FOLDER/.loupe/project.db`` unless ``db_path``)."""
 
     def __init__(self, folder: str | os.PathLike, db_path: str | os.PathLike | None = None,
-                 *, user: str | None = None, create: bool = True):
+                 *, user: str | None = None, create: bool = True, exclusive: bool = False):
         self.root = Path(folder).resolve()
         if not self.root.is_dir():
             raise ProjectError(f"{folder}: not a folder")
@@ -145,7 +145,40 @@ class Project:
         self._local = threading.local()
         self._all_conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
+        self._lock_file = None
+        if self.db_path.exists():
+            self._probe()
         self._migrate()
+        if exclusive:
+            self._take_lock()
+
+    def _take_lock(self) -> None:
+        """One Loupe window per project: an OS lock that dies with the process (never stale)."""
+        path = self.db_path.with_name(self.db_path.name + ".lock")
+        f = open(path, "a+")
+        try:
+            if os.name == "nt":  # pragma: no cover - Windows
+                import msvcrt
+
+                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            self.close()
+            raise ProjectError(f"{self.root}: this project is open in another Loupe window "
+                               f"({holder}); close it there first") from None
+        f.seek(0)
+        f.truncate()
+        import socket
+
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        f.flush()
+        self._lock_file = f
 
     # -- connections and transactions -------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -165,6 +198,20 @@ class Project:
                 self._all_conns.append(conn)
         return conn
 
+    def _write_error(self, exc: sqlite3.Error) -> ProjectError:
+        text = str(exc).lower()
+        if "full" in text:
+            why = ("the disk is full: free some space; nothing already saved is lost and editing "
+                   "resumes when there is room")
+        elif "readonly" in text or "read-only" in text:
+            why = ("the project file became read-only: make it writable again, or reopen the "
+                   "folder with --project pointing somewhere writable")
+        elif "locked" in text or "busy" in text:
+            why = "another program holds the project busy; try again"
+        else:
+            why = str(exc)
+        return ProjectError(f"{self.db_path}: could not save: {why}")
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One all-or-nothing write; nested calls join the outer transaction."""
@@ -174,17 +221,24 @@ class Project:
             return
         try:
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise ProjectError(f"{self.db_path}: cannot write ({exc})") from exc
+        except sqlite3.Error as exc:
+            raise self._write_error(exc) from exc
         try:
             yield conn
             conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise self._write_error(exc) from exc
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
 
     def close(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the OS lock
+            self._lock_file = None
         with self._conns_lock:
             for c in self._all_conns:
                 try:
@@ -199,6 +253,22 @@ class Project:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    def _probe(self) -> None:
+        """Refuse, without changing a byte, a file that is not a Loupe project or is too new."""
+        try:
+            with sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True) as c:
+                tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+                row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() \
+                    if "meta" in tables else None
+        except sqlite3.DatabaseError as exc:
+            raise ProjectError(f"{self.db_path}: not a readable Loupe project ({exc})") from exc
+        if row is None and tables - {"meta"}:
+            raise ProjectError(f"{self.db_path}: an SQLite file that is not a Loupe project "
+                               f"(tables: {', '.join(sorted(tables - {'meta'}))}); not touched")
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
+            raise ProjectError(f"{self.db_path}: made by a newer Loupe (schema {row[0]}; this "
+                               f"Loupe reads up to {SCHEMA_VERSION}); update Loupe to open it")
 
     def _migrate(self) -> None:
         conn = self._conn()

@@ -1,0 +1,109 @@
+"""The app keeps working through out-of-memory, a dying training process, worker errors,
+unreadable images and odd settings."""
+
+import pytest
+from PySide6.QtCore import QSettings
+
+from app.main_window import MainWindow
+from app.training import TrainSettings
+from detector.domain import ImageStatus
+from detector.inference import Predictor
+from detector.store import Project
+from test_faults import _bad_images
+
+
+@pytest.fixture
+def window_with_model(qtbot, trained_model, tmp_path):
+    from detector.synthetic import generate
+
+    _, _, ckpt, _, _ = trained_model
+    generate(tmp_path / "f", n_images=3, seed=5, size=(128, 96))
+    p = Project(tmp_path / "f")
+    p.scan()
+    p.add_model("small", str(ckpt), {}, {}, 4, activate=True)
+    w = MainWindow()
+    qtbot.addWidget(w)
+    w.set_project(p)
+    qtbot.waitUntil(lambda: w.model_info is not None, timeout=30_000)
+    yield w, p
+    w.cancel_work()
+    qtbot.waitUntil(lambda: w._batch_request < 0, timeout=30_000)
+    w.close()
+
+
+def test_out_of_memory_in_inference_is_reported_and_the_app_goes_on(qtbot, window_with_model, monkeypatch):
+    w, p = window_with_model
+    real = Predictor.forward
+
+    def oom(self, arrays):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 3.00 GiB")
+
+    monkeypatch.setattr(Predictor, "forward", oom)
+    with qtbot.waitSignal(w.worker_thread.worker.errored, timeout=20_000) as sig:
+        w.predict_all()
+    assert "ran out of memory" in sig.args[0] and "lower the batch size" in sig.args[0]
+    qtbot.waitUntil(lambda: w._batch_request < 0, timeout=20_000)
+    assert "ran out of memory" in w.statusBar().currentMessage()
+    monkeypatch.setattr(Predictor, "forward", real)
+    w.predict_all()
+    qtbot.waitUntil(lambda: w._batch_request < 0 and p.status_counts()[ImageStatus.NEW] == 0, timeout=60_000)
+
+
+def test_worker_can_be_restarted(qtbot, window_with_model):
+    w, p = window_with_model
+    old = w.worker_thread
+    w.act_restart_worker.trigger()
+    assert not old.thread.isRunning() and w.worker_thread is not old
+    qtbot.waitUntil(lambda: w.model_info is not None, timeout=30_000)
+    w.predict_all()
+    qtbot.waitUntil(lambda: w._batch_request < 0 and p.status_counts()[ImageStatus.NEW] == 0, timeout=60_000)
+
+
+def test_training_process_that_dies_is_reported_and_can_restart(qtbot, tmp_path):
+    from conftest import labelled
+
+    p, _ = labelled(tmp_path / "f", n=3)
+    w = MainWindow(p)
+    qtbot.addWidget(w)
+    w.train_settings = TrainSettings(iterations=500, batch_size=1, image_size=96, weights="none",
+                                     backbone="resnet18", augment=False)
+    w.act_train.trigger()
+    qtbot.waitUntil(lambda: w.training_panel.chart.series.get("loss") is not None, timeout=120_000)
+    with qtbot.waitSignal(w.runner.finished, timeout=30_000) as fin:
+        w.runner.proc.kill()  # as if the process crashed
+    assert not fin.args[0]["ok"] and "stopped unexpectedly" in fin.args[0]["message"]
+    assert "stopped unexpectedly" in w.statusBar().currentMessage()
+    assert w.act_train.isEnabled() and p.models() == []
+    w.train_settings.iterations = 2
+    with qtbot.waitSignal(w.runner.finished, timeout=120_000) as fin:
+        w.act_train.trigger()
+    assert fin.args[0]["ok"], fin.args[0]["message"]
+    w.close()
+
+
+def test_unreadable_images_are_flagged_in_the_list_and_skipped(qtbot, tmp_path):
+    expect = _bad_images(tmp_path / "f")
+    p = Project(tmp_path / "f")
+    w = MainWindow(p)
+    qtbot.addWidget(w)
+    for rec in p.images():
+        w.show_image(rec.id)
+        qtbot.waitUntil(lambda r=rec: w.loader.latest_request and (
+            p.image(r.id).status is ImageStatus.UNREADABLE or w.canvas.image_size != (0, 0)), timeout=5000)
+    qtbot.waitUntil(lambda: sum(r.status is ImageStatus.UNREADABLE for r in p.images())
+                    == sum(v is not None for v in expect.values()), timeout=10_000)
+    bad = {r.path: r.reason for r in p.images() if r.status is ImageStatus.UNREADABLE}
+    assert set(bad) == {k for k, v in expect.items() if v}
+    assert all(expect[k] in v for k, v in bad.items())
+    w.close()
+
+
+def test_odd_settings_are_ignored_not_misread(qtbot, tmp_path):
+    from detector.synthetic import generate
+
+    generate(tmp_path / "f", n_images=1, size=(64, 48))
+    QSettings().setValue("recent_folders", 12345)
+    w = MainWindow(Project(tmp_path / "f"))
+    qtbot.addWidget(w)
+    assert [a.text() for a in w.recent_menu.actions()] == [str((tmp_path / "f").resolve())]
+    w.close()
