@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QAbstractListModel, QModelIndex, QSortFilterProxyModel, Qt, Signal
+from pathlib import Path
+
+from PySide6.QtCore import QAbstractListModel, QModelIndex, QSize, QSortFilterProxyModel, Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QComboBox, QListView, QVBoxLayout, QWidget
 
 from detector.domain import ImageRecord, ImageStatus
+
+from .thumbnails import THUMB_SIZE, ThumbnailCache
 
 STATUS_COLORS = {
     ImageStatus.NEW: "#9aa0a6",
@@ -24,9 +28,15 @@ class ImageListModel(QAbstractListModel):
         super().__init__(parent)
         self.records: list[ImageRecord] = []
         self._row_by_id: dict[int, int] = {}
+        self.root: Path | None = None  # thumbnails only when the model knows the images root
+        self.thumbnails = ThumbnailCache(self)
+        self.thumbnails.ready.connect(self._on_thumbnail)
 
-    def set_records(self, records: list[ImageRecord]) -> None:
+    def set_records(self, records: list[ImageRecord], root: Path | None = None) -> None:
         self.beginResetModel()
+        if root is not None and root != self.root:
+            self.thumbnails.clear()
+            self.root = root
         self.records = list(records)
         self._row_by_id = {r.id: i for i, r in enumerate(self.records)}
         self.endResetModel()
@@ -35,9 +45,18 @@ class ImageListModel(QAbstractListModel):
         row = self._row_by_id.get(rec.id)
         if row is None:
             return
+        old = self.records[row]
+        if (old.width, old.height, old.readable) != (rec.width, rec.height, rec.readable):
+            self.thumbnails.forget(rec.id)  # the file changed, or became (un)readable
         self.records[row] = rec
         idx = self.index(row)
         self.dataChanged.emit(idx, idx)
+
+    def _on_thumbnail(self, image_id: int) -> None:
+        row = self._row_by_id.get(image_id)
+        if row is not None:
+            idx = self.index(row)
+            self.dataChanged.emit(idx, idx, [Qt.ItemDataRole.DecorationRole])
 
     def row_of(self, image_id: int) -> int:
         return self._row_by_id.get(image_id, -1)
@@ -51,6 +70,11 @@ class ImageListModel(QAbstractListModel):
         rec = self.records[index.row()]
         if role == Qt.ItemDataRole.DisplayRole:
             return f"{rec.path}    [{rec.status.value}]"
+        if role == Qt.ItemDataRole.DecorationRole:
+            if self.root is None or rec.status is ImageStatus.UNREADABLE:
+                return None
+            # Asked only for rows on screen: the decode is queued off the GUI thread.
+            return self.thumbnails.icon(rec.id, self.root / rec.path)
         if role == Qt.ItemDataRole.ToolTipRole:
             return rec.reason or rec.status.value
         if role == Qt.ItemDataRole.ForegroundRole:
@@ -81,6 +105,7 @@ class ImageListWidget(QWidget):
         self.view = QListView()
         self.view.setModel(self.proxy)
         self.view.setUniformItemSizes(True)  # keeps 10,000+ rows fast
+        self.view.setIconSize(QSize(THUMB_SIZE, THUMB_SIZE))
         self.view.selectionModel().currentChanged.connect(self._on_current)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(2, 2, 2, 2)

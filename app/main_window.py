@@ -285,7 +285,7 @@ class MainWindow(QMainWindow):
         self.editor.set_project(project)
         self._show_categories()
         records = project.images()
-        self.image_list.model.set_records(records)
+        self.image_list.model.set_records(records, project.root)
         counts = project.status_counts()
         self.statusBar().showMessage(
             f"{len(records)} images: " + ", ".join(f"{n} {s.value}" for s, n in counts.items() if n))
@@ -682,6 +682,7 @@ class MainWindow(QMainWindow):
                 self.runner.kill()
         self.stop_worker()
         self.loader.shutdown()
+        self.image_list.model.thumbnails.shutdown()
         self.statusBar().clearMessage()  # also stops the message's timeout timer
         if self.project is not None:
             self.project.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -83,8 +85,9 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode to an ``H x W x 3`` uint8 RGB array with EXIF orientation applied."""
+@contextmanager
+def _decoding(path: str | os.PathLike) -> Iterator[Image.Image]:
+    """Open ``path`` for a pixel decode; every failure becomes an ImageReadError naming the file."""
     try:
         if os.path.getsize(path) == 0:
             raise ImageReadError(path, "empty file (0 bytes)")
@@ -94,16 +97,35 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
                 if im.size[0] * im.size[1] > MAX_PIXELS:
                     raise ImageReadError(path, f"image too large ({im.size[0]}x{im.size[1]}); "
                                          "refusing to decode it")
-                im.load()
-                im = ImageOps.exif_transpose(im) or im
-                rgb = _to_rgb(im)
-                return np.asarray(rgb, dtype=np.uint8).copy()
+                yield im
     except ImageReadError:
         raise
     except Image.DecompressionBombWarning as exc:
         raise ImageReadError(path, "image too large; refusing to decode it") from exc
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
         raise ImageReadError(path, _describe(exc)) from exc
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode to an ``H x W x 3`` uint8 RGB array with EXIF orientation applied."""
+    with _decoding(path) as im:
+        im.load()
+        im = ImageOps.exif_transpose(im) or im
+        return np.asarray(_to_rgb(im), dtype=np.uint8).copy()
+
+
+def load_thumbnail(path: str | os.PathLike, size: int = 64) -> np.ndarray:
+    """A small ``h x w x 3`` uint8 RGB preview (longer side at most ``size``), EXIF applied.
+
+    JPEGs are decoded at a reduced scale (``Image.draft``), so a thumbnail costs a fraction of a
+    full decode.
+    """
+    with _decoding(path) as im:
+        im.draft("RGB", (size, size))
+        im.load()
+        im = _to_rgb(ImageOps.exif_transpose(im) or im)
+        im.thumbnail((size, size))
+        return np.asarray(im, dtype=np.uint8).copy()
 
 
 def scan_folder(root: str | os.PathLike) -> list[tuple[str, float, int]]:

@@ -63,3 +63,32 @@ def test_no_threads_or_timers_left_after_close(qtbot, project):
     assert w.loader.pool.activeThreadCount() == 0
     assert not [t for t in w.findChildren(QThread) if t.isRunning()]
     assert not [t for t in w.findChildren(QTimer) if t.isActive()]
+
+
+def test_thumbnails_are_decoded_lazily_off_the_gui_thread(qtbot, tmp_path):
+    from PIL import Image
+    from PySide6.QtGui import QColor, QIcon
+
+    from detector.store import Project
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(400):
+        Image.new("RGB", (96, 72), (i % 200, 80, 160)).save(folder / f"im{i:04d}.png")
+    p = Project(folder)
+    p.scan()
+    w = MainWindow(p)
+    qtbot.addWidget(w)
+    w.resize(1100, 700)
+    w.show()
+    model = w.image_list.model
+    first = model.index(0)
+    qtbot.waitUntil(lambda: isinstance(model.data(first, Qt.ItemDataRole.DecorationRole), QIcon),
+                    timeout=10_000)
+    pm = model.data(first, Qt.ItemDataRole.DecorationRole).pixmap(48, 48)
+    assert (pm.width(), pm.height()) == (48, 36)  # aspect ratio kept
+    assert pm.toImage().pixelColor(24, 18) == QColor(0, 80, 160)
+    # Only the rows on screen were decoded, not the whole folder.
+    assert 0 < model.thumbnails.requested < 60, model.thumbnails.requested
+    w.close()
+    assert model.thumbnails.pool.activeThreadCount() == 0

@@ -1,0 +1,92 @@
+"""Thumbnails for the image list, decoded lazily off the GUI thread.
+
+The list view asks for a row's icon only when the row is on screen; the first ask queues a
+reduced-scale decode on a one-thread pool and the row is repainted when it answers. A folder of
+10,000 images costs nothing until its rows are scrolled into view.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
+from PySide6.QtGui import QIcon, QImage, QPixmap
+
+from detector.images import ImageReadError, load_thumbnail
+
+THUMB_SIZE = 48
+
+
+class _Signals(QObject):
+    done = Signal(int, object)  # image id, QImage or None
+
+
+class _ThumbTask(QRunnable):
+    def __init__(self, image_id: int, path: Path, size: int, signals: _Signals):
+        super().__init__()
+        self.image_id, self.path, self.size, self.signals = image_id, path, size, signals
+
+    @Slot()
+    def run(self) -> None:
+        image = None
+        try:
+            rgb = load_thumbnail(self.path, self.size)
+            h, w = rgb.shape[:2]
+            # QImage over the array's buffer, then copied so it owns its pixels.
+            image = QImage(rgb.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()
+        except (ImageReadError, Exception):  # an unreadable file simply has no thumbnail
+            image = None
+        try:
+            self.signals.done.emit(self.image_id, image)
+        except RuntimeError:  # the list is gone (window closed)
+            pass
+
+
+class ThumbnailCache(QObject):
+    """``icon(image_id, path)`` returns a cached icon or None and queues a decode; ``ready(id)``."""
+
+    ready = Signal(int)
+
+    def __init__(self, parent=None, size: int = THUMB_SIZE, capacity: int = 2000):
+        super().__init__(parent)
+        self.size, self.capacity = size, capacity
+        self.pool = QThreadPool(self)
+        self.pool.setMaxThreadCount(1)  # never competes with the image loader for both cores
+        self._signals = _Signals(self)
+        self._signals.done.connect(self._on_done)
+        self._icons: OrderedDict[int, QIcon | None] = OrderedDict()
+        self._pending: set[int] = set()
+        self.requested = 0  # decodes queued so far (the tests check laziness with it)
+
+    def icon(self, image_id: int, path: Path) -> QIcon | None:
+        if image_id in self._icons:
+            self._icons.move_to_end(image_id)
+            return self._icons[image_id]
+        if image_id not in self._pending:
+            self._pending.add(image_id)
+            self.requested += 1
+            self.pool.start(_ThumbTask(image_id, path, self.size, self._signals))
+        return None
+
+    def forget(self, image_id: int) -> None:
+        """Drop a stale thumbnail (the file changed); the next paint asks again."""
+        self._icons.pop(image_id, None)
+
+    def clear(self) -> None:
+        self.pool.clear()
+        self._icons.clear()
+        self._pending.clear()
+
+    def _on_done(self, image_id: int, image: QImage | None) -> None:
+        if image_id not in self._pending:  # cleared meanwhile (another folder)
+            return
+        self._pending.discard(image_id)
+        self._icons[image_id] = QIcon(QPixmap.fromImage(image)) if image is not None else None
+        while len(self._icons) > self.capacity:
+            self._icons.popitem(last=False)
+        self.ready.emit(image_id)
+
+    def shutdown(self) -> None:
+        self.pool.clear()
+        self.pool.waitForDone(5000)
