@@ -40,10 +40,12 @@ def qimage_from_rgb(rgb: np.ndarray) -> QImage:
 
 def mask_image(m: np.ndarray, color: QColor, alpha: int) -> tuple[QImage, int, int]:
     """A 0/1 mask cropped to its bounding box as a premultiplied ARGB image, plus its offset."""
-    ys, xs = np.nonzero(m)
-    if len(xs) == 0:
+    # Row/column any() finds the bounds in two cheap passes (np.nonzero over a full-image mask
+    # was 1 ms an instance: 100 predictions stalled the GUI thread for 0.1 s).
+    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+    if len(rows) == 0:
         return QImage(), 0, 0
-    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    x0, x1, y0, y1 = cols[0], cols[-1] + 1, rows[0], rows[-1] + 1
     crop = m[y0:y1, x0:x1].astype(bool)
     argb = np.zeros(crop.shape + (4,), dtype=np.uint8)
     a = alpha / 255.0
