@@ -312,7 +312,7 @@ def attach_project_categories(project, det: Detector) -> Detector:
     existing = {c.name: c for c in project.categories()}
     cats = []
     for c in det.categories:
-        pc = existing.get(c.name) or project.add_category(c)
+        pc = existing.get(c.name) or project.ensure_category(c)
         cats.append(Category(c.name, pc.color, c.keypoints, c.skeleton, pc.id))
     det.categories = tuple(cats)
     return det

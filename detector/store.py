@@ -282,6 +282,10 @@ class Project:
             raise ProjectError(f"{self.db_path}: made by a newer Loupe (schema {version}; this "
                                f"Loupe reads up to {SCHEMA_VERSION}); update Loupe to open it")
         with self.transaction() as c:
+            # Read again under the write lock: another process (a torchrun rank) may have
+            # migrated between our first look and now.
+            row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = int(row[0]) if row else 0
             for v in range(version + 1, SCHEMA_VERSION + 1):
                 for stmt in filter(str.strip, _MIGRATIONS[v].split(";")):
                     c.execute(stmt)
@@ -334,6 +338,12 @@ class Project:
                 raise ProjectError(f"a category named {cat.name!r} already exists") from exc
         return Category(cat.name, color, tuple(cat.keypoints), tuple(cat.skeleton), cur.lastrowid)
 
+    def ensure_category(self, cat: Category) -> Category:
+        """The project's category named ``cat.name``, added if missing (safe between processes)."""
+        with self.transaction():
+            found = next((c for c in self.categories() if c.name == cat.name), None)
+            return found if found is not None else self.add_category(cat)
+
     def update_category(self, cat: Category) -> Category:
         if cat.id is None:
             raise ProjectError("update_category needs a stored category")
@@ -364,7 +374,9 @@ class Project:
                    if p not in present and st != ImageStatus.UNREADABLE.value]
         changed = [(p, m) for p, m, _ in found if p in known and known[p][0] != m]
         with self.transaction() as c:
-            c.executemany("INSERT INTO images(path, mtime, bytes) VALUES(?,?,?)", new)
+            # OR IGNORE: another process sharing the project (a torchrun rank) may have just
+            # registered the same file.
+            c.executemany("INSERT OR IGNORE INTO images(path, mtime, bytes) VALUES(?,?,?)", new)
             c.executemany("UPDATE images SET status='unreadable', reason='file not found' "
                           "WHERE path=?", [(p,) for p in missing])
             # A replaced file: forget its size, re-check readability on next use.

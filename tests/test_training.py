@@ -247,3 +247,27 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert ck["world_size"] == 2 and ck["complete"]
     assert ck["images_per_rank"] == [2, 2]  # both ranks trained on their share
     assert not list(tmp_path.glob("ddp.pt.tmp"))
+
+
+@pytest.mark.slow
+def test_torchrun_sharded_predict_meets_in_one_store(trained, tmp_path):
+    """Two ranks open a fresh project at once (schema, scan and categories race), each takes its
+    share of the images, and every image ends up predicted exactly once."""
+    folder, _, ckpt, _, _ = trained
+    work = tmp_path / "f"
+    shutil.copytree(folder, work, ignore=shutil.ignore_patterns(".loupe"))
+    for i in range(4):  # more images than ranks, an odd count
+        shutil.copy(next(work.glob("*.png")), work / f"extra{i}.png")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29518",
+            ROOT / "main.py", "predict", work, "--weights", ckpt, "--device", "cpu", "--distributed"]
+    r = subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=ROOT, timeout=600,
+                       env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summaries = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    with Project(work) as p:
+        n = len(p.images())
+        assert sorted(s["images"] for s in summaries) == [n // 2, n - n // 2]  # both ranks worked
+        assert p.status_counts()[ImageStatus.PREDICTED] == n
+        assert [c.name for c in p.categories()] == ["circle", "square", "triangle", "kite"]
+        assert sum(s["instances"] for s in summaries) == p.instance_count()
