@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import queue
 import random
 import threading
 import time
@@ -155,10 +156,23 @@ class LabelledImages(torch.utils.data.Dataset):
         self.flip_perm = torch.tensor(flip, dtype=torch.long)
         self.augment = augment
         self.rng = random.Random(seed)
-        self.colour = v2.ColorJitter(0.3, 0.3, 0.3, 0.03)
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def _colour(self, image: torch.Tensor) -> torch.Tensor:
+        """Colour jitter (brightness, contrast, saturation 0.7-1.3, hue +-0.03, random order)
+        drawn from the dataset's own generator, so a seed gives the same run even while a
+        prefetch thread and the model draw random numbers side by side."""
+        F = v2.functional
+        ops = [(F.adjust_brightness, self.rng.uniform(0.7, 1.3)),
+               (F.adjust_contrast, self.rng.uniform(0.7, 1.3)),
+               (F.adjust_saturation, self.rng.uniform(0.7, 1.3)),
+               (F.adjust_hue, self.rng.uniform(-0.03, 0.03))]
+        self.rng.shuffle(ops)
+        for fn, factor in ops:
+            image = fn(image, factor)
+        return image
 
     def __getitem__(self, i: int):
         s = self.samples[i]
@@ -188,7 +202,7 @@ class LabelledImages(torch.utils.data.Dataset):
                 vis = vis[:, self.flip_perm]
             else:
                 xy = points.as_subclass(torch.Tensor).reshape(n, k, 2)
-            image = self.colour(image)
+            image = self._colour(image)
         else:
             xy = points.as_subclass(torch.Tensor).reshape(n, k, 2)
         kps = torch.cat([xy, vis[..., None]], dim=-1)
@@ -239,6 +253,54 @@ class AspectRatioBatches(torch.utils.data.Sampler):
 
 def _collate(batch):
     return tuple(zip(*batch))
+
+
+class _End:
+    def __init__(self, error: BaseException | None = None):
+        self.error = error
+
+
+def _prefetched(iterable, depth: int = 2):
+    """Yield ``iterable``'s items while a thread prepares the next ones.
+
+    Decoding images and masks (Pillow and pycocotools release the GIL for the heavy part)
+    overlaps the model's step instead of adding to it. A thread, not DataLoader worker
+    processes: it is safe to start from any process (a GUI, pytest) and costs no copies.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def fill() -> None:
+        try:
+            for item in iterable:
+                if not put(item):
+                    return
+            put(_End())
+        except BaseException as exc:  # re-raised on the training thread
+            put(_End(exc))
+
+    thread = threading.Thread(target=fill, name="loupe-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if isinstance(item, _End):
+                if item.error is not None:
+                    raise item.error
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=10)
 
 
 # ------------------------------------------------------------------------------------------
@@ -358,11 +420,13 @@ class Trainer:
                                      f"device {self.device}"))
         t_last, n_last = time.perf_counter(), 0
         result: TrainResult | None = None
+        batches = None
         try:
             epoch = self.step // self.steps_per_epoch
             while self.step < self.total_steps:
                 self.sampler.set_epoch(epoch)
-                for images, targets in loader:
+                batches = _prefetched(loader)
+                for images, targets in batches:
                     if self.step >= self.total_steps:
                         break
                     if self._cancelled():
@@ -400,6 +464,8 @@ class Trainer:
                                  losses=self.last_losses)
             return result
         finally:
+            if batches is not None:
+                batches.close()  # stops the prefetch thread, whichever way the loop ended
             self.model.transform.min_size = (self.cfg.min_size,)
             self.model.eval()
             for h in self.hooks:
