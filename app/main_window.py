@@ -18,6 +18,7 @@ from detector.store import Project, ProjectError
 from .canvas import ImageCanvas, Tool
 from .docks import CategoriesPanel, CategoryDialog, InstancesPanel
 from .editor import Editor
+from .exchange import CocoExchange
 from .image_list import ImageListWidget
 from .loader import ImageLoader, LoadedImage
 from .training import (ModelVersionsDialog, TrainingPanel, TrainRunner, TrainSettings,
@@ -88,6 +89,7 @@ class MainWindow(QMainWindow):
         self._reannotate_after_load = False
         self.resizeDocks([self.training_dock], [190], Qt.Orientation.Vertical)
 
+        self.exchange = CocoExchange(self, lambda: self.project, self._after_import)
         self._build_actions()
         self.device_label = QLabel("model: none")
         self.progress = QProgressBar()
@@ -150,6 +152,16 @@ class MainWindow(QMainWindow):
         self.act_train = a("Train", self.start_training, "Ctrl+T", "Fine-tune on the reviewed images")
         self.act_train_settings = a("Training settings…", self.edit_train_settings)
         self.act_versions = a("Model versions…", self.show_versions)
+        self.act_import = a("Import COCO…", lambda: self.exchange.import_file(), "Ctrl+I",
+                            "Import a COCO file's annotations (all or nothing)")
+        self.act_export = a("Export COCO…", lambda: self.exchange.export_file(), "Ctrl+E",
+                            "Export every image as COCO JSON, masks as RLE")
+        self.act_export_polygons = a("Export COCO with polygons…",
+                                     lambda: self.exchange.export_file(polygons=True), "Ctrl+Shift+E",
+                                     "Export as COCO JSON with masks traced as polygons")
+        self.act_export_reviewed = a("Export reviewed images only…",
+                                     lambda: self.exchange.export_file(reviewed_only=True), None,
+                                     "Export only the images marked reviewed")
         self.act_quit = a("Quit", self.close, QKeySequence.StandardKey.Quit)
         for n in range(1, 10):
             a(f"Category {n}", lambda _=False, n=n: self._category_by_number(n), str(n))
@@ -174,6 +186,9 @@ class MainWindow(QMainWindow):
         m.addAction(self.act_open)
         self.recent_menu = m.addMenu("Open recent")
         self._fill_recent()
+        m.addSeparator()
+        m.addActions([self.act_import, self.act_export, self.act_export_polygons,
+                      self.act_export_reviewed])
         m.addSeparator()
         m.addAction(self.act_quit)
         e = self.menuBar().addMenu("&Edit")
@@ -274,6 +289,7 @@ class MainWindow(QMainWindow):
     def set_project(self, project: Project) -> None:
         if self.project is not None and self.project is not project:
             self.stop_worker()
+            self.exchange.jobs.pool.waitForDone()  # an import lands whole before its project closes
             self.project.close()
         self.project = project
         project.scan()
@@ -293,6 +309,17 @@ class MainWindow(QMainWindow):
         first = next((r for r in records if r.readable), None)
         if first is not None:
             self.show_image(first.id)
+
+    def _after_import(self) -> None:
+        """An import added images' annotations and maybe categories: show them."""
+        if self.project is None:
+            return
+        self.editor.reload_categories()
+        self._show_categories()
+        self.image_list.model.set_records(self.project.images(), self.project.root)
+        if self.current_image_id is not None:
+            self.image_list.select(self.current_image_id)
+        self.refresh_instances()
 
     def _show_categories(self) -> None:
         self.categories_panel.set_categories(list(self.editor.categories.values()),
@@ -669,7 +696,8 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event):  # noqa: N802
         busy = [w for w, on in (("pre-annotation", self._batch_request >= 0),
-                                ("training", self.runner.running)) if on]
+                                ("training", self.runner.running),
+                                ("a COCO import or export", self.exchange.jobs.running)) if on]
         if busy:
             answer = QMessageBox.question(self, "Quit Loupe?",
                                           f"{' and '.join(busy).capitalize()} still running. Stop and quit?")
@@ -682,6 +710,7 @@ class MainWindow(QMainWindow):
                 self.runner.kill()
         self.stop_worker()
         self.loader.shutdown()
+        self.exchange.shutdown()
         self.image_list.model.thumbnails.shutdown()
         self.statusBar().clearMessage()  # also stops the message's timeout timer
         if self.project is not None:

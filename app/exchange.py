@@ -1,0 +1,90 @@
+"""File > Import COCO… and Export COCO…: the same all-or-nothing import and the same export as
+``loupe import`` / ``loupe export``, run off the GUI thread, with the outcome shown in words."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtWidgets import QFileDialog, QMessageBox, QWidget
+
+from detector.coco import export_project, import_coco
+from detector.errors import LoupeError
+from detector.store import Project
+
+from .tasks import Jobs
+
+
+class CocoExchange(QObject):
+    """Imports and exports for the window's current project; ``finished(text)``, ``failed(text)``."""
+
+    finished = Signal(str)
+    failed = Signal(str)
+
+    def __init__(self, window: QWidget, project: Callable[[], Project | None],
+                 after_import: Callable[[], None]):
+        super().__init__(window)
+        self.window, self.project, self.after_import = window, project, after_import
+        self.jobs = Jobs(self)
+
+    def import_file(self, path: str | None = None) -> None:
+        project = self.project()
+        if project is None:
+            return
+        if path is None:
+            path, _ = QFileDialog.getOpenFileName(self.window, "Import COCO annotations",
+                                                  str(project.root), "COCO JSON (*.json);;All files (*)")
+            if not path:
+                return
+        self.window.statusBar().showMessage(f"Importing {path}…")
+        self.jobs.start(lambda: import_coco(project, path), self._imported, self._failed)
+
+    def export_file(self, path: str | None = None, *, polygons: bool = False,
+                    reviewed_only: bool = False) -> None:
+        project = self.project()
+        if project is None:
+            return
+        if path is None:
+            default = str(project.root / "annotations.json")
+            path, _ = QFileDialog.getSaveFileName(self.window, "Export COCO annotations", default,
+                                                  "COCO JSON (*.json)")
+            if not path:
+                return
+        self.window.statusBar().showMessage(f"Exporting {path}…")
+
+        def work() -> str:
+            data = export_project(project, path, polygons=polygons, reviewed_only=reviewed_only)
+            return (f"Wrote {Path(path).name}: {len(data['images'])} images, "
+                    f"{len(data['annotations'])} annotations, {len(data['categories'])} categories"
+                    + (" (masks as polygons)" if polygons else " (masks as RLE)"))
+
+        self.jobs.start(work, self._done, self._failed)
+
+    def _imported(self, report) -> None:
+        self.after_import()
+        self._done(report.summary())
+
+    def _done(self, text: str) -> None:
+        self.window.statusBar().showMessage(text.splitlines()[0], 15000)
+        box = QMessageBox(QMessageBox.Icon.Information, "Loupe", text, QMessageBox.StandardButton.Ok,
+                          self.window)
+        box.setModal(False)
+        box.show()
+        self._last_box = box
+        self.finished.emit(text)
+
+    def _failed(self, exc: BaseException) -> None:
+        # LoupeError messages already name the file and the problem; anything else is a bug,
+        # still shown rather than lost.
+        text = str(exc) if isinstance(exc, LoupeError) else f"{type(exc).__name__}: {exc}"
+        self.window.statusBar().showMessage(text, 30000)
+        box = QMessageBox(QMessageBox.Icon.Warning, "Loupe", text, QMessageBox.StandardButton.Ok,
+                          self.window)
+        box.setModal(False)
+        box.show()
+        self._last_box = box
+        self.failed.emit(text)
+
+    def shutdown(self) -> None:
+        self.jobs.shutdown()
