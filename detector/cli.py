@@ -63,7 +63,15 @@ def cmd_predict(args) -> int:
     from .inference import predict_project
 
     project = _project(args)
-    summary = predict_project(project, weights=args.weights, device=args.device,
+    device = args.device
+    if args.distributed and device in (None, "cuda"):
+        import os
+
+        import torch
+
+        if torch.cuda.is_available():  # one GPU per rank, as torchrun numbers them
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
+    summary = predict_project(project, weights=args.weights, device=device,
                               batch_size=args.batch_size, progress=True,
                               shard=_shard_from_env() if args.distributed else None)
     print(json.dumps(summary))
