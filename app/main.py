@@ -75,11 +75,15 @@ def main(argv: list[str] | None = None) -> int:
         if done:
             return
         done = True
-        if shot:
-            window.grab().save(shot)
-        if smoke:
-            print("smoke ok", flush=True)
-            QTimer.singleShot(0, window.close)
+        def grab_and_quit() -> None:
+            if shot:
+                window.grab().save(shot)
+            if smoke:
+                print("smoke ok", flush=True)
+                QTimer.singleShot(0, window.close)
+
+        # A moment for the list's thumbnails, decoded off the GUI thread, to land first.
+        QTimer.singleShot(500 if shot else 0, grab_and_quit)
 
     def on_shown(image_id: int) -> None:
         window.image_shown.disconnect(on_shown)  # the first image only

@@ -202,13 +202,17 @@ class LossChart(QChartView):
         chart.addAxis(self.ax, Qt.AlignmentFlag.AlignBottom)
         chart.addAxis(self.ay, Qt.AlignmentFlag.AlignLeft)
         chart.addAxis(self.alr, Qt.AlignmentFlag.AlignRight)
-        self._max_step, self._lo, self._hi, self._lr_hi = 1, 1e-3, 1.0, 1e-6
+        chart.setTitleBrush(QColor("#9aa0a6"))
+        self.reset()
 
     def reset(self) -> None:
         for s in self.series.values():
             self.chart().removeSeries(s)
         self.series.clear()
         self._max_step, self._lo, self._hi, self._lr_hi = 1, 1e-3, 1.0, 1e-6
+        # QtCharts draws no axes without a series: say what will appear instead of a blank box.
+        self.chart().setTitle("Each loss term, the total and the learning rate are drawn here, "
+                              "live, while the model trains")
 
     def _line(self, key: str) -> QLineSeries:
         s = self.series.get(key)
@@ -228,6 +232,8 @@ class LossChart(QChartView):
         return s
 
     def add(self, step: int, losses: dict[str, float], lr: float) -> None:
+        if not self.series:
+            self.chart().setTitle("")
         for key, value in losses.items():
             if value > 0:
                 self._line(key).append(step, value)
@@ -261,7 +267,7 @@ class TrainingPanel(QWidget):
         for b in (self.train_button, self.cancel_button, self.settings_button):
             row.addWidget(b)
         self.progress = QProgressBar()
-        self.progress.setFormat("idle")
+        self.progress.setFormat("not training: Train fine-tunes the model on the reviewed images")
         self.progress.setValue(0)
         self.speed = QLabel("")
         self.result = QLabel("")
@@ -310,7 +316,7 @@ class TrainingPanel(QWidget):
         self.cancel_button.setEnabled(False)
         if self.progress.maximum() == 0:
             self.progress.setRange(0, 1)
-        self.progress.setFormat("idle")
+        self.progress.setFormat("not training: Train fine-tunes the model on the reviewed images")
         self.result.setText(text)
 
 
