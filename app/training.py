@@ -378,7 +378,8 @@ class TrainSettingsDialog(QDialog):
         self.weights.setCurrentIndex(max(0, self.weights.findData(s.weights)))
         self.weights.activated.connect(self._maybe_file)
         self.backbone = QComboBox()
-        for label, value in (("automatic", ""), ("ResNet-50 FPN v2", "resnet50_v2"), ("ResNet-18 FPN (light)", "resnet18")):
+        for label, value in (("automatic", ""), ("ResNet-50 FPN v2", "resnet50_v2"),
+                             ("ResNet-18 FPN (light)", "resnet18")):
             self.backbone.addItem(label, value)
         self.backbone.setCurrentIndex(max(0, self.backbone.findData(s.backbone)))
         form = QFormLayout(self)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from detector.domain import Prediction
-from detector.inference import (InferenceError, Predictor, device_description, is_out_of_memory,
+from detector.inference import (Predictor, device_description, is_out_of_memory,
                                 load_detector)
 from detector.store import Project
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detector.domain import Category, ImageStatus, Instance
+from detector.domain import ImageStatus, Instance
 from detector.store import Project, ProjectError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
