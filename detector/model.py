@@ -260,6 +260,7 @@ def build_model(*, categories: list[Category] | tuple[Category, ...], weights: s
     nk = sum(len(c.keypoints) for c in categories)
     model = _architecture(len(categories) + 1, nk, cfg)
     notice = ""
+    pretrained = False
     if weights == "coco":
         if cfg.backbone != "resnet50_v2":
             notice = (f"COCO weights exist for the resnet50_v2 backbone only; {cfg.backbone} starts "
@@ -274,6 +275,7 @@ def build_model(*, categories: list[Category] | tuple[Category, ...], weights: s
                 names = MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1.meta["categories"]
                 rows = class_rows_by_name(categories, names)
                 transfer_weights(model, sd, rows, {})
+                pretrained = True
                 matched = [categories[d - 1].name for d in rows if d]
                 notice = "Started from torchvision's COCO Mask R-CNN weights" + (
                     f"; categories matched to COCO: {', '.join(matched)}" if matched else "")
@@ -281,7 +283,8 @@ def build_model(*, categories: list[Category] | tuple[Category, ...], weights: s
                     notice += _coco_keypoints(model, categories)
     else:
         notice = "Random initial weights (as asked): review a few images and train."
-    return Detector(model, categories, cfg, notice, {"weights": str(weights)})
+    # ``from_scratch``: no learned weights at all; the trainer picks its from-scratch defaults.
+    return Detector(model, categories, cfg, notice, {"weights": str(weights), "from_scratch": not pretrained})
 
 
 def _coco_keypoints(model: MaskRCNN, categories: tuple[Category, ...]) -> str:

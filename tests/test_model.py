@@ -149,3 +149,17 @@ def test_coco_weights_from_the_cache_the_test_fills(tmp_path, monkeypatch):
     assert torch.equal(bb[12:16], sd["roi_heads.box_predictor.bbox_pred.weight"][72:76])
     mk = got["roi_heads.mask_predictor.mask_fcn_logits.weight"]
     assert torch.equal(mk[3], sd["roi_heads.mask_predictor.mask_fcn_logits.weight"][18])
+
+
+def test_learning_rate_default_depends_on_the_start(tmp_path):
+    from detector.training import TrainConfig, with_start_defaults
+
+    scratch = build_model(categories=CATEGORIES, weights="none", config=LIGHT)
+    assert scratch.meta["from_scratch"] is True
+    assert with_start_defaults(TrainConfig(weights="none", batch_size=4), scratch).lr == pytest.approx(0.02)
+    # A user's rate, AdamW, and learned weights keep theirs.
+    assert with_start_defaults(TrainConfig(weights="none", lr=0.001), scratch).lr == 0.001
+    assert with_start_defaults(TrainConfig(weights="none", optimizer="adamw"), scratch).lr is None
+    ckpt = save_checkpoint(tmp_path / "m.pt", scratch)
+    loaded = build_model(categories=CATEGORIES, weights=str(ckpt), config=LIGHT)
+    assert with_start_defaults(TrainConfig(weights=str(ckpt), batch_size=4), loaded).lr is None
