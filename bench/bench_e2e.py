@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--rois", type=int, default=128, help="sampled RoIs per image (torchvision: 512)")
     ap.add_argument("--lr", type=float, default=None, help="default: the trainer's")
     ap.add_argument("--no-augment", action="store_true")
+    ap.add_argument("--seed", type=int, default=0, help="initial weights, sampling, augmentation")
     args = ap.parse_args()
     overrides = dict(anchor_sizes=(8, 16, 32, 64, 128)) if args.size <= 256 else {}
     if args.rois:
@@ -54,7 +55,7 @@ def main() -> None:
                 cfg = TrainConfig(weights="none", backbone=args.backbone, iterations=args.steps,
                                   batch_size=args.batch_size, min_size=args.size,
                                   max_size=args.size * 2, holdout=0.0, device=args.device,
-                                  lr=args.lr, augment=not args.no_augment,
+                                  lr=args.lr, augment=not args.no_augment, seed=args.seed,
                                   model_overrides=overrides)
                 t = time.perf_counter()
                 result = train_project(project, cfg, folder / "model.pt")
@@ -68,7 +69,7 @@ def main() -> None:
             metrics = evaluate_detector(det, items, args.device)
             print(json.dumps({"reviewed_images": n, "steps": result.steps, "batch": args.batch_size,
                               "backbone": args.backbone, "size": args.size, "rois": args.rois,
-                              "lr": args.lr or "default", "augment": not args.no_augment,
+                              "lr": args.lr or "default", "augment": not args.no_augment, "seed": args.seed,
                               "train_s": round(train_s, 1),
                               "unseen_bbox_AP": metrics["bbox"]["AP"], "unseen_segm_AP": metrics["segm"]["AP"],
                               "unseen_segm_AP50": metrics["segm"]["AP50"],

@@ -612,6 +612,7 @@ def train_project(project, cfg: TrainConfig, output: str | os.PathLike, *, progr
         raise TrainingError("no reviewed images to train on: review (Space) a few images first")
     if not any(s.instances for s in samples):
         raise TrainingError("the reviewed images have no instances: label some objects first")
+    torch.manual_seed(cfg.seed)  # the seed covers random initial weights too, not only the run
     det, resume_ckpt = prepare_detector(project, cfg)
     cfg = with_start_defaults(cfg, det)
     bar = None

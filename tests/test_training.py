@@ -271,3 +271,19 @@ def test_torchrun_sharded_predict_meets_in_one_store(trained, tmp_path):
         assert p.status_counts()[ImageStatus.PREDICTED] == n
         assert [c.name for c in p.categories()] == ["circle", "square", "triangle", "kite"]
         assert sum(s["instances"] for s in summaries) == p.instance_count()
+
+
+def test_same_seed_same_run_from_random_weights(tmp_path):
+    """The seed covers the random initial weights, the augmentation (drawn in the prefetch
+    thread) and the sampling: two runs give the same losses step for step."""
+    p, _ = _labelled(tmp_path / "f", n=2)
+    runs = []
+    for k in range(2):
+        events = []
+        train_project(p, cfg(iterations=3, augment=True), tmp_path / f"m{k}.pt", on_event=events.append)
+        runs.append([e.losses for e in events if e.kind == "step"])
+    assert runs[0] == runs[1] and len(runs[0]) == 3
+    events = []
+    train_project(p, cfg(iterations=3, augment=True, seed=1), tmp_path / "m2.pt", on_event=events.append)
+    assert [e.losses for e in events if e.kind == "step"] != runs[0]
+    p.close()
