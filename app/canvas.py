@@ -98,13 +98,14 @@ class InstanceItem(QGraphicsRectItem):
         self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIsSelectable, True)
         self.setAcceptHoverEvents(True)
         self.setZValue(2)
-        self.mask = M.decode(inst.mask) if inst.mask is not None else None
-        if self.mask is not None:
-            img, ox, oy = mask_image(self.mask, color, mask_alpha)
-            if not img.isNull():
-                self.mask_item = QGraphicsPixmapItem(QPixmap.fromImage(img))
-                self.mask_item.setOffset(ox, oy)
-                self.mask_item.setZValue(1)
+        self._mask_alpha = mask_alpha
+        self._mask_drawn = False
+        if inst.mask is not None:
+            # Decoded and drawn when first shown: predictions hidden by the confidence slider
+            # (often most of them) cost nothing on the GUI thread.
+            self.mask_item = QGraphicsPixmapItem()
+            self.mask_item.setZValue(1)
+            self.mask_item.setVisible(False)
         label = category.name if category else "?"
         if inst.score is not None and not inst.accepted:
             label += f" {inst.score:.2f}"
@@ -152,9 +153,18 @@ class InstanceItem(QGraphicsRectItem):
         self.setRect(QRectF(x1, y1, x2 - x1, y2 - y1).normalized())
         self.text.setPos(min(x1, x2), min(y1, y2))
 
+    def _draw_mask(self) -> None:
+        self._mask_drawn = True
+        img, ox, oy = mask_image(M.decode(self.instance.mask), self.color, self._mask_alpha)
+        if not img.isNull():
+            self.mask_item.setPixmap(QPixmap.fromImage(img))
+            self.mask_item.setOffset(ox, oy)
+
     def setVisible(self, visible: bool) -> None:  # noqa: N802
         super().setVisible(visible)
         if self.mask_item is not None:
+            if visible and not self._mask_drawn:
+                self._draw_mask()
             self.mask_item.setVisible(visible)
 
     def hoverEnterEvent(self, event):  # noqa: N802
