@@ -589,8 +589,8 @@ FROM_SCRATCH_LR_PER_IMAGE = 0.005  # SGD; bench/RESULTS.md has the runs that cho
 def with_start_defaults(cfg: TrainConfig, det: Detector) -> TrainConfig:
     """Fill in the learning rate left open: fine-tuning learned weights uses torchvision's
     reference rate (0.01 for batch 8); random weights learn faster with a higher one: 0.02 for
-    batch 4 gave segm AP 0.20 on unseen images after 200 steps on 25 reviewed synthetic images,
-    against 0.14 at 0.005 and 0.10 at 0.04 (bench/bench_e2e.py, bench/RESULTS.md)."""
+    batch 4 gave mean segm AP 0.163 on unseen images after 200 steps on 25 reviewed synthetic
+    images over two seeds, against 0.141 at 0.005; 0.04 was worse (bench/RESULTS.md)."""
     if cfg.lr is not None or cfg.optimizer != "sgd" or cfg.resume:
         return cfg
     if cfg.weights in (None, "none", "coco") and det.meta.get("from_scratch"):
