@@ -65,25 +65,23 @@ class CocoExchange(QObject):
         self.after_import()
         self._done(report.summary())
 
-    def _done(self, text: str) -> None:
-        self.window.statusBar().showMessage(text.splitlines()[0], 15000)
-        box = QMessageBox(QMessageBox.Icon.Information, "Loupe", text, QMessageBox.StandardButton.Ok,
-                          self.window)
+    def _show(self, icon: QMessageBox.Icon, text: str, status_ms: int) -> None:
+        """The outcome in the status bar and in a box that does not block the window."""
+        self.window.statusBar().showMessage(text.splitlines()[0], status_ms)
+        box = QMessageBox(icon, "Loupe", text, QMessageBox.StandardButton.Ok, self.window)
         box.setModal(False)
         box.show()
         self._last_box = box
+
+    def _done(self, text: str) -> None:
+        self._show(QMessageBox.Icon.Information, text, 15000)
         self.finished.emit(text)
 
     def _failed(self, exc: BaseException) -> None:
         # LoupeError messages already name the file and the problem; anything else is a bug,
         # still shown rather than lost.
         text = str(exc) if isinstance(exc, LoupeError) else f"{type(exc).__name__}: {exc}"
-        self.window.statusBar().showMessage(text, 30000)
-        box = QMessageBox(QMessageBox.Icon.Warning, "Loupe", text, QMessageBox.StandardButton.Ok,
-                          self.window)
-        box.setModal(False)
-        box.show()
-        self._last_box = box
+        self._show(QMessageBox.Icon.Warning, text, 30000)
         self.failed.emit(text)
 
     def shutdown(self) -> None:
