@@ -27,7 +27,8 @@ class _Command(QUndoCommand):
 
     def redo(self) -> None:
         try:
-            self._redo()
+            with self.project.transaction():  # a command's writes land together or not at all
+                self._redo()
             self.error = None
         except ProjectError as exc:
             self.error = str(exc)
@@ -39,7 +40,8 @@ class _Command(QUndoCommand):
 
     def undo(self) -> None:
         try:
-            self._undo()
+            with self.project.transaction():
+                self._undo()
             self.error = None
         except ProjectError as exc:
             self.error = str(exc)
@@ -55,17 +57,15 @@ class AddInstances(_Command):
         self.stored: list[Instance] = []
 
     def _redo(self) -> None:
-        with self.project.transaction():
-            if not self.stored:
-                self.stored = [self.project.add_instance(i) for i in self.pending]
-            else:
-                for i in self.stored:
-                    self.project.restore_instance(i)
+        if not self.stored:
+            self.stored = [self.project.add_instance(i) for i in self.pending]
+        else:
+            for i in self.stored:
+                self.project.restore_instance(i)
 
     def _undo(self) -> None:
-        with self.project.transaction():
-            for i in self.stored:
-                self.project.delete_instance(i.id)
+        for i in self.stored:
+            self.project.delete_instance(i.id)
 
 
 class DeleteInstances(_Command):
@@ -74,14 +74,12 @@ class DeleteInstances(_Command):
         self.instances = list(instances)
 
     def _redo(self) -> None:
-        with self.project.transaction():
-            for i in self.instances:
-                self.project.delete_instance(i.id)
+        for i in self.instances:
+            self.project.delete_instance(i.id)
 
     def _undo(self) -> None:
-        with self.project.transaction():
-            for i in self.instances:
-                self.project.restore_instance(i)
+        for i in self.instances:
+            self.project.restore_instance(i)
 
 
 class EditInstances(_Command):
@@ -109,15 +107,13 @@ class EditInstances(_Command):
         return True
 
     def _redo(self) -> None:
-        with self.project.transaction():
-            for _, after in self.pairs:
-                self.project.update_instance(after)
+        for _, after in self.pairs:
+            self.project.update_instance(after)
 
     def _undo(self) -> None:
-        with self.project.transaction():
-            for before, _ in self.pairs:
-                # Undo gives the instance back exactly, its owner included (a prediction stays one).
-                self.project.update_instance(before, by=before.changed_by)
+        for before, _ in self.pairs:
+            # Undo gives the instance back exactly, its owner included (a prediction stays one).
+            self.project.update_instance(before, by=before.changed_by)
 
 
 class SetImageStatus(_Command):

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
-from PySide6.QtWidgets import QFileDialog, QMessageBox, QWidget
+from PySide6.QtWidgets import QFileDialog, QMainWindow, QMessageBox
 
 from detector.coco import export_project, import_coco
 from detector.errors import LoupeError
@@ -22,7 +22,7 @@ class CocoExchange(QObject):
     finished = Signal(str)
     failed = Signal(str)
 
-    def __init__(self, window: QWidget, project: Callable[[], Project | None],
+    def __init__(self, window: QMainWindow, project: Callable[[], Project | None],
                  after_import: Callable[[], None]):
         super().__init__(window)
         self.window, self.project, self.after_import = window, project, after_import
@@ -83,6 +83,10 @@ class CocoExchange(QObject):
         text = str(exc) if isinstance(exc, LoupeError) else f"{type(exc).__name__}: {exc}"
         self._show(QMessageBox.Icon.Warning, text, 30000)
         self.failed.emit(text)
+
+    def wait(self) -> None:
+        """Block until a running import or export has finished."""
+        self.jobs.pool.waitForDone()
 
     def shutdown(self) -> None:
         self.jobs.shutdown()

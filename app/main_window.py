@@ -48,7 +48,6 @@ class MainWindow(QMainWindow):
         self._next_request = 0
         self._batch_request = -1
         self._batch_error = ""  # the worker's error during the running batch, shown when it ends
-        self.last_error = ""
         self._asked: set[int] = set()
 
         self.canvas = ImageCanvas(self)
@@ -289,7 +288,7 @@ class MainWindow(QMainWindow):
     def set_project(self, project: Project) -> None:
         if self.project is not None and self.project is not project:
             self.stop_worker()
-            self.exchange.jobs.pool.waitForDone()  # an import lands whole before its project closes
+            self.exchange.wait()  # an import lands whole before its project closes
             self.project.close()
         self.project = project
         project.scan()
@@ -481,7 +480,6 @@ class MainWindow(QMainWindow):
 
     def _on_worker_error(self, message: str) -> None:
         self.statusBar().showMessage(message, 15000)
-        self.last_error = message
         if self._batch_request >= 0:
             self._batch_error = message
         if self.model_info is None:

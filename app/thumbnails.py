@@ -29,13 +29,14 @@ class _ThumbTask(QRunnable):
 
     @Slot()
     def run(self) -> None:
-        image = None
         try:
             rgb = load_thumbnail(self.path, self.size)
             h, w = rgb.shape[:2]
             # QImage over the array's buffer, then copied so it owns its pixels.
             image = QImage(rgb.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()
-        except (ImageReadError, Exception):  # an unreadable file simply has no thumbnail
+        except ImageReadError:  # an unreadable file has no thumbnail (the loader says why)
+            image = None
+        except Exception:  # never let a pool thread die silently; the row just stays plain
             image = None
         try:
             self.signals.done.emit(self.image_id, image)
