@@ -36,9 +36,15 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--test-images", type=int, default=30)
     ap.add_argument("--rois", type=int, default=128, help="sampled RoIs per image (torchvision: 512)")
-    ap.add_argument("--lr", type=float, default=None, help="default: the trainer's")
+    ap.add_argument("--lr", default="", help="default: the trainer's; a comma list gives one per round "
+                                              "(the last repeats)")
+    ap.add_argument("--optimizer", default="", help="sgd or adamw; default: the trainer's; a comma list "
+                                                     "gives one per round")
     ap.add_argument("--no-augment", action="store_true")
     ap.add_argument("--seed", type=int, default=0, help="initial weights, sampling, augmentation")
+    ap.add_argument("--chain", action="store_true",
+                    help="the labeling loop in rounds: each N adds images to the last round's and "
+                         "starts from its model (the app's default 'active model' start)")
     args = ap.parse_args()
     overrides = dict(anchor_sizes=(8, 16, 32, 64, 128)) if args.size <= 256 else {}
     if args.rois:
@@ -46,21 +52,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         test = Path(tmp) / "unseen"
         test_gt = generate(test, n_images=args.test_images, seed=999, size=(args.size * 4 // 3, args.size))
-        for n in (int(v) for v in args.n.split(",")):
+        previous = None
+        for k, n in enumerate(int(v) for v in args.n.split(",")):
+            lr, optimizer = _per_round(args.lr, k), _per_round(args.optimizer, k)
             folder = Path(tmp) / f"n{n}"
-            gt = generate(folder, n_images=n, seed=n, size=(args.size * 4 // 3, args.size))
+            # One seed for every round in a chain: the first images of a larger set are the smaller set's.
+            gt = generate(folder, n_images=n, seed=0 if args.chain else n, size=(args.size * 4 // 3, args.size))
             with Project(folder) as project:
                 project.scan()
                 import_coco(project, gt)
-                cfg = TrainConfig(weights="none", backbone=args.backbone, iterations=args.steps,
-                                  batch_size=args.batch_size, min_size=args.size,
+                chained = args.chain and previous is not None
+                cfg = TrainConfig(weights=str(previous) if chained else "none", backbone=args.backbone,
+                                  iterations=args.steps, batch_size=args.batch_size, min_size=args.size,
                                   max_size=args.size * 2, holdout=0.0, device=args.device,
-                                  lr=args.lr, augment=not args.no_augment, seed=args.seed,
+                                  lr=float(lr) if lr else None, optimizer=optimizer or None,
+                                  augment=not args.no_augment, seed=args.seed,
                                   model_overrides=overrides)
                 t = time.perf_counter()
                 result = train_project(project, cfg, folder / "model.pt")
                 train_s = time.perf_counter() - t
                 det = load_detector(project, str(folder / "model.pt"))
+                previous = folder / "model.pt"
             by_name = {c.name: c for c in det.categories}
             _, images, _, _ = plan_import(read_json(test_gt), str(test_gt), test)
             items = [(ImageRecord(im.path, im.width, im.height), test / im.path,
@@ -69,11 +81,18 @@ def main() -> None:
             metrics = evaluate_detector(det, items, args.device)
             print(json.dumps({"reviewed_images": n, "steps": result.steps, "batch": args.batch_size,
                               "backbone": args.backbone, "size": args.size, "rois": args.rois,
-                              "lr": args.lr or "default", "augment": not args.no_augment, "seed": args.seed,
+                              "lr": result.lr, "optimizer": result.optimizer,
+                              "augment": not args.no_augment, "seed": args.seed,
+                              "start": "last round's model" if chained else "random",
                               "train_s": round(train_s, 1),
                               "unseen_bbox_AP": metrics["bbox"]["AP"], "unseen_segm_AP": metrics["segm"]["AP"],
                               "unseen_segm_AP50": metrics["segm"]["AP50"],
                               "unseen_keypoint_AP": metrics.get("keypoints", {}).get("AP")}), flush=True)
+
+
+def _per_round(values: str, k: int) -> str:
+    items = [v.strip() for v in values.split(",")] if values else [""]
+    return items[min(k, len(items) - 1)]
 
 
 if __name__ == "__main__":
