@@ -43,6 +43,7 @@ class TrainSettings:
     device: str = ""  # "": best available
     weights: str = "active"  # active, coco, none, or a checkpoint path
     backbone: str = ""  # "": resnet50_v2, or the checkpoint's
+    optimizer: str = ""  # "": AdamW from random weights, SGD from learned ones
     extra_args: list[str] = field(default_factory=list)
 
     def to_args(self, active: str | None) -> list[str]:
@@ -55,6 +56,8 @@ class TrainSettings:
             args += ["--iterations", str(self.iterations)]
         if self.lr:
             args += ["--lr", str(self.lr)]
+        if self.optimizer:
+            args += ["--optimizer", self.optimizer]
         if self.trainable_layers >= 0:
             args += ["--trainable-layers", str(self.trainable_layers)]
         if not self.augment:
@@ -351,6 +354,11 @@ class TrainSettingsDialog(QDialog):
         self.lr.setSingleStep(0.001)
         self.lr.setSpecialValueText("automatic")
         self.lr.setValue(s.lr)
+        self.optimizer = QComboBox()
+        for label, value in (("automatic (AdamW from random weights, else SGD)", ""), ("SGD", "sgd"),
+                             ("AdamW", "adamw")):
+            self.optimizer.addItem(label, value)
+        self.optimizer.setCurrentIndex(max(0, self.optimizer.findData(s.optimizer)))
         self.batch = QSpinBox()
         self.batch.setRange(1, 64)
         self.batch.setValue(s.batch_size)
@@ -384,6 +392,7 @@ class TrainSettingsDialog(QDialog):
         self.backbone.setCurrentIndex(max(0, self.backbone.findData(s.backbone)))
         form = QFormLayout(self)
         form.addRow("Iterations", self.iterations)
+        form.addRow("Optimizer", self.optimizer)
         form.addRow("Learning rate", self.lr)
         form.addRow("Batch size", self.batch)
         form.addRow("Image size (shorter side)", self.size)
@@ -408,9 +417,11 @@ class TrainSettingsDialog(QDialog):
                 self.weights.setCurrentIndex(0)
 
     def settings(self) -> TrainSettings:
-        return TrainSettings(self.iterations.value(), self.lr.value(), self.batch.value(), self.size.value(),
-                             self.layers.value(), self.augment.isChecked(), self.device.currentData(),
-                             self.weights.currentData(), self.backbone.currentData(), self._extra)
+        return TrainSettings(iterations=self.iterations.value(), lr=self.lr.value(), batch_size=self.batch.value(),
+                             image_size=self.size.value(), trainable_layers=self.layers.value(),
+                             augment=self.augment.isChecked(), device=self.device.currentData(),
+                             weights=self.weights.currentData(), backbone=self.backbone.currentData(),
+                             optimizer=self.optimizer.currentData(), extra_args=self._extra)
 
 
 class ModelVersionsDialog(QDialog):

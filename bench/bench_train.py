@@ -155,7 +155,7 @@ def main() -> None:
 
         def run_ours() -> list[float]:
             timer = StepTimer()
-            cfg = TrainConfig(weights=str(start), iterations=total, batch_size=args.batch_size, lr=lr,
+            cfg = TrainConfig(weights=str(start), iterations=total, batch_size=args.batch_size, lr=lr, optimizer="sgd",
                               min_size=args.size, max_size=w, holdout=0.0, augment=False,
                               warmup_steps=1, device=args.device)
             with Project(folder) as project:

@@ -200,8 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--iterations", type=int, default=None)
     t.add_argument("--device", default=None)
     t.add_argument("--batch-size", type=int, default=2)
-    t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    t.add_argument("--lr", type=float, default=None, help="default: chosen from the optimizer, "
+                   "the batch size and whether the weights start random")
+    t.add_argument("--optimizer", choices=("sgd", "adamw"), default=None,
+                   help="default: AdamW from random weights, SGD (torchvision's recipe) from learned ones")
     t.add_argument("--backbone", choices=("resnet50_v2", "resnet18"), default=None)
     t.add_argument("--image-size", type=int, default=512)
     t.add_argument("--seed", type=int, default=0)

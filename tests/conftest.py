@@ -39,7 +39,7 @@ def small_train_config(**kw):
     """Light backbone, small images, few sampled RoIs: about 0.8 s a step on 2 CPU cores."""
     from detector.training import TrainConfig
 
-    base = dict(weights="none", backbone="resnet18", iterations=60, batch_size=2, lr=0.02,
+    base = dict(weights="none", backbone="resnet18", iterations=60, batch_size=2,
                 min_size=96, max_size=128, holdout=0.0, augment=False, warmup_steps=5,
                 model_overrides=FAST)
     base.update(kw)

@@ -35,7 +35,7 @@ def window(qtbot, tmp_path):
     with qtbot.waitSignal(w.image_shown, timeout=10_000):
         w.set_project(p)
     w.train_settings = TrainSettings(iterations=40, batch_size=2, image_size=96, weights="none",
-                                     backbone="resnet18", augment=False, lr=0.02, extra_args=SMALL)
+                                     backbone="resnet18", augment=False, extra_args=SMALL)
     yield w, p
     if w.runner.running:
         w.runner.kill()

@@ -151,15 +151,38 @@ def test_coco_weights_from_the_cache_the_test_fills(tmp_path, monkeypatch):
     assert torch.equal(mk[3], sd["roi_heads.mask_predictor.mask_fcn_logits.weight"][18])
 
 
-def test_learning_rate_default_depends_on_the_start(tmp_path):
-    from detector.training import TrainConfig, with_start_defaults
+def test_optimizer_and_learning_rate_defaults_depend_on_the_start(tmp_path):
+    from detector.training import TrainConfig, TrainingError, with_start_defaults
 
     scratch = build_model(categories=CATEGORIES, weights="none", config=LIGHT)
     assert scratch.meta["from_scratch"] is True
-    assert with_start_defaults(TrainConfig(weights="none", batch_size=4), scratch).lr == pytest.approx(0.02)
-    # A user's rate, AdamW, and learned weights keep theirs.
+    # Random weights: AdamW at 1e-3 for batch 4, sqrt-scaled with the batch.
+    c = with_start_defaults(TrainConfig(weights="none", batch_size=4), scratch)
+    assert (c.optimizer, c.lr) == ("adamw", pytest.approx(1e-3))
+    assert with_start_defaults(TrainConfig(weights="none", batch_size=16), scratch).lr == pytest.approx(2e-3)
+    # Asking for SGD from random weights: the from-scratch SGD rate.
+    c = with_start_defaults(TrainConfig(weights="none", batch_size=4, optimizer="sgd"), scratch)
+    assert (c.optimizer, c.lr) == ("sgd", pytest.approx(0.02))
+    # A user's rate is kept.
     assert with_start_defaults(TrainConfig(weights="none", lr=0.001), scratch).lr == 0.001
-    assert with_start_defaults(TrainConfig(weights="none", optimizer="adamw"), scratch).lr is None
+    # Learned weights of unknown origin (COCO, an older checkpoint): torchvision's reference SGD
+    # recipe (0.01 for batch 8); AdamW at its fine-tuning rate.
     ckpt = save_checkpoint(tmp_path / "m.pt", scratch)
     loaded = build_model(categories=CATEGORIES, weights=str(ckpt), config=LIGHT)
-    assert with_start_defaults(TrainConfig(weights=str(ckpt), batch_size=4), loaded).lr is None
+    c = with_start_defaults(TrainConfig(weights=str(ckpt), batch_size=4), loaded)
+    assert (c.optimizer, c.lr) == ("sgd", pytest.approx(0.005))
+    c = with_start_defaults(TrainConfig(weights=str(ckpt), optimizer="adamw"), loaded)
+    assert (c.optimizer, c.lr) == ("adamw", pytest.approx(1e-4))
+    # A model trained here from random weights goes on the way it started, round after round.
+    ckpt = save_checkpoint(tmp_path / "r1.pt", scratch, from_random_init=True)
+    loaded = build_model(categories=CATEGORIES, weights=str(ckpt), config=LIGHT)
+    c = with_start_defaults(TrainConfig(weights=str(ckpt), batch_size=4), loaded)
+    assert (c.optimizer, c.lr) == ("adamw", pytest.approx(1e-3))
+    # Resuming keeps the run's optimizer; asking for another one is refused with a reason.
+    saved = {"train_config": {"optimizer": "adamw", "lr": 7e-4}}
+    c = with_start_defaults(TrainConfig(weights="none", resume="run.pt"), scratch, saved)
+    assert (c.optimizer, c.lr) == ("adamw", 7e-4)
+    with pytest.raises(TrainingError, match="run.pt: that run used adamw"):
+        with_start_defaults(TrainConfig(weights="none", resume="run.pt", optimizer="sgd"), scratch, saved)
+    with pytest.raises(TrainingError, match="unknown optimizer 'adam'"):
+        with_start_defaults(TrainConfig(weights="none", optimizer="adam"), scratch)

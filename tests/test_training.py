@@ -55,7 +55,7 @@ def test_each_loss_falls_and_ap_rises(trained, tmp_path):
         save_checkpoint(tmp_path / "untrained.pt", untrained)
         before = evaluate_project(p, str(tmp_path / "untrained.pt"), records=p.images())
     assert before["segm"]["AP"] < 0.05 and before["bbox"]["AP"] < 0.05
-    assert after["bbox"]["AP"] > 0.3 and after["segm"]["AP"] > 0.3, after
+    assert after["bbox"]["AP"] > 0.5 and after["segm"]["AP"] > 0.5, after
     assert after["keypoints"]["AP"] > before["keypoints"]["AP"] + 0.2, (before, after)
 
 
@@ -159,8 +159,10 @@ def test_cancel_then_resume(tmp_path):
     assert r.cancelled and r.steps == 2
     ck = load_checkpoint(out)
     assert ck["complete"] is False and ck["step"] == 2 and "optimizer" in ck
+    # Random weights train with AdamW; the checkpoint says where its weights began.
+    assert ck["train_config"]["optimizer"] == "adamw" and ck["from_random_init"] is True
     r2 = train_project(p, cfg(iterations=5, resume=str(out)), out)
-    assert r2.ok and r2.steps == 5
+    assert r2.ok and r2.steps == 5 and r2.optimizer == "adamw"
     assert load_checkpoint(out)["complete"] is True
     p.close()
 
