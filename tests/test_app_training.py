@@ -92,3 +92,19 @@ def test_refuses_to_train_without_reviewed_images(qtbot, tmp_path):
     assert not w.runner.running
     assert "at least 2 reviewed images" in w.statusBar().currentMessage()
     w.close()
+
+
+def test_settings_dialog_round_trips_every_choice(qtbot):
+    from app.training import TrainSettingsDialog
+
+    start = TrainSettings(iterations=300, lr=0.002, batch_size=4, image_size=640, trainable_layers=3,
+                          augment=False, device="cpu", weights="none", backbone="resnet18", optimizer="adamw")
+    dlg = TrainSettingsDialog(start)
+    qtbot.addWidget(dlg)
+    assert dlg.settings() == start
+    dlg.optimizer.setCurrentIndex(dlg.optimizer.findData("sgd"))
+    dlg.lr.setValue(0)  # automatic
+    args = dlg.settings().to_args(active=None)
+    assert args[args.index("--optimizer") + 1] == "sgd" and "--lr" not in args
+    dlg.optimizer.setCurrentIndex(dlg.optimizer.findData(""))  # automatic: the trainer decides
+    assert "--optimizer" not in dlg.settings().to_args(active=None)
