@@ -31,6 +31,26 @@ def project(demo):
     p.close()
 
 
+@pytest.fixture
+def open_window(qtbot):
+    """``open_window(project)``: the real MainWindow on ``project``, its first image shown."""
+    from app.main_window import MainWindow
+
+    opened = []
+
+    def open_(project):
+        w = MainWindow()
+        qtbot.addWidget(w)
+        with qtbot.waitSignal(w.image_shown, timeout=10_000):
+            w.set_project(project)
+        opened.append(w)
+        return w
+
+    yield open_
+    for w in opened:
+        w.close()
+
+
 FAST = dict(rpn_batch_size_per_image=64, box_batch_size_per_image=64,
             anchor_sizes=(8, 16, 32, 64, 128), box_detections_per_img=20)
 

@@ -9,18 +9,12 @@ import pytest
 from pycocotools.coco import COCO
 from PySide6.QtWidgets import QFileDialog
 
-from app.main_window import MainWindow
 from detector.domain import ImageStatus
 
 
 @pytest.fixture
-def window(qtbot, project):
-    w = MainWindow()
-    qtbot.addWidget(w)
-    with qtbot.waitSignal(w.image_shown, timeout=10_000):
-        w.set_project(project)
-    yield w
-    w.close()
+def window(open_window, project):
+    return open_window(project)
 
 
 def test_import_from_the_menu_shows_everything(qtbot, window, project, demo, monkeypatch):

@@ -9,15 +9,9 @@ from detector.domain import ImageStatus
 
 
 @pytest.fixture
-def window(qtbot, project, demo):
-    _, gt = demo
-    import_coco(project, gt)
-    w = MainWindow()
-    qtbot.addWidget(w)
-    with qtbot.waitSignal(w.image_shown, timeout=10_000):
-        w.set_project(project)
-    yield w
-    w.close()
+def window(open_window, project, demo):
+    import_coco(project, demo[1])
+    return open_window(project)
 
 
 def test_opens_folder_and_shows_first_image(window, project):
