@@ -615,12 +615,12 @@ def with_start_defaults(cfg: TrainConfig, det: Detector, resume_ckpt: dict | Non
     if cfg.optimizer is not None and cfg.optimizer not in OPTIMIZERS:
         raise TrainingError(f"unknown optimizer {cfg.optimizer!r} (known: {', '.join(OPTIMIZERS)})")
     if resume_ckpt is not None:
-        saved = (resume_ckpt.get("train_config") or {}).get("optimizer") or "sgd"
+        run = resume_ckpt.get("train_config") or {}
+        saved = run.get("optimizer") or "sgd"
         if cfg.optimizer not in (None, saved):
             raise TrainingError(f"{cfg.resume}: that run used {saved}; resume it with the same "
                                 f"optimizer (or leave the optimizer unset)")
-        lr = (resume_ckpt.get("train_config") or {}).get("lr")
-        return replace(cfg, optimizer=saved, lr=cfg.lr if cfg.lr is not None else lr)
+        return replace(cfg, optimizer=saved, lr=cfg.lr if cfg.lr is not None else run.get("lr"))
     random_now, random_start = starts_from_random(cfg, det)
     optimizer = cfg.optimizer or ("adamw" if random_start else "sgd")
     lr = cfg.lr
