@@ -7,6 +7,7 @@ next batch. Image decoding also runs ahead on threads.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -84,42 +85,132 @@ def paste_mask(prob: torch.Tensor, box: np.ndarray, height: int, width: int
     return crop.numpy(), x_0, y_0
 
 
+def paste_runs(probs: torch.Tensor, boxes: torch.Tensor, height: int, width: int,
+               max_elements: int = 1 << 25) -> list[np.ndarray]:
+    """Paste, threshold and run-length-scan ``N x M x M`` mask probabilities on their own device.
+
+    The batched form of ``paste_mask`` (same geometry, same bilinear weights in the same order):
+    every mask is resampled only over its box, clipped to the image, in chunks of at most
+    ``max_elements`` values, and only the positions where a mask changes value (column-major
+    flat indices, see ``masks.from_transitions``) leave the device. On a GPU this replaces
+    torchvision's per-mask CPU paste, which leaves the GPU idle.
+    """
+    n, m = probs.shape[0], probs.shape[-1]
+    if n == 0:
+        return []
+    dev = probs.device
+    size_in = m + 2
+    padded = F.pad(probs.float(), (1, 1, 1, 1))
+    b = boxes.to(dev, torch.float64)
+    scale = (m + 2.0) / m
+    cx, cy = (b[:, 0] + b[:, 2]) * 0.5, (b[:, 1] + b[:, 3]) * 0.5
+    hw, hh = (b[:, 2] - b[:, 0]) * 0.5 * scale, (b[:, 3] - b[:, 1]) * 0.5 * scale
+    bx0, by0 = (cx - hw).trunc().long(), (cy - hh).trunc().long()  # int() as paste_mask does
+    bx1, by1 = (cx + hw).trunc().long(), (cy + hh).trunc().long()
+    w_box, h_box = (bx1 - bx0 + 1).clamp(min=1), (by1 - by0 + 1).clamp(min=1)
+    x_0, y_0 = bx0.clamp(min=0), by0.clamp(min=0)
+    wc = ((bx1 + 1).clamp(max=width) - x_0).clamp(min=0)
+    hc = ((by1 + 1).clamp(max=height) - y_0).clamp(min=0)
+    width_max, height_max = int(wc.max()), int(hc.max())
+    if width_max == 0 or height_max == 0:
+        return [np.zeros(0, dtype=np.int64) for _ in range(n)]
+
+    def source(start, length, out_size, count):
+        # torch's upsample_bilinear2d (align_corners=False): float32 scale and source index.
+        idx = start[:, None] + torch.arange(count, device=dev)[None]
+        sc = torch.tensor(float(size_in), device=dev) / out_size.float()
+        src = (sc[:, None] * (idx.float() + 0.5) - 0.5).clamp(min=0)
+        i0 = src.long()
+        i1 = torch.where(i0 < size_in - 1, i0 + 1, i0)
+        l1 = src - i0.float()
+        return i0.clamp(max=size_in - 1), i1.clamp(max=size_in - 1), 1.0 - l1, l1
+
+    xi0, xi1, lx0, lx1 = source(x_0 - bx0, wc, w_box, width_max)
+    yi0, yi1, ly0, ly1 = source(y_0 - by0, hc, h_box, height_max)
+    col_ok = torch.arange(width_max, device=dev)[None] < wc[:, None]
+    row_ok = torch.arange(height_max, device=dev)[None] < hc[:, None]
+    per = max(1, max_elements // (width_max * (size_in + height_max)))
+    flat_parts, owner_parts = [], []
+    for s in range(0, n, per):
+        e = min(n, s + per)
+        p = padded[s:e]
+        cols = lx0[s:e, None, :] * p.gather(2, xi0[s:e, None, :].expand(-1, size_in, -1)) \
+            + lx1[s:e, None, :] * p.gather(2, xi1[s:e, None, :].expand(-1, size_in, -1))
+        out = ly0[s:e, :, None] * cols.gather(1, yi0[s:e, :, None].expand(-1, -1, width_max)) \
+            + ly1[s:e, :, None] * cols.gather(1, yi1[s:e, :, None].expand(-1, -1, width_max))
+        on = (out > 0.5) & row_ok[s:e, :, None] & col_ok[s:e, None, :]
+        framed = F.pad(on.transpose(1, 2).to(torch.int8), (1, 1))  # zero above and below each column
+        k, j, i = torch.nonzero(torch.diff(framed, dim=2), as_tuple=True)
+        flat_parts.append((x_0[s:e][k] + j) * height + (y_0[s:e][k] + i))
+        owner_parts.append(k + s)
+    flat = torch.cat(flat_parts).cpu().numpy()
+    counts = torch.bincount(torch.cat(owner_parts), minlength=n).cpu().numpy()
+    return np.split(flat, np.cumsum(counts)[:-1])
+
+
 class Predictor:
     """Runs a Detector on batches of images; results are Instances with RLE masks."""
 
     def __init__(self, detector: Detector, device: str | torch.device | None = None,
-                 batch_size: int | None = None, amp: bool = True, workers: int = 2):
+                 batch_size: int | None = None, amp: bool = True, workers: int | None = None,
+                 paste_on_device: bool | None = None, channels_last: bool = False):
         self.detector = detector
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         # Batches pay off on a GPU; on a CPU one image at a time is fastest (measured).
         self.batch_size = max(1, int(batch_size or (4 if self.device.type != "cpu" else 1)))
         self.model = detector.model.to(self.device).eval()
         self.amp = amp and self.device.type == "cuda"
-        self.workers = workers
+        on_gpu = self.device.type == "cuda"
+        # On a GPU: masks are pasted on the device (paste_runs), images are uploaded from pinned
+        # memory, cuDNN picks its fastest kernels for the folder's image size, and convolutions
+        # run channels-last where asked (bench/bench_predict.py --channels-last measures it).
+        self.paste_on_device = on_gpu if paste_on_device is None else paste_on_device
+        self.pin = on_gpu
+        self.channels_last = bool(channels_last) and on_gpu
+        if on_gpu:
+            torch.backends.cudnn.benchmark = True
+        if self.channels_last:
+            self.model.backbone.to(memory_format=torch.channels_last)
+        self.workers = workers or (max(2, min(8, (os.cpu_count() or 2) // 2)) if on_gpu else 2)
         self._slices = detector.keypoint_slices()
         self.category_ids: dict[int, int] = {i + 1: (c.id if c.id is not None else i + 1)
                                              for i, c in enumerate(detector.categories)}
 
     # -- the model pass, without full-image pasting -----------------------------------------
+    def upload(self, a: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``H x W x 3`` uint8 (pinned when it came from ``stage``) -> ``3 x H x W`` float on the device."""
+        t = torch.from_numpy(a) if isinstance(a, np.ndarray) else a
+        return t.to(self.device, non_blocking=True).permute(2, 0, 1).float().div_(255)
+
+    def stage(self, a: np.ndarray) -> np.ndarray | torch.Tensor:
+        """Runs on a loader thread: page-lock the pixels so the upload overlaps the GPU's work."""
+        return torch.from_numpy(a).pin_memory() if self.pin else a
+
     @torch.inference_mode()
-    def forward(self, arrays: list[np.ndarray]) -> list[dict[str, torch.Tensor]]:
-        """Boxes/keypoints in original pixels, 28x28 mask probabilities; all on the CPU."""
+    def forward(self, arrays: list[np.ndarray | torch.Tensor]) -> list[dict[str, Any]]:
+        """Boxes/keypoints in original pixels; per mask either 28x28 probabilities (``masks``) or,
+        when pasted on the device, its run boundaries (``runs``); all on the CPU."""
         model = self.model
-        tensors = [torch.from_numpy(a).to(self.device, non_blocking=True).permute(2, 0, 1).float()
-                   .div_(255) for a in arrays]
+        tensors = [self.upload(a) for a in arrays]
         sizes = [t.shape[-2:] for t in tensors]
         ctx = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
         with ctx:
             images, _ = model.transform(tensors)
-            features = model.backbone(images.tensors)
+            x = images.tensors
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            features = model.backbone(x)
             proposals, _ = model.rpn(images, features)
             dets = self._heads(features, proposals, images.image_sizes)
         out = []
         for d, (oh, ow), (rh, rw) in zip(dets, sizes, images.image_sizes):
             sx, sy = ow / rw, oh / rh
-            r = {"boxes": (d["boxes"].float() * torch.tensor([sx, sy, sx, sy], device=self.device)).cpu(),
-                 "labels": d["labels"].cpu(), "scores": d["scores"].float().cpu(),
-                 "masks": d["masks"][:, 0].float().cpu()}
+            boxes = d["boxes"].float() * torch.tensor([sx, sy, sx, sy], device=self.device)
+            r = {"boxes": boxes.cpu(), "labels": d["labels"].cpu(), "scores": d["scores"].float().cpu()}
+            if self.paste_on_device:
+                r["runs"] = paste_runs(d["masks"][:, 0], boxes, int(oh), int(ow))
+            else:
+                r["masks"] = d["masks"][:, 0].float().cpu()
             if "keypoints" in d:
                 kp = d["keypoints"].float().clone()
                 kp[..., 0] *= sx
@@ -165,18 +256,16 @@ class Predictor:
 
     def to_instances(self, raw: dict[str, torch.Tensor], height: int, width: int) -> tuple[Instance, ...]:
         """Paste and encode one image's detections (runs on a CPU thread)."""
-        canvas = np.zeros((height, width), dtype=np.uint8, order="F")
         out = []
         boxes = raw["boxes"].numpy()
         for i in range(len(boxes)):
             label = int(raw["labels"][i])
             box = boxes[i].clip([0, 0, 0, 0], [width, height, width, height])
-            crop, x0, y0 = paste_mask(raw["masks"][i], boxes[i], height, width)
-            if crop.size:
-                canvas[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
-            rle = M.encode(canvas)
-            if crop.size:
-                canvas[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = 0
+            if "runs" in raw:
+                rle = M.from_transitions(raw["runs"][i], height, width)
+            else:
+                crop, x0, y0 = paste_mask(raw["masks"][i], boxes[i], height, width)
+                rle = M.encode_crop(crop, x0, y0, height, width)
             kps: tuple = ()
             sl = self._slices.get(label)
             if sl is not None and "keypoints" in raw:
@@ -208,7 +297,7 @@ class Predictor:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="loupe-io") as pool:
             def load(path):
                 try:
-                    return load_image(path), None
+                    return self.stage(load_image(path)), None
                 except ImageReadError as exc:
                     return None, str(exc)
 
@@ -233,7 +322,7 @@ class Predictor:
                         keys.append((key, str(path)))
                 if arrays:
                     for raw, a, (key, path) in zip(self.forward(arrays), arrays, keys):
-                        h, w = a.shape[:2]
+                        h, w = int(a.shape[0]), int(a.shape[1])
                         pending.append((key, path, pool.submit(self.to_instances, raw, h, w), w, h, None))
                 # Hand back what is finished, in order, while the next batch runs.
                 while pending and (pending[0][2] is None or pending[0][2].done()):

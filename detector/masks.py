@@ -17,6 +17,48 @@ def encode(mask: np.ndarray) -> Rle:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
+def crop_transitions(crop: np.ndarray, x0: int, y0: int, height: int) -> np.ndarray:
+    """Where a mask changes value, as column-major flat indices into the full ``height``-row image.
+
+    ``crop`` is the mask's ``h x w`` window at ``(x0, y0)``; everything outside it is 0. Cost is
+    proportional to the window, not the image (a full-image encode scans every pixel).
+    """
+    hc, wc = crop.shape
+    if hc == 0 or wc == 0:
+        return np.zeros(0, dtype=np.int64)
+    padded = np.zeros((wc, hc + 2), dtype=np.int8)
+    padded[:, 1:-1] = crop.T
+    j, i = np.nonzero(np.diff(padded, axis=1))
+    return (x0 + j).astype(np.int64) * height + (y0 + i)
+
+
+def from_transitions(t: np.ndarray, height: int, width: int) -> Rle:
+    """Compressed RLE from sorted change positions (column-major flat indices).
+
+    A run that ends at the bottom of one column and restarts at the top of the next appears as
+    the same index twice; the pair cancels (the run goes on).
+    """
+    height, width = int(height), int(width)
+    t = np.asarray(t, dtype=np.int64)
+    if len(t) and t[-1] >= height * width:  # a run that ends with the image needs no end mark
+        t = t[:-1]
+    if len(t) > 1:
+        dup = t[1:] == t[:-1]
+        if dup.any():
+            keep = np.ones(len(t), dtype=bool)
+            keep[1:][dup] = False
+            keep[:-1][dup] = False
+            t = t[keep]
+    counts = np.diff(np.concatenate(([0], t, [height * width])))
+    c = mask_utils.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
+    return {"size": [height, width], "counts": c["counts"].decode("ascii")}
+
+
+def encode_crop(crop: np.ndarray, x0: int, y0: int, height: int, width: int) -> Rle:
+    """RLE of a full ``height x width`` mask that is 0 outside ``crop`` placed at ``(x0, y0)``."""
+    return from_transitions(crop_transitions(crop, x0, y0, height), height, width)
+
+
 def _c(rle: Rle) -> dict:
     counts = rle["counts"]
     if isinstance(counts, list):  # uncompressed RLE
