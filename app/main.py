@@ -12,29 +12,11 @@ def demo_folder() -> Path:
     """The demo folder, generated on first use: synthetic scenes, the first few already reviewed."""
     from PySide6.QtCore import QStandardPaths
 
-    from detector.coco import import_coco
-    from detector.store import Project
-    from detector.synthetic import generate
+    from detector.synthetic import make_demo
 
     base = Path(os.environ.get("LOUPE_DEMO_DIR") or
                 Path(QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)) / "demo")
-    if not (base / "ground_truth.json").exists():
-        gt = generate(base / "images", n_images=40, seed=7, size=(320, 240))
-        (base / "ground_truth.json").write_bytes(gt.read_bytes())
-        gt.unlink()
-        # A starter set of 10 reviewed images, so Train works on the first click.
-        import json
-
-        data = json.loads((base / "ground_truth.json").read_text())
-        keep = {im["id"] for im in data["images"][:10]}
-        data["images"] = [im for im in data["images"] if im["id"] in keep]
-        data["annotations"] = [a for a in data["annotations"] if a["image_id"] in keep]
-        starter = base / "starter.json"
-        starter.write_text(json.dumps(data))
-        with Project(base / "images") as project:
-            project.scan()
-            import_coco(project, starter)
-    return base / "images"
+    return make_demo(base)
 
 
 def main(argv: list[str] | None = None) -> int:

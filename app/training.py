@@ -36,8 +36,8 @@ class TrainSettings:
 
     iterations: int = 0  # 0: let the trainer choose (20 epochs, at least 100 steps)
     lr: float = 0.0  # 0: the trainer's default for the batch size
-    batch_size: int = 2
-    image_size: int = 512
+    batch_size: int = 0  # 0: the profile's (4 on a GPU, 2 on a CPU)
+    image_size: int = 0  # 0: the profile's
     trainable_layers: int = -1  # -1: the trainer's default
     augment: bool = True
     device: str = ""  # "": best available
@@ -50,8 +50,11 @@ class TrainSettings:
         weights = self.weights
         if weights == "active":
             weights = active or "coco"
-        args = ["--weights", weights, "--batch-size", str(self.batch_size),
-                "--image-size", str(self.image_size)]
+        args = ["--weights", weights]
+        if self.batch_size:
+            args += ["--batch-size", str(self.batch_size)]
+        if self.image_size:
+            args += ["--image-size", str(self.image_size)]
         if self.iterations:
             args += ["--iterations", str(self.iterations)]
         if self.lr:
@@ -360,10 +363,12 @@ class TrainSettingsDialog(QDialog):
             self.optimizer.addItem(label, value)
         self.optimizer.setCurrentIndex(max(0, self.optimizer.findData(s.optimizer)))
         self.batch = QSpinBox()
-        self.batch.setRange(1, 64)
+        self.batch.setRange(0, 64)
+        self.batch.setSpecialValueText("automatic (4 on a GPU, 2 on a CPU)")
         self.batch.setValue(s.batch_size)
         self.size = QSpinBox()
-        self.size.setRange(64, 2048)
+        self.size.setRange(0, 2048)
+        self.size.setSpecialValueText("automatic (800 on a GPU; on a CPU the images' own, up to 512)")
         self.size.setSingleStep(32)
         self.size.setValue(s.image_size)
         self.layers = QSpinBox()

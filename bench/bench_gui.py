@@ -205,7 +205,7 @@ def main() -> None:
         **launch,
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }
-    print(json.dumps(result, indent=2))
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -182,7 +182,7 @@ def main() -> None:
         "speedup_vs_tutorial_loop": round(b / o, 3),
         "mean_step_s_per_round": per_round,
         "torch": torch.__version__, "threads": torch.get_num_threads(),
-    }, indent=2))
+    }), flush=True)
 
 
 if __name__ == "__main__":

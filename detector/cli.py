@@ -72,7 +72,7 @@ def cmd_predict(args) -> int:
         if torch.cuda.is_available():  # one GPU per rank, as torchrun numbers them
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
     summary = predict_project(project, weights=args.weights, device=device,
-                              batch_size=args.batch_size, progress=True,
+                              batch_size=args.batch_size, progress=True, channels_last=args.channels_last,
                               shard=_shard_from_env() if args.distributed else None)
     print(json.dumps(summary))
     return 0
@@ -109,7 +109,7 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(
         weights=args.weights, epochs=args.epochs, iterations=args.iterations,
         batch_size=args.batch_size, lr=args.lr, device=args.device, backbone=args.backbone,
-        min_size=args.image_size, max_size=max(args.image_size, int(args.image_size * 5 / 3)),
+        min_size=args.image_size, profile=args.profile,
         seed=args.seed, holdout=args.holdout, resume=args.resume, extra_coco=args.coco,
         checkpoint_every=args.checkpoint_every, optimizer=args.optimizer,
         trainable_layers=args.trainable_layers, augment=not args.no_augment,
@@ -188,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--weights", default=None, help="checkpoint file, 'coco', or 'active' (default)")
     pr.add_argument("--device", default=None)
     pr.add_argument("--batch-size", type=int, default=None, help="default: 4 on a GPU, 1 on a CPU")
+    pr.add_argument("--channels-last", action="store_true",
+                    help="NHWC convolutions on a GPU (bench/bench_predict.py measures whether it helps)")
     pr.add_argument("--distributed", action="store_true",
                     help="take this rank's share of the images (set by torchrun)")
     pr.set_defaults(func=cmd_predict)
@@ -199,13 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=int, default=None)
     g.add_argument("--iterations", type=int, default=None)
     t.add_argument("--device", default=None)
-    t.add_argument("--batch-size", type=int, default=2)
+    t.add_argument("--profile", choices=("auto", "gpu", "cpu-fast", "reference"), default="auto",
+                   help="what fills the settings left unset: auto picks gpu or cpu-fast by device")
+    t.add_argument("--batch-size", type=int, default=None, help="default: the profile's (gpu 4, cpu 2)")
     t.add_argument("--lr", type=float, default=None, help="default: chosen from the optimizer, "
                    "the batch size and whether the weights start random")
     t.add_argument("--optimizer", choices=("sgd", "adamw"), default=None,
                    help="default: AdamW from random weights, SGD (torchvision's recipe) from learned ones")
-    t.add_argument("--backbone", choices=("resnet50_v2", "resnet18"), default=None)
-    t.add_argument("--image-size", type=int, default=512)
+    t.add_argument("--backbone", choices=("resnet50_v2", "resnet18"), default=None,
+                   help="default: the checkpoint's; else the profile's (resnet18 on a CPU unless COCO weights are cached)")
+    t.add_argument("--image-size", type=int, default=None,
+                   help="shorter side the model sees; default: the profile's (gpu 800, cpu the images' own up to 512)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--holdout", type=float, default=0.2)
     t.add_argument("--coco", default=None, help="also train on this COCO file's images")

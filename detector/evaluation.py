@@ -28,15 +28,25 @@ def _quiet():
 
 
 def _stats(ev: COCOeval) -> dict[str, float]:
-    s = ev.stats
-    return {"AP": round(float(s[0]), 4), "AP50": round(float(s[1]), 4), "AP75": round(float(s[2]), 4)}
+    """AP, AP50, AP75 over all areas at the largest maxDets, read from ``eval['precision']``
+    (``stats[0]`` is computed at maxDets 100 whatever the params say; dense images need more)."""
+    prec = ev.eval["precision"][:, :, :, 0, -1]  # T x R x K at area 'all', the last maxDets
+    thr = ev.params.iouThrs
+
+    def mean(s):
+        s = s[s > -1]
+        return round(float(s.mean()), 4) if s.size else -1.0
+
+    return {"AP": mean(prec), "AP50": mean(prec[np.isclose(thr, 0.5)]),
+            "AP75": mean(prec[np.isclose(thr, 0.75)])}
 
 
 class CocoEvaluator:
     """``reset()``, ``process(image, ground truth, predictions)`` per image, then ``evaluate()``."""
 
-    def __init__(self, categories: list[Category] | tuple[Category, ...]):
+    def __init__(self, categories: list[Category] | tuple[Category, ...], max_dets: int | None = None):
         self.categories = list(categories)
+        self.max_dets = max_dets  # None: 100, or the most ground-truth instances in one image
         self.reset()
 
     def reset(self) -> None:
@@ -96,14 +106,18 @@ class CocoEvaluator:
                 out[iou] = {k: round(float(np.mean([p[k] for p in per])), 4) for k in ("AP", "AP50", "AP75")} \
                     if per else {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
             else:
-                out[iou] = self._run(gt, results, iou, None, 0)
+                most = max((len(v) for v in self.gt.values()), default=0)
+                out[iou] = self._run(gt, results, iou, None, 0, self.max_dets or max(100, most))
         return out
 
     @staticmethod
-    def _run(gt: COCO, results: list[dict], iou: str, cat_ids: list[int] | None, k: int) -> dict:
+    def _run(gt: COCO, results: list[dict], iou: str, cat_ids: list[int] | None, k: int,
+             max_dets: int = 100) -> dict:
         with _quiet():
             dt = gt.loadRes(copy.deepcopy(results))
             ev = COCOeval(gt, dt, iou)
+            if iou != "keypoints" and max_dets > 100:
+                ev.params.maxDets = [1, 10, int(max_dets)]
             if cat_ids is not None:
                 ev.params.catIds = cat_ids
             if iou == "keypoints":
@@ -111,7 +125,9 @@ class CocoEvaluator:
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-        stats = _stats(ev)
+        s = ev.stats
+        stats = _stats(ev) if iou != "keypoints" else {
+            "AP": round(float(s[0]), 4), "AP50": round(float(s[1]), 4), "AP75": round(float(s[2]), 4)}
         # COCOeval reports -1 when there is nothing to score; report that as 0.
         return {k2: max(0.0, v) for k2, v in stats.items()}
 

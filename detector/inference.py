@@ -410,10 +410,17 @@ def attach_project_categories(project, det: Detector) -> Detector:
 def predict_project(project, weights: str | None = None, device: str | None = None,
                     batch_size: int | None = None, progress: bool = False,
                     shard: tuple[int, int] | None = None, cancel: threading.Event | None = None,
-                    on_prediction: Callable[[Prediction], None] | None = None) -> dict:
+                    on_prediction: Callable[[Prediction], None] | None = None,
+                    channels_last: bool = False) -> dict:
     """Pre-annotate every readable image not yet reviewed; never over a person's edits."""
     det = load_detector(project, weights)
-    predictor = Predictor(det, device, batch_size)
+    try:
+        predictor = Predictor(det, device, batch_size, channels_last=channels_last)
+    except RuntimeError as exc:
+        if is_out_of_memory(exc):
+            raise InferenceError(f"out of memory on {device or 'the GPU'} while loading the model: "
+                                 "close other programs using the GPU, or use --device cpu") from exc
+        raise
     todo = [r for r in project.images([ImageStatus.NEW, ImageStatus.PREDICTED, ImageStatus.IN_REVIEW])]
     if shard is not None:
         rank, world = shard

@@ -137,3 +137,26 @@ def generate(folder: str | Path, n_images: int = 24, seed: int = 0, size: tuple[
     out = folder / "ground_truth.json"
     out.write_text(json.dumps(data))
     return out
+
+
+def make_demo(base: str | Path, n_images: int = 40, reviewed: int = 10) -> Path:
+    """The app's demo: ``base/images`` of synthetic scenes (320 x 240), the first ``reviewed``
+    already reviewed from the ground truth so that Train works on the first click, and
+    ``base/ground_truth.json`` for every image. Made once; returns the images folder."""
+    from .coco import import_coco
+    from .store import Project
+
+    base = Path(base)
+    if not (base / "ground_truth.json").exists():
+        gt = generate(base / "images", n_images=n_images, seed=7, size=(320, 240))
+        data = json.loads(gt.read_text())
+        gt.unlink()
+        keep = {im["id"] for im in data["images"][:reviewed]}
+        starter = {**data, "images": [im for im in data["images"] if im["id"] in keep],
+                   "annotations": [a for a in data["annotations"] if a["image_id"] in keep]}
+        (base / "starter.json").write_text(json.dumps(starter))
+        with Project(base / "images") as project:
+            project.scan()
+            import_coco(project, base / "starter.json")
+        (base / "ground_truth.json").write_text(json.dumps(data))  # last: marks the demo complete
+    return base / "images"

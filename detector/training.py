@@ -26,9 +26,11 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from . import masks as M
+from . import profiles
 from .errors import LoupeError
 from .domain import Category, ImageRecord, ImageStatus, Instance
 from .images import load_image
+from .profiles import Profile
 from .inference import is_out_of_memory, pick_device
 from .model import (CheckpointError, Detector, ModelConfig, build_model, detector_from_checkpoint,
                     keypoint_slices, load_checkpoint, save_checkpoint)
@@ -53,7 +55,7 @@ class TrainConfig:
     weights: str | None = "coco"  # checkpoint path, "coco" or "none"
     epochs: int | None = None
     iterations: int | None = None  # default: 20 epochs' worth, at least 100 steps
-    batch_size: int = 2
+    batch_size: int | None = None  # None: the profile's
     lr: float | None = None  # default: see with_start_defaults
     optimizer: str | None = None  # "sgd" or "adamw"; default: AdamW from random weights, else SGD
     momentum: float = 0.9
@@ -62,8 +64,8 @@ class TrainConfig:
     clip_grad: float = 10.0
     device: str | None = None
     backbone: str | None = None  # default: the checkpoint's, else resnet50_v2
-    min_size: int = 512
-    max_size: int = 853
+    min_size: int | None = None  # None: the profile's
+    max_size: int | None = None  # None: 5/3 of min_size
     trainable_layers: int | None = None  # backbone stages to train (0-5); default 3 pretrained, 5 random
     augment: bool = True
     seed: int = 0
@@ -73,6 +75,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     amp: bool = True
     model_overrides: dict = field(default_factory=dict)  # any ModelConfig field
+    profile: str = "auto"  # fills what is left None: see detector.profiles
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,8 @@ def split_reviewed(project, holdout: float) -> tuple[list[ImageRecord], list[Ima
 class Sample:
     path: Path
     instances: list[Instance]
+    width: int = 0
+    height: int = 0
 
 
 class LabelledImages(torch.utils.data.Dataset):
@@ -269,7 +274,14 @@ class _End:
         self.error = error
 
 
-def _prefetched(iterable, depth: int = 2):
+def _pinned(batch):
+    """Page-locked copies (on the prefetch thread), so uploads overlap the GPU's work."""
+    images, targets = batch
+    return (tuple(i.pin_memory() for i in images),
+            tuple({k: v.pin_memory() for k, v in t.items()} for t in targets))
+
+
+def _prefetched(iterable, depth: int = 2, prepare=None):
     """Yield ``iterable``'s items while a thread prepares the next ones.
 
     Decoding images and masks (Pillow and pycocotools release the GIL for the heavy part)
@@ -291,7 +303,7 @@ def _prefetched(iterable, depth: int = 2):
     def fill() -> None:
         try:
             for item in iterable:
-                if not put(item):
+                if not put(prepare(item) if prepare is not None else item):
                     return
             put(_End())
         except BaseException as exc:  # re-raised on the training thread
@@ -316,7 +328,10 @@ def _prefetched(iterable, depth: int = 2):
 # The trainer
 # ------------------------------------------------------------------------------------------
 def _dist_info() -> tuple[int, int, int]:
-    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+    """(rank, world size, local rank); under torchrun even with one process, so that a single-GPU
+    torchrun run takes the same DistributedDataParallel path (and NCCL) as a multi-GPU one."""
+    if "WORLD_SIZE" in os.environ and "TORCHELASTIC_RUN_ID" in os.environ or \
+            int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return int(os.environ.get("RANK", 0)), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
     return 0, 1, 0
 
@@ -335,11 +350,12 @@ class Trainer:
         self.cancel = cancel or threading.Event()
         self.extra_meta = extra_meta or {}
         self.rank, self.world, local_rank = _dist_info()
-        if self.world > 1 and not dist.is_initialized():
+        self.distributed = "TORCHELASTIC_RUN_ID" in os.environ or self.world > 1
+        if self.distributed and not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
             dist.init_process_group(backend)
         self.device = pick_device(cfg.device)
-        if self.device.type == "cuda" and self.world > 1:
+        if self.device.type == "cuda" and self.distributed:
             self.device = torch.device("cuda", local_rank)
             torch.cuda.set_device(self.device)
         steps_per_epoch = max(1, math.ceil(len(samples) / cfg.batch_size / self.world))
@@ -366,16 +382,21 @@ class Trainer:
                 if cfg.augment else (s,)
             self.model.transform.max_size = cfg.max_size
         self.ddp = None
-        if self.world > 1:
+        if self.distributed:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         params = [p for p in self.model.parameters() if p.requires_grad]
+        # On a GPU: one fused kernel per optimizer step instead of one per parameter tensor, and
+        # cuDNN's autotuned convolutions (a handful of input sizes recur under scale jitter).
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
         if cfg.optimizer == "adamw":
             self.optimizer = torch.optim.AdamW(params, lr=cfg.lr or FINE_TUNE_ADAMW_LR,
-                                               weight_decay=cfg.weight_decay)
+                                               weight_decay=cfg.weight_decay, **fused)
         else:
             self.optimizer = torch.optim.SGD(params, lr=cfg.lr or FINE_TUNE_SGD_LR_PER_IMAGE * cfg.batch_size,
-                                             momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+                                             momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused)
         warm = max(1, min(cfg.warmup_steps, self.total_steps // 5))
         total = self.total_steps
 
@@ -425,9 +446,13 @@ class Trainer:
                                              collate_fn=_collate, num_workers=0)
         for h in self.hooks:
             h.before_train(self)
+        backend = f" ({dist.get_backend()})" if dist.is_initialized() else ""
+        profile = self.extra_meta.get("profile")
         self.emit(TrainEvent("start", self.step, self.total_steps,
-                             message=f"training on {len(self.samples)} images, {self.world} process(es), "
-                                     f"device {self.device}"))
+                             message=f"training on {len(self.samples)} images, {self.world} process(es)"
+                                     f"{backend}, device {self.device}"
+                                     + (f"; profile {profile}: {self.extra_meta.get('profile_reason')}"
+                                        if profile else "")))
         t_last, n_last = time.perf_counter(), 0
         result: TrainResult | None = None
         batches = None
@@ -435,7 +460,7 @@ class Trainer:
             epoch = self.step // self.steps_per_epoch
             while self.step < self.total_steps:
                 self.sampler.set_epoch(epoch)
-                batches = _prefetched(loader)
+                batches = _prefetched(loader, prepare=_pinned if self.device.type == "cuda" else None)
                 for images, targets in batches:
                     if self.step >= self.total_steps:
                         break
@@ -529,8 +554,9 @@ class Trainer:
                     f"(now {self.cfg.batch_size}) or the image size (now {self.cfg.min_size})") from exc
             raise
         self.step += 1
-        self.last_losses = {k: round(float(v.detach()), 5) for k, v in losses.items()}
-        self.last_losses["loss"] = round(float(total.detach()), 5)
+        # One device-to-host copy for all the numbers, not one sync per loss term.
+        values = torch.stack([v.detach().float() for v in losses.values()] + [total.detach().float()]).tolist()
+        self.last_losses = {k: round(v, 5) for k, v in zip([*losses, "loss"], values)}
 
 
 def _jsonable(d: dict) -> dict:
@@ -550,7 +576,7 @@ def collect_samples(project, records: list[ImageRecord]) -> tuple[list[Sample], 
         r = project.ensure_size(r)
         if not r.readable:
             continue
-        samples.append(Sample(project.abspath(r), _person_instances(project, r)))
+        samples.append(Sample(project.abspath(r), _person_instances(project, r), r.width, r.height))
         groups.append(int(r.width >= r.height))
     return samples, groups
 
@@ -593,6 +619,37 @@ def prepare_detector(project, cfg: TrainConfig) -> tuple[Detector, dict | None]:
     return det, None
 
 
+def apply_profile(cfg: TrainConfig, sizes: list[tuple[int, int]],
+                  samples: list[Sample] = ()) -> tuple[TrainConfig, Profile]:
+    """Fill the settings left open from the profile (device, image sizes); what was set stays.
+
+    Also raises the detections kept per image for dense data: at least 1.5x the most instances
+    in one reviewed image (COCO's 100 would cap recall on crowded images such as nuclei).
+    """
+    from .model import coco_cache_path
+
+    try:
+        prof = profiles.choose(cfg.profile, pick_device(cfg.device), sizes)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from exc
+    backbone = cfg.backbone
+    if backbone is None and not (cfg.weights == "coco" and coco_cache_path().is_file()):
+        backbone = prof.backbone  # COCO weights at hand keep their ResNet-50 FPN v2
+    min_size = cfg.min_size or prof.min_size
+    overrides = {**prof.model_overrides, **cfg.model_overrides}
+    most = max((len(s.instances) for s in samples), default=0)
+    if "box_detections_per_img" not in overrides and most * 1.5 > 100:
+        overrides["box_detections_per_img"] = int(math.ceil(most * 1.5))
+    out = replace(cfg, backbone=backbone, min_size=min_size,
+                  max_size=cfg.max_size or max(min_size, int(min_size * 5 / 3)),
+                  batch_size=cfg.batch_size or prof.batch_size, model_overrides=overrides)
+    rois = overrides.get("box_batch_size_per_image", 512)
+    net = backbone or "the checkpoint's or ResNet-50 FPN v2"
+    prof = replace(prof, reason=f"{prof.reason} -> {net} backbone, {min_size} px, batch {out.batch_size}, "
+                                f"{rois} sampled regions")
+    return out, prof
+
+
 def starts_from_random(cfg: TrainConfig, det: Detector) -> tuple[bool, bool]:
     """(the weights are random now, the weights go back to a random start).
 
@@ -622,13 +679,14 @@ def with_start_defaults(cfg: TrainConfig, det: Detector, resume_ckpt: dict | Non
                                 f"optimizer (or leave the optimizer unset)")
         return replace(cfg, optimizer=saved, lr=cfg.lr if cfg.lr is not None else run.get("lr"))
     random_now, random_start = starts_from_random(cfg, det)
+    batch = cfg.batch_size or 2
     optimizer = cfg.optimizer or ("adamw" if random_start else "sgd")
     lr = cfg.lr
     if lr is None:
         if optimizer == "adamw":
-            lr = FROM_SCRATCH_ADAMW_LR * math.sqrt(cfg.batch_size / 4) if random_start else FINE_TUNE_ADAMW_LR
+            lr = FROM_SCRATCH_ADAMW_LR * math.sqrt(batch / 4) if random_start else FINE_TUNE_ADAMW_LR
         else:
-            lr = (FROM_SCRATCH_SGD_LR_PER_IMAGE if random_now else FINE_TUNE_SGD_LR_PER_IMAGE) * cfg.batch_size
+            lr = (FROM_SCRATCH_SGD_LR_PER_IMAGE if random_now else FINE_TUNE_SGD_LR_PER_IMAGE) * batch
     return replace(cfg, optimizer=optimizer, lr=lr)
 
 
@@ -646,6 +704,7 @@ def train_project(project, cfg: TrainConfig, output: str | os.PathLike, *, progr
         raise TrainingError("no reviewed images to train on: review (Space) a few images first")
     if not any(s.instances for s in samples):
         raise TrainingError("the reviewed images have no instances: label some objects first")
+    cfg, profile = apply_profile(cfg, [(s.width, s.height) for s in samples], samples)
     torch.manual_seed(cfg.seed)  # the seed covers random initial weights too, not only the run
     det, resume_ckpt = prepare_detector(project, cfg)
     cfg = with_start_defaults(cfg, det, resume_ckpt)
@@ -663,6 +722,7 @@ def train_project(project, cfg: TrainConfig, output: str | os.PathLike, *, progr
                 bar.reset(total=ev.total_steps)
                 bar.update(ev.step)
                 bar.write(det.notice)
+                bar.write(f"profile {profile.name}: {profile.reason}")
             elif ev.kind == "step":
                 bar.update(1)
                 bar.set_postfix(loss=ev.losses.get("loss"), ips=ev.images_per_s)
@@ -672,7 +732,8 @@ def train_project(project, cfg: TrainConfig, output: str | os.PathLike, *, progr
     trainer = Trainer(det, samples, groups, cfg, output, on_event=report, hooks=hooks, cancel=cancel,
                       extra_meta={"holdout": {"fraction": cfg.holdout,
                                               "images": [r.path for r in held]},
-                                  "notice": det.notice,
+                                  "notice": det.notice, "profile": profile.name,
+                                  "profile_reason": profile.reason,
                                   "from_random_init": starts_from_random(cfg, det)[1]})
     if resume_ckpt is not None:
         trainer.resume_from(resume_ckpt)
@@ -703,7 +764,7 @@ def _coco_samples(project, coco_path: str) -> tuple[list[Sample], list[int]]:
     samples, groups = [], []
     for im in images.values():
         samples.append(Sample(project.root / im.path,
-                              [i.with_(category_id=ids[n]) for n, i in im.instances]))
+                              [i.with_(category_id=ids[n]) for n, i in im.instances], im.width, im.height))
         groups.append(int(im.width >= im.height))
     return samples, groups
 

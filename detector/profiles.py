@@ -1,0 +1,58 @@
+"""Training profiles: the settings a one-click Train uses, chosen from the device and the data.
+
+A profile fills only what the person left open (``None`` in ``TrainConfig``); anything set in the
+training settings dialog or on the command line wins. The training dock and ``loupe train`` say
+which profile runs and why. bench/RESULTS.md has the measurements behind each choice.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field, replace
+
+import torch
+
+PROFILES = ("auto", "gpu", "cpu-fast", "reference")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    reason: str
+    backbone: str | None = None  # None: the checkpoint's, or resnet50_v2
+    min_size: int = 512
+    batch_size: int = 2
+    model_overrides: dict = field(default_factory=dict)
+
+
+def _round32(v: float) -> int:
+    return int(max(32, round(v / 32) * 32))
+
+
+def short_side(sizes: list[tuple[int, int]]) -> int | None:
+    """Median shorter side of the images, or None when no size is known."""
+    sides = [min(w, h) for w, h in sizes if w and h]
+    return int(statistics.median(sides)) if sides else None
+
+
+def choose(name: str, device: torch.device, sizes: list[tuple[int, int]]) -> Profile:
+    """The profile called ``name`` ("auto" picks by device) for images of ``sizes`` (w, h)."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r} (known: {', '.join(PROFILES)})")
+    if name == "auto":
+        name = "cpu-fast" if device.type == "cpu" else "gpu"
+    side = short_side(sizes)
+    if name == "gpu":
+        return Profile("gpu", "a GPU: the full model at COCO's 800 px, batch 4, mixed precision",
+                       backbone=None, min_size=800, batch_size=4)
+    if name == "reference":
+        return Profile("reference", "as asked: torchvision's detection settings",
+                       backbone=None, min_size=512, batch_size=2)
+    # cpu-fast: the images' own size (never upscaled past 512), a light backbone, fewer sampled
+    # regions per image; each halves or more of a CPU step's time (bench/RESULTS.md).
+    size = min(512, _round32(side)) if side else 512
+    size = max(size, 256)
+    return Profile("cpu-fast", "a CPU: a light backbone at the images' own size (capped at 512), "
+                               "fewer sampled regions per image",
+                   backbone="resnet18", min_size=size, batch_size=2,
+                   model_overrides={"box_batch_size_per_image": 128, "rpn_batch_size_per_image": 128})
