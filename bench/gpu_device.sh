@@ -14,8 +14,8 @@ echo "system libraries brought: $(ls /tmp/loupe/lib | tr '\n' ' ')"
 export PYTHONPATH=/tmp/loupe/site LD_LIBRARY_PATH=/tmp/loupe/lib:${LD_LIBRARY_PATH:-} PYTHON=python3
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, torchvision, pycocotools, PySide6.QtCharts; print('torch', torch.__version__, torchvision.__version__, torch.cuda.get_device_name(0))"
-bench/gpu_suite.sh /tmp/suite --nuclei .gpu/nuclei "$@"
+# results.jsonl is written straight into $OUT, line by line: a cut-off call still brings it back
+bench/gpu_suite.sh /tmp/suite --nuclei .gpu/nuclei --results "$OUTDIR/results.jsonl" "$@"
 rc=$?
-cp /tmp/suite/results.jsonl "$OUTDIR/" 2>/dev/null
 tar czf "$OUTDIR/logs.tgz" -C /tmp suite
 exit $rc

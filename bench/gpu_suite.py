@@ -25,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
+PARALLEL, SEQUENTIAL = "parallel", "sequential"  # markers in the step list
 
 
 def steps(smoke: bool, nuclei: str, tmp: Path) -> list[tuple[str, list[str], int]]:
@@ -51,19 +52,22 @@ def steps(smoke: bool, nuclei: str, tmp: Path) -> list[tuple[str, list[str], int
     dev = ["--device", "cuda"]
     big = ["--backbone", "resnet50_v2"]
     return [
+        # correctness only, so these two share the GPU (no figure of theirs is a timing)
+        PARALLEL,
         ("cuda_tests", [PY, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "-x",
                         str(ROOT / "tests" / "test_cuda.py")], 150),
-        ("predict", b + ["bench/bench_predict.py", "--images", "160", "--size", "1066x800", "--min-size", "800",
-                         *big, *dev], 150),
-        ("train", b + ["bench/bench_train.py", "--steps", "24", "--warmup", "6", "--rounds", "2", "--images", "24",
-                       "--batch-size", "4", "--size", "800", *big, *dev], 180),
-        ("first_model", b + ["bench/bench_first_model.py", "--nuclei", nuclei, *dev], 200),
         ("torchrun", _torchrun(tmp, smoke=False), 150),
-        ("predict_channels_last", b + ["bench/bench_predict.py", "--images", "160", "--size", "1066x800",
-                                       "--min-size", "800", "--channels-last", "--no-baseline", *big, *dev], 90),
-        ("gui", b + ["bench/bench_gui.py", "--images", "48", "--size", "1066x800", "--launch-repeats", "1",
+        SEQUENTIAL,
+        ("train", b + ["bench/bench_train.py", "--steps", "16", "--warmup", "4", "--rounds", "2", "--images", "16",
+                       "--batch-size", "4", "--size", "800", *big, *dev], 150),
+        ("predict", b + ["bench/bench_predict.py", "--images", "96", "--size", "1066x800", "--min-size", "800",
+                         *big, *dev], 150),
+        ("first_model", b + ["bench/bench_first_model.py", "--nuclei", nuclei, *dev], 200),
+        ("gui", b + ["bench/bench_gui.py", "--images", "32", "--size", "1066x800", "--launch-repeats", "1",
                      "--train-steps", "20", *big, *dev], 150),
         ("ladder", b + ["bench/bench_ladder.py", *dev], 150),
+        ("predict_channels_last", b + ["bench/bench_predict.py", "--images", "96", "--size", "1066x800",
+                                       "--min-size", "800", "--channels-last", "--no-baseline", *big, *dev], 90),
     ]
 
 
@@ -123,10 +127,11 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=450.0, help="start no step after this many seconds")
     ap.add_argument("--only", default="", help="comma list of step names")
     ap.add_argument("--nuclei", default=str(ROOT.parent / "shared" / "data" / "nuclei"))
+    ap.add_argument("--results", default=None, help="write results.jsonl here instead of OUTDIR")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.jsonl"
+    results = Path(args.results) if args.results else out / "results.jsonl"
     t0 = time.perf_counter()
     env = dict(os.environ, PYTHONUNBUFFERED="1", QT_QPA_PLATFORM="offscreen")
     failed = 0
@@ -136,30 +141,44 @@ def main() -> int:
             f.write(json.dumps(obj) + "\n")
 
     record({"suite_step": "environment", **environment()})
+    def finish(name: str, proc: subprocess.Popen, log: Path, t: float, timeout: int) -> int:
+        try:
+            rc = proc.wait(timeout=max(1.0, timeout - (time.perf_counter() - t)))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            rc = 124
+        text = log.read_text(errors="replace") + (f"\n[timed out after {timeout} s]" if rc == 124 else "")
+        for fig in _figures(text):
+            record({**fig, "suite_step": name})
+        tail = text.strip().splitlines()[-1:] if rc else []
+        record({"suite_step": name, "rc": rc, "seconds": round(time.perf_counter() - t, 1),
+                **({"tail": tail[0][-300:]} if tail else {})})
+        print(f"{name:24s} rc={rc} {time.perf_counter() - t:6.1f} s", flush=True)
+        return int(rc != 0)
+
     with tempfile.TemporaryDirectory() as tmp:
-        for name, cmd, timeout in steps(args.smoke, args.nuclei, Path(tmp)):
+        parallel, running = False, []
+        plan = steps(args.smoke, args.nuclei, Path(tmp)) + [SEQUENTIAL]
+        for entry in plan:
+            if entry in (PARALLEL, SEQUENTIAL):
+                for r in running:
+                    failed += finish(*r)
+                running, parallel = [], entry == PARALLEL
+                continue
+            name, cmd, timeout = entry
             if args.only and name not in args.only.split(","):
                 continue
             spent = time.perf_counter() - t0
             if spent > args.budget_s:
                 record({"suite_step": name, "rc": None, "skipped": f"budget spent ({spent:.0f} s)"})
                 continue
-            t = time.perf_counter()
-            try:
-                r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-                rc, text = r.returncode, r.stdout + r.stderr
-            except subprocess.TimeoutExpired as exc:
-                rc = 124
-                text = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-                text += f"\n[timed out after {timeout} s]"
-            (out / f"{name}.log").write_text(text)
-            for fig in _figures(text):
-                record({**fig, "suite_step": name})
-            tail = text.strip().splitlines()[-1:] if rc else []
-            record({"suite_step": name, "rc": rc, "seconds": round(time.perf_counter() - t, 1),
-                    **({"tail": tail[0][-300:]} if tail else {})})
-            print(f"{name:24s} rc={rc} {time.perf_counter() - t:6.1f} s", flush=True)
-            failed += rc != 0
+            log = out / f"{name}.log"
+            with open(log, "w") as f:
+                proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, text=True)
+            running.append((name, proc, log, time.perf_counter(), timeout))
+            if not parallel:
+                failed += finish(*running.pop())
     print(f"suite: {failed} step(s) failed, {time.perf_counter() - t0:.0f} s; figures in {results}", flush=True)
     return 1 if failed else 0
 

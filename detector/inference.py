@@ -8,6 +8,7 @@ next batch. Image decoding also runs ahead on threads.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -26,6 +27,13 @@ from .errors import LoupeError
 from .domain import MODEL, Category, ImageStatus, Instance, Prediction
 from .images import ImageReadError, load_image
 from .model import CheckpointError, Detector, build_model, detector_from_checkpoint, load_checkpoint
+
+
+class _End:
+    """End of a producer thread's output, carrying its exception if it failed."""
+
+    def __init__(self, error: BaseException | None = None):
+        self.error = error
 
 
 class InferenceError(LoupeError):
@@ -162,13 +170,12 @@ class Predictor:
         self.amp = amp and self.device.type == "cuda"
         on_gpu = self.device.type == "cuda"
         # On a GPU: masks are pasted on the device (paste_runs), images are uploaded from pinned
-        # memory, cuDNN picks its fastest kernels for the folder's image size, and convolutions
-        # run channels-last where asked (bench/bench_predict.py --channels-last measures it).
+        # memory, and convolutions run channels-last where asked (bench/bench_predict.py
+        # --channels-last measures it). cuDNN autotuning stays off: the mask head sees a new
+        # batch size (the number of detections) on nearly every call, and each new shape re-tunes.
         self.paste_on_device = on_gpu if paste_on_device is None else paste_on_device
         self.pin = on_gpu
         self.channels_last = bool(channels_last) and on_gpu
-        if on_gpu:
-            torch.backends.cudnn.benchmark = True
         if self.channels_last:
             self.model.backbone.to(memory_format=torch.channels_last)
         self.workers = workers or (max(2, min(8, (os.cpu_count() or 2) // 2)) if on_gpu else 2)
@@ -288,12 +295,17 @@ class Predictor:
 
     def predict_items(self, items: Iterable[tuple[Any, str | Path]], *, request_id: int = 0,
                       cancel: threading.Event | None = None) -> Iterator[Prediction]:
-        """Predict (key, path) pairs in order; decoding and encoding overlap with the model.
+        """Predict (key, path) pairs in order; decoding, the model and encoding overlap.
 
-        An unreadable image yields a Prediction with ``error`` set. Stops between batches when
-        ``cancel`` is set.
+        The model runs on a thread of its own, a few batches ahead of the caller, so whatever
+        the caller does with each answer (storing it, drawing it) overlaps the next batches
+        instead of leaving the GPU idle. Decoding runs ahead on the pool; each image's masks are
+        encoded there too. An unreadable image yields a Prediction with ``error`` set. Stops
+        between batches when ``cancel`` is set, or when the caller stops iterating.
         """
         items = list(items)
+        ready: queue.Queue = queue.Queue(maxsize=3 * self.batch_size)
+        stop = threading.Event()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="loupe-io") as pool:
             def load(path):
                 try:
@@ -301,34 +313,57 @@ class Predictor:
                 except ImageReadError as exc:
                     return None, str(exc)
 
-            loads: list[Future] = [pool.submit(load, p) for _, p in items[: 2 * self.batch_size]]
-            submitted = len(loads)
-            pending: list[tuple[Any, str, Future | None, int, int, str | None]] = []
-            for start in range(0, len(items), self.batch_size):
-                if cancel is not None and cancel.is_set():
-                    break
-                chunk = items[start:start + self.batch_size]
-                arrays, keys = [], []
-                for k, (key, path) in enumerate(chunk):
-                    arr, err = loads[start + k].result()
-                    loads[start + k] = None  # type: ignore[call-overload]  # free the pixels
-                    if submitted < len(items):  # keep decoding ahead of the model
-                        loads.append(pool.submit(load, items[submitted][1]))
-                        submitted += 1
-                    if arr is None:
-                        pending.append((key, str(path), None, 0, 0, err))
-                    else:
-                        arrays.append(arr)
-                        keys.append((key, str(path)))
-                if arrays:
-                    for raw, a, (key, path) in zip(self.forward(arrays), arrays, keys):
-                        h, w = int(a.shape[0]), int(a.shape[1])
-                        pending.append((key, path, pool.submit(self.to_instances, raw, h, w), w, h, None))
-                # Hand back what is finished, in order, while the next batch runs.
-                while pending and (pending[0][2] is None or pending[0][2].done()):
-                    yield self._done(pending.pop(0), request_id)
-            for p in pending:
-                yield self._done(p, request_id)
+            def put(item) -> bool:
+                while not stop.is_set():
+                    try:
+                        ready.put(item, timeout=0.05)
+                        return True
+                    except queue.Full:
+                        continue
+                return False
+
+            def model_loop() -> None:
+                try:
+                    loads: list[Future | None] = [pool.submit(load, p) for _, p in items[: 3 * self.batch_size]]
+                    submitted = len(loads)
+                    for start in range(0, len(items), self.batch_size):
+                        if stop.is_set() or (cancel is not None and cancel.is_set()):
+                            break
+                        arrays, keys = [], []
+                        for k, (key, path) in enumerate(items[start:start + self.batch_size]):
+                            arr, err = loads[start + k].result()
+                            loads[start + k] = None  # free the pixels
+                            if submitted < len(items):  # keep decoding ahead of the model
+                                loads.append(pool.submit(load, items[submitted][1]))
+                                submitted += 1
+                            if arr is None:
+                                if not put((key, str(path), None, 0, 0, err)):
+                                    return
+                            else:
+                                arrays.append(arr)
+                                keys.append((key, str(path)))
+                        if arrays:
+                            for raw, a, (key, path) in zip(self.forward(arrays), arrays, keys):
+                                h, w = int(a.shape[0]), int(a.shape[1])
+                                if not put((key, path, pool.submit(self.to_instances, raw, h, w), w, h, None)):
+                                    return
+                    put(_End())
+                except BaseException as exc:  # re-raised on the caller's thread
+                    put(_End(exc))
+
+            thread = threading.Thread(target=model_loop, name="loupe-model", daemon=True)
+            thread.start()
+            try:
+                while True:
+                    item = ready.get()
+                    if isinstance(item, _End):
+                        if item.error is not None:
+                            raise item.error
+                        return
+                    yield self._done(item, request_id)
+            finally:
+                stop.set()
+                thread.join()
 
     @staticmethod
     def _done(p, request_id: int) -> Prediction:

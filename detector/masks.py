@@ -39,8 +39,16 @@ def from_transitions(t: np.ndarray, height: int, width: int) -> Rle:
     the same index twice; the pair cancels (the run goes on).
     """
     height, width = int(height), int(width)
+    t = _clean(t, height, width)
+    counts = np.diff(np.concatenate(([0], t, [height * width])))
+    c = mask_utils.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
+    return {"size": [height, width], "counts": c["counts"].decode("ascii")}
+
+
+def _clean(t: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Drop the end mark at the image's end and cancel run joins across columns (see below)."""
     t = np.asarray(t, dtype=np.int64)
-    if len(t) and t[-1] >= height * width:  # a run that ends with the image needs no end mark
+    if len(t) and t[-1] >= height * width:
         t = t[:-1]
     if len(t) > 1:
         dup = t[1:] == t[:-1]
@@ -49,9 +57,7 @@ def from_transitions(t: np.ndarray, height: int, width: int) -> Rle:
             keep[1:][dup] = False
             keep[:-1][dup] = False
             t = t[keep]
-    counts = np.diff(np.concatenate(([0], t, [height * width])))
-    c = mask_utils.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
-    return {"size": [height, width], "counts": c["counts"].decode("ascii")}
+    return t
 
 
 def encode_crop(crop: np.ndarray, x0: int, y0: int, height: int, width: int) -> Rle:

@@ -354,9 +354,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"{path}: refused: it holds objects other than plain weights "
                               "(a pickle that could run code); not loaded") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: "
-                              f"{str(exc).splitlines()[0][:120]})") from exc
+    except Exception as exc:  # junk bytes reach the unpickler's every error path (IndexError, KeyError, ...)
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: {first})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a Loupe checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
     if int(ckpt.get("version", 0)) > CHECKPOINT_VERSION:

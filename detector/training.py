@@ -374,7 +374,13 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.dataset = LabelledImages(samples, detector.categories, cfg.augment, cfg.seed + self.rank)
         self.sampler = AspectRatioBatches(groups, cfg.batch_size, cfg.seed, self.rank, self.world)
-        self.model = detector.model.to(self.device)
+        try:
+            self.model = detector.model.to(self.device)
+        except RuntimeError as exc:
+            if is_out_of_memory(exc):
+                raise TrainingError(f"out of memory on {self.device} while loading the model: close "
+                                    "other programs using the GPU, or train on the CPU") from exc
+            raise
         if cfg.min_size:
             s = cfg.min_size
             # Scale jitter the torchvision way: a random shorter side per batch while training.
@@ -386,17 +392,12 @@ class Trainer:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        # On a GPU: one fused kernel per optimizer step instead of one per parameter tensor, and
-        # cuDNN's autotuned convolutions (a handful of input sizes recur under scale jitter).
-        fused = {"fused": True} if self.device.type == "cuda" else {}
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
         if cfg.optimizer == "adamw":
             self.optimizer = torch.optim.AdamW(params, lr=cfg.lr or FINE_TUNE_ADAMW_LR,
-                                               weight_decay=cfg.weight_decay, **fused)
+                                               weight_decay=cfg.weight_decay)
         else:
             self.optimizer = torch.optim.SGD(params, lr=cfg.lr or FINE_TUNE_SGD_LR_PER_IMAGE * cfg.batch_size,
-                                             momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused)
+                                             momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         warm = max(1, min(cfg.warmup_steps, self.total_steps // 5))
         total = self.total_steps
 
@@ -407,7 +408,10 @@ class Trainer:
 
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.amp = cfg.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        # bfloat16 where the GPU has it (Ampere and later): float32's range, so no loss scaling
+        # and no overflow from random initial weights; float16 with a GradScaler elsewhere.
+        self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
 
     @property
     def is_main(self) -> bool:
@@ -526,7 +530,7 @@ class Trainer:
         images = [i.to(self.device, non_blocking=True) for i in images]
         targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
         try:
-            with torch.autocast("cuda", enabled=self.amp):
+            with torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.amp):
                 losses = model(images, targets)
             for h in self.hooks:
                 losses = h.after_loss(self, losses)

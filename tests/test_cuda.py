@@ -43,7 +43,8 @@ def test_amp_training_on_the_gpu_lowers_the_loss(gpu_trained):
     last = np.mean([s.losses["loss"] for s in steps[-5:]])
     assert np.isfinite(last) and last < 0.6 * first, (first, last)
     ckpt = load_checkpoint(result.checkpoint)
-    assert ckpt["scaler"] and ckpt["scaler"]["scale"] > 0  # GradScaler ran and was saved
+    if not torch.cuda.is_bf16_supported():  # float16 needs loss scaling; bfloat16 does not
+        assert ckpt["scaler"] and ckpt["scaler"]["scale"] > 0
     assert "cuda" in [e.message for e in events if e.kind == "start"][0]
 
 
