@@ -14,8 +14,10 @@ def demo_folder() -> Path:
 
     from detector.synthetic import make_demo
 
-    base = Path(os.environ.get("LOUPE_DEMO_DIR") or
-                Path(QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)) / "demo")
+    # GenericDataLocation (~/.local/share on Linux) + "Loupe": AppDataLocation would add the
+    # organisation and the application name, both "Loupe" (~/.local/share/Loupe/Loupe).
+    generic = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.GenericDataLocation)
+    base = Path(os.environ.get("LOUPE_DEMO_DIR") or Path(generic) / "Loupe" / "demo")
     return make_demo(base)
 
 
@@ -67,8 +69,21 @@ def main(argv: list[str] | None = None) -> int:
         # A moment for the list's thumbnails, decoded off the GUI thread, to land first.
         QTimer.singleShot(500 if shot else 0, grab_and_quit)
 
+    train_steps = int(os.environ.get("LOUPE_SCREENSHOT_TRAIN_STEPS", "0") or 0)
+
+    def shot_while_training(ev: dict) -> None:
+        # LOUPE_SCREENSHOT_TRAIN_STEPS=N: press Train, take the picture after N steps, cancel.
+        if ev.get("kind") == "step" and ev.get("step", 0) >= train_steps:
+            window.runner.event.disconnect(shot_while_training)
+            QTimer.singleShot(200, lambda: (window.grab().save(shot), print("screenshot taken", flush=True),
+                                            window.runner.kill(), window.close()))
+
     def on_shown(image_id: int) -> None:
         window.image_shown.disconnect(on_shown)  # the first image only
+        if shot and train_steps:
+            window.runner.event.connect(shot_while_training)
+            window.start_training()
+            return
         # With a model and an image still to annotate, the picture waits for its predictions
         # (or the worker's error, or 60 s), so it shows what a person sees.
         rec = project.image(image_id)

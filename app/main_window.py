@@ -86,7 +86,7 @@ class MainWindow(QMainWindow):
         self.training_panel.settings_clicked.connect(self.edit_train_settings)
         self.training_dock = self._dock("Training", self.training_panel, Qt.DockWidgetArea.BottomDockWidgetArea)
         self._reannotate_after_load = False
-        self.resizeDocks([self.training_dock], [190], Qt.Orientation.Vertical)
+        self.resizeDocks([self.training_dock], [250], Qt.Orientation.Vertical)
 
         self.exchange = CocoExchange(self, lambda: self.project, self._after_import)
         self._build_actions()

@@ -136,7 +136,8 @@ def evaluate_detector(detector: Detector, items: list[tuple[ImageRecord, Path, l
                       device: str | None = None, batch_size: int = 4) -> dict:
     """AP of ``detector`` on (record, path, ground truth) items."""
     predictor = Predictor(detector, device, batch_size)
-    ev = CocoEvaluator(detector.categories)
+    # One entry per project category (a COCO start may map several model classes to one).
+    ev = CocoEvaluator(list({c.id: c for c in detector.categories}.values()))
     for rec, path, gt in items:
         a = load_image(path)
         rec = ImageRecord(rec.path, a.shape[1], a.shape[0], rec.status, id=rec.id)

@@ -434,9 +434,11 @@ def load_detector(project, weights: str | None = None) -> Detector:
 def attach_project_categories(project, det: Detector) -> Detector:
     """Give the detector's categories the project's ids, adding any the project lacks."""
     existing = {c.name: c for c in project.categories()}
+    mapped = det.meta.get("category_map") or {}  # a COCO start: COCO class -> project category
     cats = []
     for c in det.categories:
-        pc = existing.get(c.name) or project.ensure_category(c)
+        target = mapped.get(c.name, c.name)
+        pc = existing.get(target) or project.ensure_category(Category(target, c.color, c.keypoints, c.skeleton))
         cats.append(Category(c.name, pc.color, c.keypoints, c.skeleton, pc.id))
     det.categories = tuple(cats)
     return det

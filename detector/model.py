@@ -384,6 +384,10 @@ def detector_from_checkpoint(ckpt: dict, categories: tuple[Category, ...] | None
                               f"{config.backbone} model")
     cfg = saved_cfg if config is None else config
     saved_cats = _categories_from(ckpt["categories"])
+    mapped = ckpt.get("category_map") or {}
+    if mapped and categories is not None:  # a COCO start: match rows by the project's names
+        saved_cats = tuple(Category(mapped.get(c.name, c.name), c.color, c.keypoints, c.skeleton)
+                           for c in saved_cats)
     cats = saved_cats if categories is None else tuple(categories)
     same = [(c.name, c.keypoints) for c in cats] == [(c.name, c.keypoints) for c in saved_cats]
     if not same and strict_categories:
