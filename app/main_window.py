@@ -21,6 +21,7 @@ from .editor import Editor
 from .exchange import CocoExchange
 from .image_list import ImageListWidget
 from .loader import ImageLoader, LoadedImage
+from .pretrained import StartingModel
 from .training import (ModelVersionsDialog, TrainingPanel, TrainRunner, TrainSettings,
                        TrainSettingsDialog, headline)
 from .workers import InferenceWorker, ModelInfo, Progress, WorkerThread
@@ -51,7 +52,16 @@ class MainWindow(QMainWindow):
         self._asked: set[int] = set()
 
         self.canvas = ImageCanvas(self)
-        self.setCentralWidget(self.canvas)
+        self.starting = StartingModel(self, lambda: self.project)
+        self.starting.added.connect(self._on_starting_model)
+        self.starting.message.connect(lambda m: self.statusBar().showMessage(m, 15000))
+        central = QWidget()
+        column = QVBoxLayout(central)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(0)
+        column.addWidget(self.starting.banner)
+        column.addWidget(self.canvas, 1)
+        self.setCentralWidget(central)
         self.editor = Editor(self.canvas, self)
         self.editor.changed.connect(self.refresh_instances)
         self.editor.fill_requested.connect(self._ask_fill)
@@ -151,6 +161,10 @@ class MainWindow(QMainWindow):
         self.act_train = a("Train", self.start_training, "Ctrl+T", "Fine-tune on the reviewed images")
         self.act_train_settings = a("Training settings…", self.edit_train_settings)
         self.act_versions = a("Model versions…", self.show_versions)
+        self.act_coco = a("Start from COCO weights…", self._start_from_coco, None,
+                          "torchvision's COCO Mask R-CNN as the model, through a class mapping")
+        self.act_load_weights = a("Load weights…", lambda: self.starting.load_weights(), None,
+                                  "A Loupe checkpoint, or a torchvision Mask R-CNN state dict (.pth)")
         self.act_import = a("Import COCO…", lambda: self.exchange.import_file(), "Ctrl+I",
                             "Import a COCO file's annotations (all or nothing)")
         self.act_export = a("Export COCO…", lambda: self.exchange.export_file(), "Ctrl+E",
@@ -203,6 +217,8 @@ class MainWindow(QMainWindow):
         mm.addActions([self.act_predict_all, self.act_cancel, self.act_restart_worker])
         mm.addSeparator()
         mm.addActions([self.act_train, self.act_train_settings, self.act_versions])
+        mm.addSeparator()
+        mm.addActions([self.act_coco, self.act_load_weights])
         h = self.menuBar().addMenu("&Help")
         h.addAction(self.act_help)
 
@@ -372,12 +388,29 @@ class MainWindow(QMainWindow):
         worker.errored.connect(self._on_worker_error)
         self.model_info = None
         active = self.project.active_model()
+        self.starting.refresh()
         if active is None:
-            self.device_label.setText("No model yet: review a few images (Space), then Train")
+            self.device_label.setText("No model yet: start from COCO weights, or review a few images (Space) and Train")
             self.act_predict_all.setEnabled(False)
         else:
             self.device_label.setText(f"loading model {active.name}…")
             self.request_load.emit(active.path)
+
+    def _start_from_coco(self) -> None:
+        from detector.pretrained import cache_path
+
+        if cache_path().is_file():
+            self.starting.use_coco()
+        else:
+            self.starting.refresh()
+            self.starting.banner.setVisible(True)
+            self.starting.download()
+
+    def _on_starting_model(self, path: str) -> None:
+        """A COCO start or a loaded file is now the active model: load it and pre-annotate."""
+        self.statusBar().showMessage(f"Starting model ready ({Path(path).name}); pre-annotating…", 10000)
+        self._reannotate_after_load = True
+        self.load_model(path)
 
     def load_model(self, weights: str) -> None:
         """Swap the model in the running worker (no restart)."""
@@ -695,7 +728,8 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event):  # noqa: N802
         busy = [w for w, on in (("pre-annotation", self._batch_request >= 0),
                                 ("training", self.runner.running),
-                                ("a COCO import or export", self.exchange.jobs.running)) if on]
+                                ("a COCO import or export", self.exchange.jobs.running),
+                                ("preparing a starting model", self.starting.jobs.running)) if on]
         if busy:
             answer = QMessageBox.question(self, "Quit Loupe?",
                                           f"{' and '.join(busy).capitalize()} still running. Stop and quit?")
@@ -709,6 +743,8 @@ class MainWindow(QMainWindow):
         self.stop_worker()
         self.loader.shutdown()
         self.exchange.shutdown()
+        self.starting.cancel.set()  # a download stops at its next chunk and keeps what it has
+        self.starting.jobs.shutdown()
         self.image_list.model.thumbnails.shutdown()
         self.statusBar().clearMessage()  # also stops the message's timeout timer
         if self.project is not None:

@@ -352,8 +352,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{path}: refused: it holds objects other than plain weights "
-                              "(a pickle that could run code); not loaded") from exc
+        # The weights-only unpickler says the same for junk bytes and for a pickle that would
+        # run code; both are refused unread.
+        raise CheckpointError(f"{path}: refused: not plain weights (a corrupt file, or objects that "
+                              "could run code); not loaded") from exc
     except Exception as exc:  # junk bytes reach the unpickler's every error path (IndexError, KeyError, ...)
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: {first})") from exc

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import threading
@@ -153,6 +154,12 @@ def default_mapping(project_categories: list[Category] | tuple[Category, ...]) -
     return {n: norm[n.lower()] for n in COCO_NAMES if n.lower() in norm}
 
 
+def saved_mapping(project) -> dict[str, str] | None:
+    """The class mapping this project used last (``coco_start`` saves it), if any."""
+    raw = project.get_meta("coco_mapping")
+    return json.loads(raw) if raw else None
+
+
 def coco_start(project, mapping: dict[str, str], output: str | os.PathLike, *,
                weights_file: str | os.PathLike | None = None, add_missing: bool = True,
                activate: bool = True) -> Detector:
@@ -193,6 +200,7 @@ def coco_start(project, mapping: dict[str, str], output: str | os.PathLike, *,
     meta = {"category_map": dict(mapping), "notice": det.notice, "from_random_init": False,
             "source_weights": str(path)}
     save_checkpoint(output, det, **meta)
+    project.set_meta("coco_mapping", json.dumps(mapping))
     det.meta.update(meta)
     project.add_model("coco", str(output), {}, {"weights": "coco", "mapping": dict(mapping)}, 0,
                       activate=activate)
@@ -206,4 +214,4 @@ def _colour(i: int) -> str:
 
 
 __all__ = ["COCO_NAMES", "WeightsError", "cache_path", "coco_start", "default_mapping", "download",
-           "file_hash_ok", "keypoint_slices", "offline_help", "read_state_dict"]
+           "file_hash_ok", "keypoint_slices", "offline_help", "read_state_dict", "saved_mapping"]
