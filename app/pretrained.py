@@ -127,7 +127,6 @@ class StartingModel(QObject):
         self.cancel = threading.Event()
         self.progress_signals = _Progress(self)
         self.banner = self._build_banner()
-        self.dialog: QDialog | None = None
 
     # -- the banner -------------------------------------------------------------------------
     def _build_banner(self) -> QFrame:
@@ -235,10 +234,11 @@ class StartingModel(QObject):
             names = [c.name for c in project.categories()]
             saved = P.saved_mapping(project)
             dlg = MappingDialog(names, saved or P.default_mapping(project.categories()), self.window)
-            self.dialog = dlg
-            if dlg.exec() != QDialog.DialogCode.Accepted:
-                return
+            accepted = dlg.exec() == QDialog.DialogCode.Accepted
             mapping = dlg.mapping()
+            dlg.deleteLater()
+            if not accepted:
+                return
         out = project.db_path.parent / "models" / f"coco-{int(time.time())}.pt"
         self._busy("Preparing the COCO model for this project…")
 

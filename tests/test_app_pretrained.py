@@ -64,7 +64,8 @@ def test_coco_start_through_the_mapping_pre_annotates_mapped_classes_only(open_w
     _drive_mapping_dialog({"dog": "new category “dog”"})
     banner.use_button.click()
     qtbot.waitUntil(lambda: fresh.active_model() is not None, timeout=60_000)
-    qtbot.waitUntil(lambda: all(r.status is not ImageStatus.NEW for r in fresh.images()), timeout=180_000)
+    qtbot.waitUntil(lambda: w._batch_request < 0 and all(r.status is not ImageStatus.NEW for r in fresh.images()),
+                    timeout=180_000)
     assert not banner.banner.isVisibleTo(w)
     names = {c.id: c.name for c in fresh.categories()}
     assert set(names.values()) == {"Person", "dog"}
@@ -73,6 +74,7 @@ def test_coco_start_through_the_mapping_pre_annotates_mapped_classes_only(open_w
     assert P.saved_mapping(fresh) == {"person": "Person", "dog": "dog"}  # used again next time
     # the next time, the dialog opens with the saved mapping
     dlg = MappingDialog([c.name for c in fresh.categories()], P.saved_mapping(fresh))
+    qtbot.addWidget(dlg)
     assert dlg.combos["dog"].currentData() == "dog" and dlg.combos["cat"].currentData() == ""
     dlg.map_all_new()
     assert len(dlg.mapping()) == 80 and dlg.mapping()["person"] == "Person"
@@ -107,4 +109,7 @@ def test_a_loupe_checkpoint_becomes_the_active_model(open_window, qtbot, fresh, 
     qtbot.waitUntil(lambda: fresh.active_model() is not None, timeout=20_000)
     qtbot.waitUntil(lambda: w.model_info is not None, timeout=60_000)
     assert not w.starting.banner.isVisibleTo(w)
-    assert QDialog  # the mapping dialog is not involved for a Loupe checkpoint
+    assert not [d for d in QApplication.topLevelWidgets() if isinstance(d, QDialog) and d.isVisible()]
+    # it pre-annotates the images at once
+    qtbot.waitUntil(lambda: w._batch_request < 0 and all(r.status is not ImageStatus.NEW for r in fresh.images()),
+                    timeout=120_000)
