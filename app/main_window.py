@@ -20,6 +20,7 @@ from .docks import CategoriesPanel, CategoryDialog, InstancesPanel
 from .editor import Editor
 from .exchange import CocoExchange
 from .image_list import ImageListWidget
+from .autotrain import AutoTrainer
 from .loader import ImageLoader, LoadedImage
 from .pretrained import StartingModel
 from .training import (ModelVersionsDialog, TrainingPanel, TrainRunner, TrainSettings,
@@ -97,6 +98,9 @@ class MainWindow(QMainWindow):
         self.training_dock = self._dock("Training", self.training_panel, Qt.DockWidgetArea.BottomDockWidgetArea)
         self._reannotate_after_load = False
         self.resizeDocks([self.training_dock], [250], Qt.Orientation.Vertical)
+        self.autotrain = AutoTrainer(lambda: self.project, lambda: self.train_settings,
+                                     lambda: self.runner.running, self.start_training, self)
+        self.autotrain.status.connect(self.training_panel.auto.setText)
 
         self.exchange = CocoExchange(self, lambda: self.project, self._after_import)
         self._build_actions()
@@ -432,6 +436,7 @@ class MainWindow(QMainWindow):
         self.model_info = info
         self.device_label.setText(f"{info.device} · model: {Path(info.name).stem}")
         self.act_predict_all.setEnabled(True)
+        self.autotrain.announce()
         if info.notice:
             self.statusBar().showMessage(info.notice, 8000)
         self._asked.clear()
@@ -523,6 +528,7 @@ class MainWindow(QMainWindow):
         dlg = TrainSettingsDialog(self.train_settings, self)
         if dlg.exec():
             self.train_settings = dlg.settings()
+            self.autotrain.announce()
 
     def start_training(self) -> None:
         if self.project is None or self.runner.running:
@@ -543,6 +549,7 @@ class MainWindow(QMainWindow):
         self.training_dock.show()
         self.act_train.setEnabled(False)
         self._train_started_settings = dict(self.train_settings.__dict__)
+        self.autotrain.note_started()
         self.runner.start(str(self.project.root), str(self.project.db_path), output,
                           self.train_settings, active.path if active else None)
 
@@ -576,6 +583,7 @@ class MainWindow(QMainWindow):
             text += " — not better than the active model; activate it from Model versions if you prefer it."
         self.training_panel.stopped(text)
         self.statusBar().showMessage(text, 15000)
+        self.autotrain.announce()
 
     def show_versions(self) -> None:
         if self.project is None:
@@ -672,6 +680,7 @@ class MainWindow(QMainWindow):
             return
         self.editor.mark_reviewed(self.canvas.min_score)
         self.step(1)
+        self.autotrain.maybe_start()
 
     # -- tools, visibility ------------------------------------------------------------------
     def set_tool(self, tool: Tool) -> None:

@@ -44,6 +44,8 @@ class TrainSettings:
     weights: str = "active"  # active, coco, none, or a checkpoint path
     backbone: str = ""  # "": resnet50_v2, or the checkpoint's
     optimizer: str = ""  # "": AdamW from random weights, SGD from learned ones
+    auto_train: bool = True  # train in the background once a model exists ...
+    auto_every: int = 10  # ... after every this many newly reviewed images
     extra_args: list[str] = field(default_factory=list)
 
     def to_args(self, active: str | None) -> list[str]:
@@ -276,6 +278,8 @@ class TrainingPanel(QWidget):
         self.progress.setFormat("not training: Train fine-tunes the model on the reviewed images")
         self.progress.setValue(0)
         self.speed = QLabel("")
+        self.auto = QLabel("")  # when the next background run starts (AutoTrainer)
+        self.auto.setStyleSheet("color: #81c995;")
         self.profile = QLabel("")  # which settings run and why (the start event says)
         self.profile.setWordWrap(True)
         self.profile.setStyleSheet("color: #9aa0a6;")
@@ -289,6 +293,7 @@ class TrainingPanel(QWidget):
         controls.addLayout(row)
         controls.addWidget(self.progress)
         controls.addWidget(self.speed)
+        controls.addWidget(self.auto)
         controls.addWidget(self.profile)
         controls.addWidget(self.result)
         controls.addStretch(1)
@@ -411,6 +416,12 @@ class TrainSettingsDialog(QDialog):
                              ("ResNet-18 FPN (light)", "resnet18")):
             self.backbone.addItem(label, value)
         self.backbone.setCurrentIndex(max(0, self.backbone.findData(s.backbone)))
+        self.auto_train = QCheckBox("train in the background while I label (once a model exists)")
+        self.auto_train.setChecked(s.auto_train)
+        self.auto_every = QSpinBox()
+        self.auto_every.setRange(1, 10_000)
+        self.auto_every.setSuffix(" newly reviewed images")
+        self.auto_every.setValue(max(1, s.auto_every))
         form = QFormLayout(self)
         form.addRow("Iterations", self.iterations)
         form.addRow("Optimizer", self.optimizer)
@@ -422,6 +433,8 @@ class TrainSettingsDialog(QDialog):
         form.addRow("Device", self.device)
         form.addRow("Starting weights", self.weights)
         form.addRow("Backbone (new models)", self.backbone)
+        form.addRow("Auto-training", self.auto_train)
+        form.addRow("… after every", self.auto_every)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
@@ -442,7 +455,8 @@ class TrainSettingsDialog(QDialog):
                              image_size=self.size.value(), trainable_layers=self.layers.value(),
                              augment=self.augment.isChecked(), device=self.device.currentData(),
                              weights=self.weights.currentData(), backbone=self.backbone.currentData(),
-                             optimizer=self.optimizer.currentData(), extra_args=self._extra)
+                             optimizer=self.optimizer.currentData(), auto_train=self.auto_train.isChecked(),
+                             auto_every=self.auto_every.value(), extra_args=self._extra)
 
 
 class ModelVersionsDialog(QDialog):

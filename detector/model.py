@@ -24,12 +24,14 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from .errors import LoupeError
 from .domain import Category
+from .pooling import PyramidRoIAlign
 
 CHECKPOINT_FORMAT = "loupe-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -64,6 +66,7 @@ class ModelConfig:
     box_nms_thresh: float = 0.5
     box_detections_per_img: int = 100
     trainable_layers: int = 5
+    fpn_channels: int = 256  # feature pyramid width (resnet18 only); 128 is the CPU profile's
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -127,6 +130,9 @@ def _architecture(num_classes: int, num_keypoints: int, cfg: ModelConfig) -> Mas
         box_batch_size_per_image=cfg.box_batch_size_per_image,
         box_score_thresh=cfg.box_score_thresh, box_nms_thresh=cfg.box_nms_thresh,
         box_detections_per_img=cfg.box_detections_per_img,
+        # torchvision's poolers, with the CPU backward spread over the cores (detector/pooling.py)
+        box_roi_pool=PyramidRoIAlign(["0", "1", "2", "3"], 7, 2),
+        mask_roi_pool=PyramidRoIAlign(["0", "1", "2", "3"], 14, 2),
     )
     bn = nn.BatchNorm2d
     if len(cfg.anchor_sizes) != 5:
@@ -142,15 +148,22 @@ def _architecture(num_classes: int, num_keypoints: int, cfg: ModelConfig) -> Mas
         kp_layers = (512,) * 8
     elif cfg.backbone == "resnet18":
         backbone = _resnet_fpn_extractor(resnet18(norm_layer=bn), cfg.trainable_layers, norm_layer=bn)
+        ch = cfg.fpn_channels
+        if ch != 256:  # a narrower pyramid: the FPN, RPN and heads at stride 4 dominate a CPU step
+            backbone.fpn = FeaturePyramidNetwork([64, 128, 256, 512], ch, extra_blocks=LastLevelMaxPool(),
+                                                 norm_layer=bn)
+            backbone.out_channels = ch
         model = MaskRCNN(backbone, num_classes=num_classes,
-                         mask_head=MaskRCNNHeads(256, [256] * 2, 1, norm_layer=bn), **kw)
-        kp_layers = (256,) * 4
+                         mask_head=MaskRCNNHeads(ch, [ch] * 2, 1, norm_layer=bn), **kw)
+        if ch != 256:  # torchvision's default mask predictor assumes 256 channels
+            model.roi_heads.mask_predictor = MaskRCNNPredictor(ch, ch, num_classes)
+        kp_layers = (ch,) * 4
     else:
         raise ValueError(f"unknown backbone {cfg.backbone!r} (known: {', '.join(BACKBONES)})")
     if num_keypoints:
         rh = model.roi_heads
-        rh.keypoint_roi_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], 14, 2)
-        rh.keypoint_head = KeypointRCNNHeads(256, kp_layers)
+        rh.keypoint_roi_pool = PyramidRoIAlign(["0", "1", "2", "3"], 14, 2)
+        rh.keypoint_head = KeypointRCNNHeads(model.backbone.out_channels, kp_layers)
         rh.keypoint_predictor = KeypointRCNNPredictor(kp_layers[-1], num_keypoints)
     return model
 

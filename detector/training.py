@@ -633,14 +633,19 @@ def apply_profile(cfg: TrainConfig, sizes: list[tuple[int, int]],
     from .model import coco_cache_path
 
     try:
-        prof = profiles.choose(cfg.profile, pick_device(cfg.device), sizes)
+        objects = [min(i.box[2] - i.box[0], i.box[3] - i.box[1]) for s in samples for i in s.instances]
+        prof = profiles.choose(cfg.profile, pick_device(cfg.device), sizes, objects)
     except ValueError as exc:
         raise TrainingError(str(exc)) from exc
     backbone = cfg.backbone
     if backbone is None and not (cfg.weights == "coco" and coco_cache_path().is_file()):
         backbone = prof.backbone  # COCO weights at hand keep their ResNet-50 FPN v2
     min_size = cfg.min_size or prof.min_size
-    overrides = {**prof.model_overrides, **cfg.model_overrides}
+    prof_overrides = dict(prof.model_overrides)
+    if backbone != "resnet18" or cfg.weights not in (None, "none", "coco"):
+        # The pyramid's width shapes the weights: only a new ResNet-18 model takes the profile's.
+        prof_overrides.pop("fpn_channels", None)
+    overrides = {**prof_overrides, **cfg.model_overrides}
     most = max((len(s.instances) for s in samples), default=0)
     if "box_detections_per_img" not in overrides and most * 1.5 > 100:
         overrides["box_detections_per_img"] = int(math.ceil(most * 1.5))

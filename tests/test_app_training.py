@@ -108,3 +108,40 @@ def test_settings_dialog_round_trips_every_choice(qtbot):
     assert args[args.index("--optimizer") + 1] == "sgd" and "--lr" not in args
     dlg.optimizer.setCurrentIndex(dlg.optimizer.findData(""))  # automatic: the trainer decides
     assert "--optimizer" not in dlg.settings().to_args(active=None)
+
+
+def test_auto_training_after_n_reviews_promotes_by_ap_and_reannotates(qtbot, window):
+    """With a model in place, reviewing N more images starts a background run; its model is kept
+    only if its held-out AP is not worse, and then the unreviewed images are re-annotated."""
+    w, p = window
+    w.train_settings.iterations = 20
+    assert not w.autotrain.enabled()  # no model yet: nothing to improve on
+    with qtbot.waitSignal(w.runner.finished, timeout=300_000) as fin:
+        w.act_train.trigger()
+    assert fin.args[0]["ok"]
+    qtbot.waitUntil(lambda: w._batch_request < 0 and p.status_counts()[ImageStatus.NEW] == 0, timeout=120_000)
+    assert w.autotrain.enabled()
+    assert "after 10 more reviewed images" in w.training_panel.auto.text()  # the default N
+    w.train_settings.auto_every = 1
+    w.autotrain.announce()
+    assert "after 1 more reviewed image" in w.training_panel.auto.text()
+    first = p.active_model()
+    todo = [r.id for r in p.images([ImageStatus.PREDICTED])]
+    assert len(todo) == 2
+    w.show_image(todo[0])
+    qtbot.waitUntil(lambda: w.current_image_id == todo[0] and w.canvas.has_image, timeout=10_000)
+    w.mark_reviewed()  # a run starts by itself; the window stays usable
+    assert w.runner.running
+    with qtbot.waitSignal(w.runner.finished, timeout=300_000) as fin:
+        w.act_prev.trigger()  # the person keeps working
+    assert fin.args[0]["ok"], fin.args[0]["message"]
+    assert int(p.get_meta("reviewed_at_last_training")) == 7
+    (second,) = [m for m in p.models() if m.id != first.id]
+    old_ap, new_ap = first.metrics["segm"]["AP"], second.metrics["segm"]["AP"]
+    assert second.active == (new_ap >= old_ap)  # promoted only when not worse
+    if second.active:  # swapped in: the image nobody reviewed yet is annotated again
+        qtbot.waitUntil(lambda: w._batch_request < 0 and all(
+            i.changed_at > second.created_at for i in p.instances(todo[1]) if i.changed_by == MODEL), timeout=120_000)
+        assert p.instances(todo[1])
+    else:
+        assert p.active_model().id == first.id and "not better" in w.training_panel.result.text()

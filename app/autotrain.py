@@ -1,0 +1,68 @@
+"""Training while labeling: a background run after every N newly reviewed images.
+
+On by default once the project has a model (trained here, or a starting model); N and the switch
+are in Training settings. The run is the Train button's (a child process, so the person keeps
+working); the window keeps its model only if the held-out AP is not worse, swaps it in and
+re-annotates the images not yet reviewed. The count of reviewed images at the last start is kept
+in the project, so it survives restarts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from PySide6.QtCore import QObject, Signal
+
+from detector.domain import ImageStatus
+from detector.store import Project
+
+META_KEY = "reviewed_at_last_training"
+
+
+class AutoTrainer(QObject):
+    """``maybe_start()`` after each review; ``status(text)`` says when the next run comes."""
+
+    status = Signal(str)
+
+    def __init__(self, project: Callable[[], Project | None], settings: Callable[[], object],
+                 running: Callable[[], bool], start: Callable[[], None], parent=None):
+        super().__init__(parent)
+        self.project, self.settings, self.running, self.start = project, settings, running, start
+
+    def enabled(self) -> bool:
+        p, s = self.project(), self.settings()
+        return (p is not None and bool(getattr(s, "auto_train", True)) and getattr(s, "auto_every", 0) > 0
+                and p.active_model() is not None)
+
+    def reviewed(self) -> int:
+        p = self.project()
+        return p.status_counts().get(ImageStatus.REVIEWED, 0) if p is not None else 0
+
+    def since_last(self) -> int:
+        p = self.project()
+        if p is None:
+            return 0
+        return self.reviewed() - int(p.get_meta(META_KEY) or 0)
+
+    def note_started(self) -> None:
+        """Called whenever a run starts (by hand too): the count starts again from here."""
+        p = self.project()
+        if p is not None:
+            p.set_meta(META_KEY, str(self.reviewed()))
+        self.announce()
+
+    def announce(self) -> None:
+        if not self.enabled():
+            self.status.emit("")
+            return
+        left = self.settings().auto_every - self.since_last()
+        self.status.emit("auto-training now" if self.running() else
+                         f"auto-train after {max(0, left)} more reviewed image{'s' if left != 1 else ''}")
+
+    def maybe_start(self) -> bool:
+        """Start a run if N images were reviewed since the last one and none is running."""
+        if self.enabled() and not self.running() and self.since_last() >= self.settings().auto_every:
+            self.start()
+            return True
+        self.announce()
+        return False
