@@ -44,7 +44,7 @@ def _segmentation(inst: Instance, h: int, w: int, polygons: bool) -> tuple[Any, 
         return [[x1, y1, x2, y1, x2, y2, x1, y2]], max(0.0, (x2 - x1) * (y2 - y1))
     area = float(M.area(inst.mask))
     if polygons and not inst.crowd:
-        polys = M.to_polygons(M.decode(inst.mask))
+        polys = M.rle_to_polygons(inst.mask)
         if polys:
             return polys, area
     return M.compress(inst.mask), area

@@ -92,9 +92,79 @@ def test_polygons_keep_holes_and_parts():
     polys = M.to_polygons(m)
     assert len(polys) == 2
     back = M.decode(M.from_polygons(polys, 60, 80))
-    assert back[25, 25] == 0 and back[10, 10] == 1 and back[54, 67] == 1
-    iou = (back & m).sum() / (back | m).sum()
-    assert iou > 0.85
+    assert np.array_equal(back, m)  # pixel for pixel, the hole and both parts
+
+
+def _hard_masks():
+    """Masks that are hard to trace, each (name, mask)."""
+    out = []
+
+    def new(h=24, w=24):
+        return np.zeros((h, w), np.uint8)
+
+    m = new(); m[5, 5] = 1; out.append(("single pixel", m))
+    m = new(); m[7, 2:20] = 1; out.append(("1-pixel line", m))
+    m = new(); m[2:20, 9] = 1; out.append(("1-pixel column", m))
+    m = new(); m[[3, 4, 5, 6], [3, 4, 5, 6]] = 1; out.append(("diagonal pixels", m))
+    m = new(); m[4:10, 4:10] = 1; m[10:16, 10:16] = 1; out.append(("blocks touching at a corner", m))
+    m = new(); m[2:22, 2:22] = 1; m[6:18, 6:18] = 0; m[9:15, 9:15] = 1; m[11:13, 11:13] = 0
+    out.append(("hole, island, hole in the island", m))
+    m = new(); m[3:21, 3:21] = 1; m[8, 8] = m[9, 9] = 0; out.append(("diagonally touching holes", m))
+    m = new(); m[0:6, 18:24] = 1; m[18:24, 0:3] = 1; out.append(("touching the border", m))
+    out.append(("whole image", np.ones((9, 13), np.uint8)))
+    rng = np.random.default_rng(0)
+    out.append(("many small parts", (rng.random((40, 40)) < 0.2).astype(np.uint8)))
+    for k in range(40):
+        h, w = (int(v) for v in rng.integers(2, 30, 2))
+        out.append((f"noise {k}", (rng.random((h, w)) < rng.random()).astype(np.uint8)))
+    return out
+
+
+@pytest.mark.parametrize("name,mask", _hard_masks(), ids=[n for n, _ in _hard_masks()])
+def test_polygons_fill_back_to_the_same_pixels(name, mask):
+    """Vertices on pixel corners: pycocotools rasterises the polygons to exactly the mask."""
+    polys = M.to_polygons(mask)
+    h, w = mask.shape
+    back = M.decode(M.from_polygons(polys, h, w)) if polys else np.zeros_like(mask)
+    assert np.array_equal(back, mask), name
+
+
+def test_polygon_export_matches_the_rle_ground_truth(project, demo, tmp_path):
+    """Exported polygons score AP 1 against the original RLE masks, and each one's filled area is
+    the written area."""
+    from pycocotools import mask as mu
+
+    _, gt = demo
+    import_coco(project, gt)
+    data = export_project(project, tmp_path / "p.json", polygons=True)
+    rle = export_project(project, tmp_path / "r.json")
+    for a in data["annotations"]:
+        im = next(i for i in data["images"] if i["id"] == a["image_id"])
+        seg = a["segmentation"]
+        if isinstance(seg, dict):  # an empty mask has no outline: written as its (empty) RLE
+            assert a["area"] == 0
+            continue
+        filled = mu.area(mu.merge(mu.frPyObjects(seg, im["height"], im["width"])))
+        assert filled == a["area"]
+    truth = {a["id"]: a for a in rle["annotations"]}
+    size = {i["id"]: (i["height"], i["width"]) for i in data["images"]}
+
+    def as_rle(seg, image_id):  # loadRes wants RLE results; polygons are rasterised by pycocotools
+        return seg if isinstance(seg, dict) else mu.merge(mu.frPyObjects(seg, *size[image_id]))
+
+    res = [{"image_id": a["image_id"], "category_id": a["category_id"], "score": 1.0,
+            "segmentation": as_rle(a["segmentation"], a["image_id"])} for a in data["annotations"]]
+    with contextlib.redirect_stdout(io.StringIO()):
+        from pycocotools.coco import COCO
+
+        g = COCO()
+        g.dataset = json.loads(json.dumps(rle))
+        g.createIndex()
+        ev = COCOeval(g, g.loadRes(res), "segm")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert ev.stats[0] >= 0.99 and len(truth) == len(res)
 
 
 def _write(folder, data, name="in.json"):
