@@ -129,7 +129,7 @@ def test_auto_training_after_n_reviews_promotes_by_ap_and_reannotates(qtbot, win
     todo = [r.id for r in p.images([ImageStatus.PREDICTED])]
     assert len(todo) == 2
     w.show_image(todo[0])
-    qtbot.waitUntil(lambda: w.current_image_id == todo[0] and w.canvas.has_image, timeout=10_000)
+    qtbot.waitUntil(lambda: w.editor.image_id == todo[0] and w.canvas.has_image, timeout=10_000)
     w.mark_reviewed()  # a run starts by itself; the window stays usable
     assert w.runner.running
     with qtbot.waitSignal(w.runner.finished, timeout=300_000) as fin:
