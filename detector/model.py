@@ -25,6 +25,7 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.roi_heads import RoIHeads, keypointrcnn_loss
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -113,6 +114,54 @@ def keypoint_slices(categories) -> dict[int, slice]:
             out[i + 1] = slice(start, start + len(c.keypoints))
             start += len(c.keypoints)
     return out
+
+
+class KeypointFocusedRoIHeads(RoIHeads):
+    """torchvision's RoIHeads, except that in training the keypoint head sees only the positive
+    regions of categories that have keypoints (torchvision feeds it every positive region).
+
+    The loss is the same number: regions of other categories carry no visible keypoints, so
+    ``keypointrcnn_loss`` ignores them. The work is not: the keypoint head's convolutions on every
+    positive region were the largest single cost of a CPU training step on the demo.
+    ``keypoint_labels`` (a tensor of model labels) is set by ``focus_keypoints``.
+    """
+
+    keypoint_labels: torch.Tensor | None = None
+
+    def select_training_samples(self, proposals, targets):
+        out = super().select_training_samples(proposals, targets)
+        self._samples = out
+        return out
+
+    def forward(self, features, proposals, image_shapes, targets=None):
+        if not (self.training and self.has_keypoint() and self.keypoint_labels is not None):
+            return super().forward(features, proposals, image_shapes, targets)
+        parts = (self.keypoint_roi_pool, self.keypoint_head, self.keypoint_predictor)
+        self.keypoint_roi_pool = None  # torchvision skips its keypoint branch ...
+        try:
+            result, losses = super().forward(features, proposals, image_shapes, targets)
+        finally:
+            self.keypoint_roi_pool, self.keypoint_head, self.keypoint_predictor = parts
+        sampled, matched_idxs, labels, _ = self._samples  # ... and we run it on the regions that matter
+        del self._samples
+        wanted = self.keypoint_labels.to(labels[0].device)
+        kp_boxes, kp_matched = [], []
+        for boxes, matched, lab in zip(sampled, matched_idxs, labels):
+            pos = torch.where(torch.isin(lab, wanted))[0]
+            kp_boxes.append(boxes[pos])
+            kp_matched.append(matched[pos])
+        feats = self.keypoint_head(self.keypoint_roi_pool(features, kp_boxes, image_shapes))
+        logits = self.keypoint_predictor(feats)
+        losses["loss_keypoint"] = keypointrcnn_loss(logits, kp_boxes, [t["keypoints"] for t in targets], kp_matched)
+        return result, losses
+
+
+def focus_keypoints(model: MaskRCNN, categories: tuple[Category, ...]) -> None:
+    """Train the keypoint head on keypoint categories' regions only (see KeypointFocusedRoIHeads)."""
+    rh = model.roi_heads
+    if rh.has_keypoint():
+        rh.__class__ = KeypointFocusedRoIHeads  # same state, one method more: no copy of the weights
+        rh.keypoint_labels = torch.tensor(sorted(keypoint_slices(categories)), dtype=torch.int64)
 
 
 def _architecture(num_classes: int, num_keypoints: int, cfg: ModelConfig) -> MaskRCNN:

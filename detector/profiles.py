@@ -23,6 +23,7 @@ class Profile:
     min_size: int = 512
     batch_size: int = 2
     model_overrides: dict = field(default_factory=dict)
+    iterations: int | None = None  # None: the trainer's (20 epochs, at least 100 steps)
 
 
 def _round32(v: float) -> int:
@@ -75,6 +76,6 @@ def choose(name: str, device: torch.device, sizes: list[tuple[int, int]],
     size = cpu_size(sizes, objects or [])
     return Profile("cpu-fast", "a CPU: a light backbone and a narrower feature pyramid, images scaled so "
                                "objects are ~48 px (128-512 px), fewer sampled regions and proposals",
-                   backbone="resnet18", min_size=size, batch_size=2,
-                   model_overrides={"box_batch_size_per_image": 128, "rpn_batch_size_per_image": 128,
+                   backbone="resnet18", min_size=size, batch_size=2, iterations=200,
+                   model_overrides={"box_batch_size_per_image": 64, "rpn_batch_size_per_image": 128,
                                     "rpn_post_nms_top_n_train": 1000, "fpn_channels": 128})

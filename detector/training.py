@@ -32,7 +32,7 @@ from .domain import Category, ImageRecord, ImageStatus, Instance
 from .images import load_image
 from .profiles import Profile
 from .inference import is_out_of_memory, pick_device
-from .model import (CheckpointError, Detector, ModelConfig, build_model, detector_from_checkpoint,
+from .model import (CheckpointError, Detector, ModelConfig, build_model, detector_from_checkpoint, focus_keypoints,
                     keypoint_slices, load_checkpoint, save_checkpoint)
 
 LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg",
@@ -75,6 +75,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     amp: bool = True
     model_overrides: dict = field(default_factory=dict)  # any ModelConfig field
+    freeze_bn: bool | None = None  # backbone BatchNorm keeps its statistics; None: see with_start_defaults
     profile: str = "auto"  # fills what is left None: see detector.profiles
 
 
@@ -374,6 +375,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.dataset = LabelledImages(samples, detector.categories, cfg.augment, cfg.seed + self.rank)
         self.sampler = AspectRatioBatches(groups, cfg.batch_size, cfg.seed, self.rank, self.world)
+        focus_keypoints(detector.model, detector.categories)
         try:
             self.model = detector.model.to(self.device)
         except RuntimeError as exc:
@@ -446,6 +448,10 @@ class Trainer:
     def run(self) -> TrainResult:
         model = self.ddp or self.model
         model.train()
+        if self.cfg.freeze_bn:  # statistics learned before stay; batches of 2-4 would make them noisy
+            for m in self.model.backbone.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.eval()
         loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler,
                                              collate_fn=_collate, num_workers=0)
         for h in self.hooks:
@@ -649,7 +655,8 @@ def apply_profile(cfg: TrainConfig, sizes: list[tuple[int, int]],
     most = max((len(s.instances) for s in samples), default=0)
     if "box_detections_per_img" not in overrides and most * 1.5 > 100:
         overrides["box_detections_per_img"] = int(math.ceil(most * 1.5))
-    out = replace(cfg, backbone=backbone, min_size=min_size,
+    iterations = cfg.iterations if (cfg.iterations or cfg.epochs) else prof.iterations
+    out = replace(cfg, backbone=backbone, min_size=min_size, iterations=iterations,
                   max_size=cfg.max_size or max(min_size, int(min_size * 5 / 3)),
                   batch_size=cfg.batch_size or prof.batch_size, model_overrides=overrides)
     rois = overrides.get("box_batch_size_per_image", 512)

@@ -188,3 +188,36 @@ def test_optimizer_and_learning_rate_defaults_depend_on_the_start(tmp_path):
         with_start_defaults(TrainConfig(weights="none", resume="run.pt", optimizer="sgd"), scratch, saved)
     with pytest.raises(TrainingError, match="unknown optimizer 'adam'"):
         with_start_defaults(TrainConfig(weights="none", optimizer="adam"), scratch)
+
+
+def test_keypoint_head_trains_on_keypoint_categories_only_with_the_same_loss(tmp_path):
+    """The focused keypoint branch: same losses as torchvision's, fewer regions through the head."""
+    from detector.coco import import_coco
+    from detector.model import focus_keypoints
+    from detector.store import Project
+    from detector.synthetic import generate
+    from detector.training import LabelledImages, collect_samples
+
+    gt = generate(tmp_path / "f", n_images=4, seed=1, size=(128, 96))
+    with Project(tmp_path / "f") as p:
+        p.scan()
+        import_coco(p, gt)
+        samples, _ = collect_samples(p, p.images())
+        cats = tuple(p.categories())
+    ds = LabelledImages(samples, cats, False, 0)
+    images, targets = zip(*[ds[i] for i in range(4)])
+    torch.manual_seed(0)
+    model = build_model(categories=cats, weights="none", config=LIGHT).model.train()
+    seen = []
+    model.roi_heads.keypoint_head.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
+    torch.manual_seed(5)
+    ref = model(list(images), list(targets))
+    focus_keypoints(model, cats)
+    torch.manual_seed(5)
+    ours = model(list(images), list(targets))
+    for k in ref:
+        assert torch.allclose(ours[k], ref[k]), k
+    assert float(ref["loss_keypoint"]) > 0
+    assert seen[1] < seen[0]  # only kites' regions went through the head
+    ours["loss_keypoint"].backward()  # and it trains
+    assert model.roi_heads.keypoint_predictor.kps_score_lowres.weight.grad.abs().sum() > 0
