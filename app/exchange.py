@@ -9,7 +9,9 @@ from pathlib import Path
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import QFileDialog, QMainWindow, QMessageBox
 
-from detector.coco import export_project, import_coco
+from detector import formats
+from detector.coco import export_project
+from detector.formats import FORMATS
 from detector.errors import LoupeError
 from detector.store import Project
 
@@ -28,17 +30,36 @@ class CocoExchange(QObject):
         self.window, self.project, self.after_import = window, project, after_import
         self.jobs = Jobs(self)
 
-    def import_file(self, path: str | None = None) -> None:
+    def import_file(self, path: str | None = None, fmt: str | None = None) -> None:
+        """A file (COCO, COCO results, labelme, VOC, data.yaml) or, with ``fmt``, a folder."""
         project = self.project()
         if project is None:
             return
         if path is None:
-            path, _ = QFileDialog.getOpenFileName(self.window, "Import COCO annotations",
-                                                  str(project.root), "COCO JSON (*.json);;All files (*)")
+            if fmt in ("yolo", "voc", "labelme"):
+                path = QFileDialog.getExistingDirectory(self.window, f"Import a {FORMATS[fmt].name.upper()} folder",
+                                                        str(project.root))
+            else:
+                path, _ = QFileDialog.getOpenFileName(
+                    self.window, "Import annotations", str(project.root),
+                    "COCO, COCO results or labelme JSON (*.json);;YOLO data.yaml (*.yaml *.yml);;"
+                    "Pascal VOC XML (*.xml);;All files (*)")
             if not path:
                 return
         self.window.statusBar().showMessage(f"Importing {path}…")
-        self.jobs.start(lambda: import_coco(project, path), self._imported, self._failed)
+        self.jobs.start(lambda: formats.import_file(project, path, fmt), self._imported, self._failed)
+
+    def export_format(self, fmt: str, path: str | None = None, **options) -> None:
+        """YOLO, VOC or labelme into a folder (COCO: ``export_file``)."""
+        project = self.project()
+        if project is None:
+            return
+        if path is None:
+            path = QFileDialog.getExistingDirectory(self.window, f"Export as {fmt} into a folder", str(project.root))
+            if not path:
+                return
+        self.window.statusBar().showMessage(f"Exporting {fmt} to {path}…")
+        self.jobs.start(lambda: formats.export_file(project, path, fmt, **options), self._done, self._failed)
 
     def export_file(self, path: str | None = None, *, polygons: bool = False,
                     reviewed_only: bool = False) -> None:
@@ -61,9 +82,9 @@ class CocoExchange(QObject):
 
         self.jobs.start(work, self._done, self._failed)
 
-    def _imported(self, report) -> None:
+    def _imported(self, summary: str) -> None:
         self.after_import()
-        self._done(report.summary())
+        self._done(summary)
 
     def _show(self, icon: QMessageBox.Icon, text: str, status_ms: int) -> None:
         """The outcome in the status bar and in a box that does not block the window."""

@@ -169,8 +169,16 @@ class MainWindow(QMainWindow):
                           "torchvision's COCO Mask R-CNN as the model, through a class mapping")
         self.act_load_weights = a("Load weights…", lambda: self.starting.load_weights(), None,
                                   "A Loupe checkpoint, or a torchvision Mask R-CNN state dict (.pth)")
-        self.act_import = a("Import COCO…", lambda: self.exchange.import_file(), "Ctrl+I",
-                            "Import a COCO file's annotations (all or nothing)")
+        self.act_import = a("Import annotations…", lambda: self.exchange.import_file(), "Ctrl+I",
+                            "Import COCO, COCO results, labelme, VOC or a YOLO data.yaml (all or nothing)")
+        self.act_import_folder = {
+            fmt: a(f"Import {label} folder…", lambda _=False, f=fmt: self.exchange.import_file(fmt=f), None,
+                   f"Import a folder of {label} annotations (all or nothing)")
+            for fmt, label in (("yolo", "YOLO"), ("voc", "Pascal VOC"), ("labelme", "labelme"))}
+        self.act_export_as = {
+            fmt: a(f"Export as {label}…", lambda _=False, f=fmt: self.exchange.export_format(f), None,
+                   f"Export every image as {label} into a folder")
+            for fmt, label in (("yolo", "YOLO"), ("voc", "Pascal VOC"), ("labelme", "labelme"))}
         self.act_export = a("Export COCO…", lambda: self.exchange.export_file(), "Ctrl+E",
                             "Export every image as COCO JSON, masks as RLE")
         self.act_export_polygons = a("Export COCO with polygons…",
@@ -204,8 +212,11 @@ class MainWindow(QMainWindow):
         self.recent_menu = m.addMenu("Open recent")
         self._fill_recent()
         m.addSeparator()
-        m.addActions([self.act_import, self.act_export, self.act_export_polygons,
-                      self.act_export_reviewed])
+        m.addAction(self.act_import)
+        m.addActions(list(self.act_import_folder.values()))
+        m.addSeparator()
+        m.addActions([self.act_export, self.act_export_polygons, self.act_export_reviewed])
+        m.addActions(list(self.act_export_as.values()))
         m.addSeparator()
         m.addAction(self.act_quit)
         e = self.menuBar().addMenu("&Edit")

@@ -10,6 +10,10 @@ from pathlib import Path
 from .errors import LoupeError
 
 COMMANDS = ("demo", "import", "export", "predict", "train", "evaluate")
+# detector.formats' registry, named here so that building the parser imports nothing heavy
+# (tests/test_formats.py checks the two agree)
+IMPORT_FORMATS = ("coco", "yolo", "voc", "labelme", "results")
+EXPORT_FORMATS = ("coco", "yolo", "voc", "labelme")
 
 
 class UserError(LoupeError):
@@ -40,22 +44,25 @@ def cmd_demo(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from .coco import import_coco
+    from .formats import import_file
 
     project = _project(args)
-    report = import_coco(project, args.coco_json)
-    print(report.summary())
+    print(import_file(project, args.coco_json, args.format, gt=args.gt))
     return 0
 
 
 def cmd_export(args) -> int:
-    from .coco import export_project
+    from .formats import export_file
 
     project = _project(args)
-    data = export_project(project, args.output, polygons=args.polygons,
-                          reviewed_only=args.reviewed_only)
-    print(f"wrote {args.output}: {len(data['images'])} images, {len(data['annotations'])} "
-          f"annotations, {len(data['categories'])} categories")
+    options = {"reviewed_only": args.reviewed_only}
+    if args.format == "coco":
+        options["polygons"] = args.polygons
+    elif args.polygons:
+        raise UserError("--polygons is for --format coco (YOLO segment and labelme write polygons anyway)")
+    if args.format == "yolo" and args.yolo_task:
+        options["task"] = args.yolo_task
+    print(export_file(project, args.output, args.format, **options))
     return 0
 
 
@@ -171,15 +178,22 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("folder")
         sp.add_argument("--project", metavar="P", help="project database (for read-only folders)")
 
-    i = sub.add_parser("import", help="import a COCO file, all or nothing")
+    i = sub.add_parser("import", help="import annotations (COCO, YOLO, VOC, labelme) or COCO results, all or nothing")
     folder_args(i)
-    i.add_argument("coco_json")
+    i.add_argument("coco_json", metavar="FILE", help="a file, or a folder for YOLO / VOC / labelme")
+    i.add_argument("--format", choices=IMPORT_FORMATS, default=None,
+                   help="default: recognised from the file (COCO when unsure)")
+    i.add_argument("--gt", default=None, metavar="DATASET",
+                   help="for results: the COCO dataset file their image and category ids refer to")
     i.set_defaults(func=cmd_import)
 
-    e = sub.add_parser("export", help="export the project as COCO JSON")
+    e = sub.add_parser("export", help="export the project (COCO JSON by default)")
     folder_args(e)
-    e.add_argument("-o", "--output", required=True)
-    e.add_argument("--polygons", action="store_true", help="masks as polygons instead of RLE")
+    e.add_argument("-o", "--output", required=True, help="a file for COCO, a folder for YOLO / VOC / labelme")
+    e.add_argument("--format", choices=EXPORT_FORMATS, default="coco")
+    e.add_argument("--polygons", action="store_true", help="COCO masks as polygons instead of RLE")
+    e.add_argument("--yolo-task", choices=("detect", "segment", "pose"), default=None,
+                   help="default: pose with keypoint categories, else segment")
     e.add_argument("--reviewed-only", action="store_true")
     e.set_defaults(func=cmd_export)
 

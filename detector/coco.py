@@ -124,6 +124,10 @@ def export_project(project, out: str | os.PathLike | None = None, *, polygons: b
     data = build_coco(records, project.categories(), instances, polygons=polygons)
     if out is not None:
         write_json_atomic(data, out)
+        # the ids this file gave, so that detection results computed on it can come back
+        project.set_meta("last_coco_export", json.dumps({
+            "images": {im["id"]: im["file_name"] for im in data["images"]},
+            "categories": {c["id"]: c["name"] for c in data["categories"]}}))
     return data
 
 
@@ -466,6 +470,13 @@ def import_coco(project, coco_path: str | os.PathLike, *,
     """Import a COCO file into the project in one transaction: all of it, or nothing."""
     data = read_json(coco_path)
     categories, images, notes, _ = plan_import(data, str(coco_path), project.root)
+    return apply_plan(project, str(coco_path), categories, images, notes, status=status)
+
+
+def apply_plan(project, source: str, categories: Mapping[Any, Category], images: Mapping[Any, _PlannedImage],
+               notes: list[str], *, status: ImageStatus = ImageStatus.REVIEWED) -> ImportReport:
+    """Write a validated import (any format's) into the project in one transaction."""
+    coco_path = source
     existing = {c.name: c for c in project.categories()}
     for c in categories.values():
         old = existing.get(c.name)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import pickle
 import platform
-import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, Keypoi
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads, keypointrcnn_loss
 from torchvision.models.detection.rpn import RPNHead
-from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from .errors import LoupeError
@@ -325,8 +324,10 @@ def build_model(*, categories: list[Category] | tuple[Category, ...], weights: s
     pretrained = False
     if weights == "coco":
         if cfg.backbone != "resnet50_v2":
-            notice = (f"COCO weights exist for the resnet50_v2 backbone only; {cfg.backbone} starts "
-                      "from random weights")
+            cached = coco_cache_path().is_file()
+            notice = (f"Random initial weights ({cfg.backbone}): "
+                      + ("torchvision's COCO weights fit ResNet-50 FPN v2 only" if cached else
+                         "no COCO weights in torchvision's cache") + ". Review a few images and train.")
         else:
             sd = coco_state_dict("mask")
             if sd is None:

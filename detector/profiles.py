@@ -8,7 +8,7 @@ which profile runs and why. bench/RESULTS.md has the measurements behind each ch
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
@@ -24,6 +24,7 @@ class Profile:
     batch_size: int = 2
     model_overrides: dict = field(default_factory=dict)
     iterations: int | None = None  # None: the trainer's (20 epochs, at least 100 steps)
+    time_budget_s: float | None = None  # fit the step count to this many seconds (at most iterations)
 
 
 def _round32(v: float) -> int:
@@ -64,7 +65,6 @@ def choose(name: str, device: torch.device, sizes: list[tuple[int, int]],
         raise ValueError(f"unknown profile {name!r} (known: {', '.join(PROFILES)})")
     if name == "auto":
         name = "cpu-fast" if device.type == "cpu" else "gpu"
-    side = short_side(sizes)
     if name == "gpu":
         return Profile("gpu", "a GPU: the full model at COCO's 800 px, batch 4, mixed precision",
                        backbone=None, min_size=800, batch_size=4)
@@ -76,6 +76,6 @@ def choose(name: str, device: torch.device, sizes: list[tuple[int, int]],
     size = cpu_size(sizes, objects or [])
     return Profile("cpu-fast", "a CPU: a light backbone and a narrower feature pyramid, images scaled so "
                                "objects are ~48 px (128-512 px), fewer sampled regions and proposals",
-                   backbone="resnet18", min_size=size, batch_size=2, iterations=200,
+                   backbone="resnet18", min_size=size, batch_size=2, iterations=300, time_budget_s=150.0,
                    model_overrides={"box_batch_size_per_image": 64, "rpn_batch_size_per_image": 128,
                                     "rpn_post_nms_top_n_train": 1000, "fpn_channels": 128})

@@ -44,6 +44,8 @@ FROM_SCRATCH_ADAMW_LR = 1e-3  # for batch 4, scaled by sqrt(batch / 4)
 FROM_SCRATCH_SGD_LR_PER_IMAGE = 0.005
 FINE_TUNE_SGD_LR_PER_IMAGE = 0.01 / 8  # torchvision's reference recipe: 0.02 for 16 images
 FINE_TUNE_ADAMW_LR = 1e-4
+MIN_BUDGET_STEPS = 40  # a time budget never cuts a run shorter than this
+CALIBRATION_STEPS = 6  # steps timed (after the first) before a time budget sets the step count
 
 
 class TrainingError(LoupeError):
@@ -75,6 +77,9 @@ class TrainConfig:
     checkpoint_every: int = 0
     amp: bool = True
     model_overrides: dict = field(default_factory=dict)  # any ModelConfig field
+    # Seconds the run may take: after a few steps the step count is set to fit (at least
+    # MIN_BUDGET_STEPS, at most ``iterations``). The CPU profile's way of sizing a first model.
+    time_budget_s: float | None = None
     freeze_bn: bool | None = None  # backbone BatchNorm keeps its statistics; None: see with_start_defaults
     profile: str = "auto"  # fills what is left None: see detector.profiles
 
@@ -367,6 +372,7 @@ class Trainer:
         else:
             self.total_steps = max(100, 20 * steps_per_epoch)
         self.steps_per_epoch = steps_per_epoch
+        self._budget_fitted = not cfg.time_budget_s
         self.step = 0
         self.images_seen = 0
         self.local_images = 0  # this rank's own count, to show every rank took part
@@ -401,12 +407,12 @@ class Trainer:
             self.optimizer = torch.optim.SGD(params, lr=cfg.lr or FINE_TUNE_SGD_LR_PER_IMAGE * cfg.batch_size,
                                              momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         warm = max(1, min(cfg.warmup_steps, self.total_steps // 5))
-        total = self.total_steps
 
-        def schedule(step: int) -> float:  # linear warm-up, then cosine to 5%
+        def schedule(step: int) -> float:  # linear warm-up, then cosine to 5% at total_steps
             if step < warm:
                 return 0.001 + (1 - 0.001) * step / warm
-            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+            span = max(1, self.total_steps - warm)
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / span)))
 
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.amp = cfg.amp and self.device.type == "cuda"
@@ -443,6 +449,10 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.step = int(ckpt.get("step", 0))
         self.images_seen = int(ckpt.get("images_seen", 0))
+        # A run whose length a time budget fixed ends where it was going to.
+        if (ckpt.get("train_config") or {}).get("time_budget_s"):
+            self.total_steps = int(ckpt.get("total_steps", self.total_steps))
+        self._budget_fitted = True
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -464,6 +474,7 @@ class Trainer:
                                      + (f"; profile {profile}: {self.extra_meta.get('profile_reason')}"
                                         if profile else "")))
         t_last, n_last = time.perf_counter(), 0
+        self._t_start = t_last
         result: TrainResult | None = None
         batches = None
         try:
@@ -483,6 +494,7 @@ class Trainer:
                                              losses=self.last_losses)
                         return result
                     self._one_step(model, images, targets)
+                    self._fit_budget()
                     self.local_images += len(images)
                     self.images_seen += len(images) * self.world
                     n_last += len(images) * self.world
@@ -515,6 +527,27 @@ class Trainer:
             self.model.eval()
             for h in self.hooks:
                 h.after_train(self)
+
+    def _fit_budget(self) -> None:
+        """With a time budget: once a few steps are timed, set the step count that fits it."""
+        budget = self.cfg.time_budget_s
+        if self._budget_fitted or not budget:
+            return
+        now = time.perf_counter()
+        if self.step == 1:
+            self._t_budget0, self._t_first = now, now - self._t_start  # the first step pays for warm-up
+            return
+        if self.step < 1 + CALIBRATION_STEPS:
+            return
+        per_step = (now - self._t_budget0) / (self.step - 1)
+        left = budget - (now - self._t_start)
+        fit = self.step + int(max(0.0, left) / max(per_step, 1e-6))
+        if self.world > 1:  # every rank must stop at the same step
+            t = torch.tensor([fit], device=self.device if self.device.type == "cuda" else "cpu")
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+            fit = int(t.item())
+        self.total_steps = max(min(self.total_steps, fit), min(self.total_steps, MIN_BUDGET_STEPS), self.step)
+        self._budget_fitted = True
 
     def _gather_counts(self) -> list[int]:
         if self.world == 1:
@@ -655,8 +688,10 @@ def apply_profile(cfg: TrainConfig, sizes: list[tuple[int, int]],
     most = max((len(s.instances) for s in samples), default=0)
     if "box_detections_per_img" not in overrides and most * 1.5 > 100:
         overrides["box_detections_per_img"] = int(math.ceil(most * 1.5))
-    iterations = cfg.iterations if (cfg.iterations or cfg.epochs) else prof.iterations
-    out = replace(cfg, backbone=backbone, min_size=min_size, iterations=iterations,
+    explicit = bool(cfg.iterations or cfg.epochs)
+    iterations = cfg.iterations if explicit else prof.iterations
+    budget = cfg.time_budget_s if (cfg.time_budget_s or explicit) else prof.time_budget_s
+    out = replace(cfg, backbone=backbone, min_size=min_size, iterations=iterations, time_budget_s=budget,
                   max_size=cfg.max_size or max(min_size, int(min_size * 5 / 3)),
                   batch_size=cfg.batch_size or prof.batch_size, model_overrides=overrides)
     rois = overrides.get("box_batch_size_per_image", 512)

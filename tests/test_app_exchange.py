@@ -65,3 +65,30 @@ def test_export_from_the_menu_reads_back_in_pycocotools(qtbot, window, project, 
     assert len(coco.getImgIds()) == len(src["images"])
     kinds = {type(a["segmentation"]) for a in coco.dataset["annotations"]}
     assert kinds == ({list} if polygons else {dict})
+
+
+def test_file_menu_exports_yolo_and_imports_it_into_another_window(qtbot, open_window, project, demo, tmp_path,
+                                                                   monkeypatch):
+    import shutil
+
+    from detector.coco import import_coco
+    from detector.store import Project
+
+    folder, gt = demo
+    import_coco(project, gt)
+    w = open_window(project)
+    out = tmp_path / "yolo"
+    out.mkdir()
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(out))
+    with qtbot.waitSignal(w.exchange.finished, timeout=30_000) as sig:
+        w.act_export_as["yolo"].trigger()
+    assert "YOLO pose" in sig.args[0] and (out / "data.yaml").exists()
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns(".loupe", "ground_truth.json"))
+    other = Project(copy)
+    w2 = open_window(other)
+    with qtbot.waitSignal(w2.exchange.finished, timeout=30_000) as sig:
+        w2.act_import_folder["yolo"].trigger()
+    assert "imported" in sig.args[0]
+    assert other.instance_count() == project.instance_count()
+    assert len(w2.canvas.items_by_id) > 0  # shown at once

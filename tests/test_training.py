@@ -289,3 +289,22 @@ def test_same_seed_same_run_from_random_weights(tmp_path):
     train_project(p, cfg(iterations=3, augment=True, seed=1), tmp_path / "m2.pt", on_event=events.append)
     assert [e.losses for e in events if e.kind == "step"] != runs[0]
     p.close()
+
+
+def test_time_budget_sets_the_step_count_and_the_schedule_follows(tmp_path, monkeypatch):
+    """A run with a time budget times a few steps, then sets its length to fit (never below the
+    minimum); the learning rate still decays to its end value at the last step."""
+    import detector.training as T
+
+    monkeypatch.setattr(T, "MIN_BUDGET_STEPS", 8)
+    monkeypatch.setattr(T, "CALIBRATION_STEPS", 3)
+    p, _ = _labelled(tmp_path / "f")
+    events = []
+    result = train_project(p, cfg(iterations=500, time_budget_s=0.01, warmup_steps=2), tmp_path / "m.pt",
+                           on_event=events.append)
+    steps = [e for e in events if e.kind == "step"]
+    assert result.ok and result.steps == 8 and len(steps) == 8
+    assert steps[0].total_steps == 500 and steps[-1].total_steps == 8  # the dock's progress follows
+    base = result.lr
+    assert steps[-1].lr == pytest.approx(base * 0.05, rel=0.05)
+    p.close()
