@@ -500,7 +500,7 @@ class MainWindow(QMainWindow):
 
     def cancel_work(self) -> None:
         if self.worker_thread is not None:
-            self.worker_thread.worker.cancel_event.set()
+            self.worker_thread.worker.cancel(self._next_request)
 
     def _on_prediction(self, pred: Prediction) -> None:
         if self.project is None:
@@ -580,7 +580,8 @@ class MainWindow(QMainWindow):
         active = self.project.active_model()
         better = active is None or old is None or (new is not None and new >= old)
         version = self.project.add_model(
-            Path(result["checkpoint"]).stem.split("-")[0], result["checkpoint"], after or {},
+            Path(result["checkpoint"]).stem.split("-")[0], result["checkpoint"],
+            {**(after or {}), "compared_with": old},
             {**self._train_started_settings, "log": result.get("log")},
             int(result.get("images_seen") or 0), activate=better)
         text = f"{version.name}: segm AP {new if new is not None else '—'}"

@@ -44,7 +44,8 @@ class InferenceWorker(QObject):
     def __init__(self, folder: str, db_path: str | None, device: str | None = None):
         super().__init__()
         self.folder, self.db_path, self.device = folder, db_path, device
-        self.cancel_event = threading.Event()
+        self.cancel_event = threading.Event()  # set by stop(): everything ends
+        self.cancelled_through = 0  # requests with ids up to this one are cancelled
         self._project: Project | None = None
         self.predictor: Predictor | None = None
 
@@ -77,12 +78,12 @@ class InferenceWorker(QObject):
             self.errored.emit("No model loaded yet.")
             self.finished.emit(request_id)
             return
-        self.cancel_event.clear()
         project = self._proj()
+        cancel = _Cancelled(self, request_id)
         t0, done = time.perf_counter(), 0
         try:
             items = [(i, project.abspath(project.image(i))) for i in image_ids]
-            for pred in self.predictor.predict_items(items, request_id=request_id, cancel=self.cancel_event):
+            for pred in self.predictor.predict_items(items, request_id=request_id, cancel=cancel):
                 if pred.error:
                     project.mark_unreadable(pred.image_id, pred.error.split(": ", 1)[-1])
                 else:
@@ -97,6 +98,10 @@ class InferenceWorker(QObject):
         except Exception as exc:
             self._fail(exc)
         self.finished.emit(request_id)
+
+    def cancel(self, through_request: int) -> None:
+        """Cancel requests up to ``through_request``, also those still queued (any thread)."""
+        self.cancelled_through = max(self.cancelled_through, through_request)
 
     @Slot(int, int, list, list)
     def fill_boxes(self, request_id: int, image_id: int, boxes: list, category_ids: list) -> None:
@@ -127,6 +132,18 @@ class InferenceWorker(QObject):
         if self._project is not None:
             self._project.close()
             self._project = None
+
+
+class _Cancelled:
+    """``is_set()`` for one request: the worker stopped, or that request cancelled. A request id,
+    not a shared event that the next request clears, so a Cancel pressed while the batch waits
+    in the queue is not lost."""
+
+    def __init__(self, worker: InferenceWorker, request_id: int):
+        self.worker, self.request_id = worker, request_id
+
+    def is_set(self) -> bool:
+        return self.worker.cancel_event.is_set() or self.request_id <= self.worker.cancelled_through
 
 
 class WorkerThread(QObject):

@@ -10,6 +10,27 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+@pytest.fixture(autouse=True)
+def modal_answers(monkeypatch):
+    """A modal message box in an offscreen test would wait forever for a click: answer it the
+    way a person who wants to go on would (Yes / Ok) and keep what was asked, so a test can
+    assert on it and a hang becomes a visible record instead."""
+    from PySide6.QtWidgets import QMessageBox
+
+    asked: list[tuple[str, str, str]] = []
+
+    def answer(kind, reply):
+        def ask(parent, title, text, *args, **kwargs):
+            asked.append((kind, title, text))
+            return reply
+        return ask
+
+    monkeypatch.setattr(QMessageBox, "question", answer("question", QMessageBox.StandardButton.Yes))
+    for kind in ("information", "warning", "critical"):
+        monkeypatch.setattr(QMessageBox, kind, answer(kind, QMessageBox.StandardButton.Ok))
+    return asked
+
+
 @pytest.fixture
 def demo(tmp_path):
     """A small synthetic folder and its ground-truth COCO file."""

@@ -109,3 +109,30 @@ def test_odd_settings_are_ignored_not_misread(qtbot, tmp_path):
     qtbot.addWidget(w)
     assert [a.text() for a in w.recent_menu.actions()] == [str((tmp_path / "f").resolve())]
     w.close()
+
+
+def test_cancel_pressed_while_a_batch_waits_in_the_queue_stops_it(trained_model, tmp_path):
+    """Cancel is by request id: a batch still queued behind other work when Cancel is pressed
+    predicts nothing; the next request runs as usual."""
+    from app.workers import InferenceWorker
+    from detector.synthetic import generate
+
+    _, _, ckpt, _, _ = trained_model
+    generate(tmp_path / "f", n_images=2, seed=5, size=(128, 96))
+    with Project(tmp_path / "f") as p:
+        p.scan()
+        ids = [r.id for r in p.images()]
+    worker = InferenceWorker(str(tmp_path / "f"), None, "cpu")
+    done = []
+    worker.finished.connect(done.append)
+    worker.load_model(str(ckpt))
+    assert worker.predictor is not None
+    worker.cancel(7)  # pressed while request 7 is still in the worker's queue
+    worker.predict(7, ids)
+    with Project(tmp_path / "f") as p:
+        assert p.status_counts()[ImageStatus.NEW] == 2
+    worker.predict(8, ids)
+    worker.close()
+    assert done == [7, 8]
+    with Project(tmp_path / "f") as p:
+        assert p.status_counts()[ImageStatus.NEW] == 0
