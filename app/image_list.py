@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QAbstractListModel, QModelIndex, QSize, QSortFilterProxyModel, Qt, Signal
 from PySide6.QtGui import QColor
-from PySide6.QtWidgets import QComboBox, QListView, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QComboBox, QHBoxLayout, QListView, QVBoxLayout, QWidget
 
 from detector.domain import ImageRecord, ImageStatus
 
@@ -21,6 +21,18 @@ STATUS_COLORS = {
 }
 STATUS_ROLE = Qt.ItemDataRole.UserRole + 1
 ID_ROLE = Qt.ItemDataRole.UserRole + 2
+#: "Least confident first": images the model is most unsure about, then those not predicted
+#: yet, then reviewed and unreadable ones (a float, so the proxy sorts in C++ at 100k rows).
+UNSURE_ROLE = Qt.ItemDataRole.UserRole + 3
+ORDERS = (("File name", ""), ("Least confident first", "uncertainty"))
+
+
+def unsure_key(rec: ImageRecord) -> float:
+    if rec.status in (ImageStatus.REVIEWED, ImageStatus.UNREADABLE):
+        return 2e9
+    if rec.uncertainty is None:
+        return 1e9
+    return -float(rec.uncertainty)
 
 
 class ImageListModel(QAbstractListModel):
@@ -69,7 +81,10 @@ class ImageListModel(QAbstractListModel):
             return None
         rec = self.records[index.row()]
         if role == Qt.ItemDataRole.DisplayRole:
-            return f"{rec.path}    [{rec.status.value}]"
+            text = f"{rec.path}    [{rec.status.value}]"
+            if rec.uncertainty is not None and rec.status in (ImageStatus.PREDICTED, ImageStatus.IN_REVIEW):
+                text += f"  unsure {rec.uncertainty:.1f}"
+            return text
         if role == Qt.ItemDataRole.DecorationRole:
             if self.root is None or rec.status is ImageStatus.UNREADABLE:
                 return None
@@ -83,11 +98,13 @@ class ImageListModel(QAbstractListModel):
             return rec.status.value
         if role == ID_ROLE:
             return rec.id
+        if role == UNSURE_ROLE:
+            return unsure_key(rec)
         return None
 
 
 class ImageListWidget(QWidget):
-    """List plus status filter; emits ``image_chosen(image_id)``."""
+    """List plus status filter and order; emits ``image_chosen(image_id)``."""
 
     image_chosen = Signal(int)
 
@@ -102,6 +119,13 @@ class ImageListWidget(QWidget):
         for s in ImageStatus:
             self.filter.addItem(s.value.capitalize(), s.value)
         self.filter.currentIndexChanged.connect(self._on_filter)
+        self.order = QComboBox()
+        self.order.setToolTip("Least confident first: the images the model is most unsure about "
+                              "(its predictions' score entropy) come first, and Next follows them")
+        for text, value in ORDERS:
+            self.order.addItem(text, value)
+        self.order.currentIndexChanged.connect(self._on_order)
+        self.proxy.setSortRole(UNSURE_ROLE)
         self.view = QListView()
         self.view.setModel(self.proxy)
         self.view.setUniformItemSizes(True)  # keeps 10,000+ rows fast
@@ -109,7 +133,10 @@ class ImageListWidget(QWidget):
         self.view.selectionModel().currentChanged.connect(self._on_current)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(2, 2, 2, 2)
-        lay.addWidget(self.filter)
+        row = QHBoxLayout()
+        row.addWidget(self.filter, 1)
+        row.addWidget(self.order, 1)
+        lay.addLayout(row)
         lay.addWidget(self.view)
 
     def _on_filter(self) -> None:
@@ -117,6 +144,24 @@ class ImageListWidget(QWidget):
         self.proxy.setFilterFixedString(value or "")
         if value:
             self.proxy.setFilterRegularExpression(f"^{value}$")
+
+    def _on_order(self) -> None:
+        if self.order.currentData():
+            self.proxy.sort(0, Qt.SortOrder.AscendingOrder)
+        else:
+            self.proxy.sort(-1)  # the folder's order
+        current = self.view.currentIndex()
+        if current.isValid():
+            self.view.scrollTo(current)
+
+    def set_order(self, value: str) -> None:
+        self.order.setCurrentIndex(max(0, self.order.findData(value)))
+
+    def first(self) -> int | None:
+        """The id at the top of the list as filtered and ordered."""
+        if not self.proxy.rowCount():
+            return None
+        return int(self.proxy.data(self.proxy.index(0, 0), ID_ROLE))
 
     def _on_current(self, current, _previous) -> None:
         if current.isValid():

@@ -27,6 +27,8 @@ from .training import (ModelVersionsDialog, TrainingPanel, TrainRunner, TrainSet
                        TrainSettingsDialog, headline)
 from .workers import InferenceWorker, ModelInfo, Progress, WorkerThread
 
+ORDER_KEY = "image_order"  # project meta: "" (file name) or "uncertainty"
+
 
 class MainWindow(QMainWindow):
     """One project at a time. ``image_shown(image_id)`` fires once an image and its instances show."""
@@ -74,6 +76,8 @@ class MainWindow(QMainWindow):
 
         self.image_list = ImageListWidget()
         self.image_list.image_chosen.connect(self.show_image)
+        self.image_list.order.currentIndexChanged.connect(
+            lambda: self.project is not None and self.project.set_meta(ORDER_KEY, self.image_list.order.currentData()))
         self._dock("Images", self.image_list, Qt.DockWidgetArea.LeftDockWidgetArea)
         self.instances_panel = InstancesPanel()
         self.instances_panel.ids_selected.connect(self.canvas.select_ids)
@@ -332,13 +336,15 @@ class MainWindow(QMainWindow):
         self._show_categories()
         records = project.images()
         self.image_list.model.set_records(records, project.root)
+        self.image_list.set_order(project.get_meta(ORDER_KEY) or "")  # kept with the project
         counts = project.status_counts()
         self.statusBar().showMessage(
             f"{len(records)} images: " + ", ".join(f"{n} {s.value}" for s, n in counts.items() if n))
         self.start_worker()
-        first = next((r for r in records if r.readable), None)
+        first = self.image_list.first() if self.image_list.order.currentData() else \
+            next((r.id for r in records if r.readable), None)
         if first is not None:
-            self.show_image(first.id)
+            self.show_image(first)
 
     def _after_import(self) -> None:
         """An import added images' annotations and maybe categories: show them."""
@@ -690,8 +696,12 @@ class MainWindow(QMainWindow):
     def mark_reviewed(self) -> None:
         if self.project is None or self.current_image_id is None:
             return
+        # The next image is chosen before the review moves this one (a filter may hide it, the
+        # least-confident order sends it to the end).
+        nb = self.image_list.neighbour(self.current_image_id, 1)
         self.editor.mark_reviewed(self.canvas.min_score)
-        self.step(1)
+        if nb is not None:
+            self.show_image(nb)
         self.autotrain.maybe_start()
 
     # -- tools, visibility ------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import LoupeError
 
-COMMANDS = ("demo", "import", "export", "predict", "train", "evaluate")
+COMMANDS = ("demo", "import", "export", "predict", "rank", "train", "evaluate")
 # detector.formats' registry, named here so that building the parser imports nothing heavy
 # (tests/test_formats.py checks the two agree)
 IMPORT_FORMATS = ("coco", "yolo", "voc", "labelme", "results")
@@ -81,7 +81,26 @@ def cmd_predict(args) -> int:
     summary = predict_project(project, weights=args.weights, device=device,
                               batch_size=args.batch_size, progress=True, channels_last=args.channels_last,
                               shard=_shard_from_env() if args.distributed else None)
+    from .active import rank
+
+    summary["most_unsure_first"] = [path for path, _ in rank(project)[:10]]  # all of them: loupe rank
     print(json.dumps(summary))
+    return 0
+
+
+def cmd_rank(args) -> int:
+    from .active import rank
+
+    project = _project(args)
+    rows = rank(project, args.measure)
+    if args.top:
+        rows = rows[: args.top]
+    lines = [f"{value:.4f}\t{path}" for path, value in rows]
+    if args.output:
+        Path(args.output).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        print(f"{len(lines)} images, most unsure first ({args.measure}) -> {args.output}")
+    else:
+        print("\n".join(lines))
     return 0
 
 
@@ -207,6 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--distributed", action="store_true",
                     help="take this rank's share of the images (set by torchrun)")
     pr.set_defaults(func=cmd_predict)
+
+    rk = sub.add_parser("rank", help="predicted images not yet reviewed, the model's least confident "
+                                     "first (uncertainty<TAB>path per line)")
+    folder_args(rk)
+    rk.add_argument("--measure", choices=("entropy", "near-slider"), default="entropy",
+                    help="entropy (stored with each prediction, the default) or near-slider")
+    rk.add_argument("--top", type=int, default=0, help="only the first N")
+    rk.add_argument("-o", "--output", default=None, help="write the list to a file")
+    rk.set_defaults(func=cmd_rank)
 
     t = sub.add_parser("train", help="fine-tune on the reviewed images")
     folder_args(t)

@@ -68,6 +68,7 @@ class ImageRecord:
     status: ImageStatus = ImageStatus.NEW
     reason: str | None = None
     id: int | None = None
+    uncertainty: float | None = None  # detector.active, stored with the last prediction
 
     @property
     def readable(self) -> bool:

@@ -19,11 +19,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from . import active
 from .errors import LoupeError
 from .domain import MODEL, Category, ImageRecord, ImageStatus, Instance
 from .images import ImageReadError, read_size, scan_folder
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_DIRNAME = ".loupe"
 DEFAULT_DBNAME = "project.db"
 
@@ -91,6 +92,11 @@ _MIGRATIONS: dict[int, str] = {
         images_seen INTEGER NOT NULL DEFAULT 0,
         active INTEGER NOT NULL DEFAULT 0
     );
+    """,
+    # 2: how unsure the model was about each image (detector.active), for "least confident first"
+    2: """
+    ALTER TABLE images ADD COLUMN uncertainty REAL;
+    CREATE INDEX images_uncertainty ON images(uncertainty)
     """,
 }
 
@@ -361,7 +367,8 @@ class Project:
     @staticmethod
     def _image(row: sqlite3.Row) -> ImageRecord:
         return ImageRecord(path=row["path"], width=row["width"], height=row["height"],
-                           status=ImageStatus(row["status"]), reason=row["reason"], id=row["id"])
+                           status=ImageStatus(row["status"]), reason=row["reason"], id=row["id"],
+                           uncertainty=row["uncertainty"])
 
     def scan(self) -> ScanResult:
         """Register new image files under the folder; files that vanished become unreadable."""
@@ -553,6 +560,8 @@ class Project:
                 inst = p.with_(image_id=image_id, source=MODEL, changed_by=MODEL,
                                changed_at=stamp, accepted=False, id=None)
                 out.append(self._insert(c, inst))
+            # what the model is unsure about is judged on all it said, shown or not
+            c.execute("UPDATE images SET uncertainty=? WHERE id=?", (active.uncertainty(out), image_id))
             if row[0] == ImageStatus.NEW.value:
                 c.execute("UPDATE images SET status='predicted' WHERE id=?", (image_id,))
         return out

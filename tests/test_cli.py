@@ -90,3 +90,21 @@ def test_kill_during_import_leaves_project_as_before(tmp_path):
             assert n == N_BIG  # it finished: everything is there
             break
     assert killed_mid_import >= 2
+
+
+def test_rank_lists_the_least_confident_images_first(tmp_path, project):
+    from detector.domain import MODEL, Category, Instance
+
+    cat = project.ensure_category(Category("square"))
+    recs = project.images()
+    scores = {0: [0.97], 1: [0.5, 0.45], 2: [0.6, 0.99, 0.1]}
+    for row, ss in scores.items():
+        project.replace_predictions(recs[row].id, [Instance(cat.id, (1, 1, 9, 9), score=s, source=MODEL,
+                                                            changed_by=MODEL) for s in ss])
+    r = loupe("rank", project.root)
+    assert r.returncode == 0, r.stderr
+    assert [line.split("\t")[1] for line in r.stdout.splitlines()] == [recs[i].path for i in (1, 2, 0)]
+    r = loupe("rank", project.root, "--measure", "near-slider", "--top", 2, "-o", tmp_path / "order.txt")
+    assert r.returncode == 0 and "2 images" in r.stdout
+    rows = [line.split("\t") for line in (tmp_path / "order.txt").read_text().splitlines()]
+    assert rows == [["2.0000", recs[1].path], ["1.0000", recs[2].path]]

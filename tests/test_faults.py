@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from detector.domain import ImageStatus, Instance
-from detector.store import Project, ProjectError
+from detector.store import SCHEMA_VERSION, Project, ProjectError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fault_helpers as FH  # noqa: E402
@@ -62,7 +62,7 @@ def test_kill_during_edits_loses_no_committed_edit(tmp_path):
         last = _kill_after_lines(proc, rng.randint(1, 300), rng.uniform(0, 0.02))
         committed = int(last) if last and last.isdigit() else 0
         with Project(folder) as p:
-            assert p.schema_version == 1
+            assert p.schema_version == SCHEMA_VERSION
             assert p._conn().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
             got = FH.observed(p, p.images()[0].id)
         # Every edit reported as committed is there; at most the one in flight is extra.

@@ -125,3 +125,34 @@ def test_read_only_folder_uses_project_path(tmp_path, demo):
     assert db.exists() and not (folder / ".loupe" / "project.db").exists()
     # WAL mode is on: readers never block the writer.
     assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_project_from_schema_1_is_migrated_and_keeps_everything(tmp_path, demo):
+    """A project written by the previous Loupe (schema 1, no uncertainty column) opens, is
+    migrated in place, keeps its images and instances, and gets uncertainties as it is predicted."""
+    import sqlite3
+
+    from detector import store
+
+    folder, _ = demo
+    db = folder / ".loupe" / "project.db"
+    db.parent.mkdir()
+    with sqlite3.connect(db) as c:
+        c.executescript(store._MIGRATIONS[1])
+        c.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        c.execute("INSERT INTO meta VALUES('schema_version', '1')")
+        c.execute("INSERT INTO categories(name, color) VALUES('square', '#e6194b')")
+        c.execute("INSERT INTO images(path, width, height, status) VALUES('img_0000.png', 128, 96, 'reviewed')")
+        c.execute("INSERT INTO instances(image_id, category_id, x1, y1, x2, y2, source, changed_by, changed_at) "
+                  "VALUES(1, 1, 1, 2, 30, 40, 'person', 'ana', '2026-01-01T00:00:00.000+00:00')")
+    with Project(folder) as p:
+        assert p.schema_version == store.SCHEMA_VERSION == 2
+        (rec,) = p.images()
+        assert (rec.path, rec.status, rec.uncertainty) == ("img_0000.png", ImageStatus.REVIEWED, None)
+        (inst,) = p.instances(rec.id)
+        assert (inst.box, inst.changed_by) == ((1.0, 2.0, 30.0, 40.0), "ana")
+        p.scan()
+        new = next(r for r in p.images() if r.status is ImageStatus.NEW)
+        preds = [Instance(1, (0, 0, 9, 9), score=s, source=MODEL, changed_by=MODEL) for s in (0.5, 0.97)]
+        p.replace_predictions(new.id, preds)
+        assert p.image(new.id).uncertainty == pytest.approx(1.0 + 0.1944, abs=1e-3)  # H(0.5) + H(0.97)

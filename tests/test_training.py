@@ -228,7 +228,17 @@ def test_command_line_train_evaluate_predict(tmp_path):
             p2.set_status(rec.id, ImageStatus.NEW)
     r = _loupe("predict", tmp_path / "f", "--weights", tmp_path / "m.pt", "--device", "cpu")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout.strip().splitlines()[-1])["images"] == 3
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["images"] == 3
+    # the predictions' uncertainty is stored: rank lists the images, least confident first
+    with Project(tmp_path / "f") as p2:
+        stored = {r.path: r.uncertainty for r in p2.images()}
+    r = _loupe("rank", tmp_path / "f")
+    assert r.returncode == 0, r.stderr
+    ranked = [line.split("\t") for line in r.stdout.strip().splitlines()]
+    assert [path for _, path in ranked] == summary["most_unsure_first"]
+    assert sorted(stored) == sorted(path for _, path in ranked)
+    assert [float(v) for v, _ in ranked] == sorted((round(v, 4) for v in stored.values()), reverse=True)
     r = _loupe("predict", tmp_path / "f", "--weights", tmp_path / "nope.pt")
     assert r.returncode == 2 and "nope.pt: file not found" in r.stderr and "Traceback" not in r.stderr
 

@@ -1,0 +1,200 @@
+"""Human time saved: the labeling loop in rounds, priced by the simulated annotator.
+
+Each round: pick K images from the pool (round 1 at random: there is no model yet; later rounds
+in ``--order``: random, or least confident first by ``--measure``), "review" them (the
+annotator corrects what the current model shows into the ground truth; its seconds are
+priced by ``detector.annotator``), train with the app's defaults starting from the last model
+(from random weights in round 1), and pre-annotate the rest. After each round the unseen test
+images ("the next images") are priced: simulated seconds per image with Loupe's predictions and
+box-prompted fill, against labeling from scratch, and their COCO AP.
+
+    python bench/bench_annotator.py [--data demo|nuclei] [--order random|uncertainty]
+                                    [--rounds 3] [--per-round K] [--budget-s S] [--quick]
+
+Prints one JSON line per round and a final line with ``seconds_per_image_by_round``,
+``manual_seconds_per_image``, ``ratio_after_last_round`` and ``order``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from detector import active  # noqa: E402
+from detector import annotator as A  # noqa: E402
+from detector.coco import import_coco, plan_import, read_json  # noqa: E402
+from detector.domain import ImageRecord  # noqa: E402
+from detector.evaluation import CocoEvaluator  # noqa: E402
+from detector.images import load_image  # noqa: E402
+from detector.inference import Predictor, load_detector  # noqa: E402
+from detector.store import Project  # noqa: E402
+from detector.synthetic import generate  # noqa: E402
+from detector.training import TrainConfig, train_project  # noqa: E402
+
+NUCLEI = ROOT.parent / "shared" / "data" / "nuclei"
+
+
+def setup(args, tmp: Path) -> tuple[Path, Path, list[str], list[str]]:
+    """(folder, ground truth file, pool image paths, test image paths)."""
+    if args.data == "demo":
+        n_pool, n_test = args.pool or 40, args.test or 20
+        folder = tmp / "demo"
+        gt = generate(folder, n_images=n_pool + n_test, seed=7, size=(320, 240))  # the app's demo scenes
+        moved = tmp / "ground_truth.json"
+        gt.rename(moved)
+        names = sorted(Path(im["file_name"]).as_posix() for im in json.loads(moved.read_text())["images"])
+        return folder, moved, names[:n_pool], names[n_pool:]
+    source = Path(args.nuclei)
+    data = json.loads((source / "annotations.json").read_text())
+    folder = tmp / "nuclei"
+    folder.mkdir()
+    names = sorted(Path(im["file_name"]).name for im in data["images"])
+    for name in names:
+        (folder / name).symlink_to(source / "images" / name)
+    for im in data["images"]:
+        im["file_name"] = Path(im["file_name"]).name
+    gt = tmp / "nuclei.json"
+    gt.write_text(json.dumps(data))
+    n_test = args.test or 38  # the README's fixed split: the last 38 unseen
+    pool = names[: len(names) - n_test][: args.pool or None]
+    return folder, gt, pool, names[len(names) - n_test:]
+
+
+def subset(data: dict, paths: set[str]) -> dict:
+    images = [im for im in data["images"] if im["file_name"] in paths]
+    ids = {im["id"] for im in images}
+    return {**data, "images": images, "annotations": [a for a in data["annotations"] if a["image_id"] in ids]}
+
+
+class Session:
+    """The current model over the project: predictions, box-prompted fill, costs, AP."""
+
+    def __init__(self, project: Project, folder: Path, truth: dict, ckpt: str | None, device: str | None):
+        self.folder, self.truth = folder, truth
+        self.predictor = Predictor(load_detector(project, ckpt), device) if ckpt else None
+        self.cache: dict[str, tuple] = {}
+
+    def predictions(self, path: str) -> tuple:
+        if self.predictor is None:
+            return ()
+        if path not in self.cache:
+            self.cache[path] = self.predictor.predict([load_image(self.folder / path)])[0]
+        return self.cache[path]
+
+    def fill_for(self, path: str):
+        """The app's box-prompted fill for this image's ground-truth boxes (one model call)."""
+        if self.predictor is None:
+            return None
+        label_of = {cid: lab for lab, cid in self.predictor.category_ids.items()}
+        known = [g for g in self.truth[path] if g.category_id in label_of]
+        if not known:
+            return None
+        filled = self.predictor.predict_in_boxes(load_image(self.folder / path), [g.box for g in known],
+                                                 [label_of[g.category_id] for g in known])
+        by_box = {tuple(g.box): f for g, f in zip(known, filled)}
+        return lambda box, cat: by_box.get(tuple(box))
+
+    def cost(self, path: str, slider: float) -> A.ImageCost:
+        if self.predictor is None:
+            return A.manual_cost(self.truth[path])
+        shown = A.shown_at(self.predictions(path), slider)
+        return A.review_cost(shown, self.truth[path], self.fill_for(path))
+
+    def metrics(self, paths: list[str]) -> dict:
+        ev = CocoEvaluator(list({c.id: c for c in self.predictor.detector.categories}.values()))
+        for p in paths:
+            a = load_image(self.folder / p)
+            ev.process(ImageRecord(p, a.shape[1], a.shape[0]),
+                       self.truth[p], list(self.predictions(p)))
+        return ev.evaluate()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", choices=("demo", "nuclei"), default="demo")
+    ap.add_argument("--nuclei", default=str(NUCLEI))
+    ap.add_argument("--order", choices=("random", "uncertainty"), default="uncertainty")
+    ap.add_argument("--measure", choices=active.MEASURES, default=active.DEFAULT_MEASURE)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--per-round", type=int, default=0, help="images reviewed a round (demo 8, nuclei 10)")
+    ap.add_argument("--pool", type=int, default=0, help="images to pick from (demo 40; nuclei: all but the test)")
+    ap.add_argument("--test", type=int, default=0, help="unseen images priced and scored (demo 20, nuclei 38)")
+    ap.add_argument("--budget-s", type=float, default=0, help="training seconds a round (0: the app's default)")
+    ap.add_argument("--slider", type=float, default=active.SLIDER, help="the confidence slider")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="demo, 3 rounds, 60 s of training a round, 12 test images")
+    args = ap.parse_args()
+    if args.quick:
+        args.budget_s, args.test = args.budget_s or 60, args.test or 12
+    k = args.per_round or (8 if args.data == "demo" else 10)
+    rng = random.Random(args.seed)
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        folder, gt_path, pool, test = setup(args, tmp)
+        data = read_json(gt_path)
+        project = Project(folder)
+        project.scan()
+        cats, planned, _, _ = plan_import(data, str(gt_path), folder)
+        by_name = {}
+        for c in {c.name: c for c in cats.values()}.values():
+            by_name[c.name] = project.ensure_category(c)
+        truth = {im.path: [i.with_(category_id=by_name[n].id) for n, i in im.instances] for im in planned.values()}
+        manual = sum(A.manual_cost(truth[p]).seconds for p in test) / len(test)
+        session = Session(project, folder, truth, None, args.device)
+        ckpt, per_round, reviewed, review_s = None, [], [], 0.0
+        for r in range(1, args.rounds + 1):
+            left = [p for p in pool if p not in reviewed]
+            if session.predictor is None or args.order == "random":
+                chosen = rng.sample(left, min(k, len(left)))
+            else:  # least confident first
+                chosen = sorted(left, key=lambda p: -active.uncertainty(session.predictions(p), args.measure))[:k]
+            review_s += sum(session.cost(p, args.slider).seconds for p in chosen)
+            reviewed += chosen
+            sub = tmp / f"round{r}.json"
+            sub.write_text(json.dumps(subset(data, set(chosen))))
+            import_coco(project, sub)
+            out = tmp / f"round{r}.pt"
+            cfg = TrainConfig(weights=ckpt or "none", device=args.device, seed=args.seed,
+                              time_budget_s=args.budget_s or None)
+            t = time.perf_counter()
+            result = train_project(project, cfg, out)
+            train_s = time.perf_counter() - t
+            ckpt = str(out)
+            session = Session(project, folder, truth, ckpt, args.device)
+            costs = [session.cost(p, args.slider) for p in test]
+            m = session.metrics(test)
+            actions = sum((c.actions for c in costs), start=type(costs[0].actions)())
+            row = {"round": r, "reviewed": len(reviewed), "steps": result.steps, "train_s": round(train_s, 1),
+                   "seconds_per_image": round(sum(c.seconds for c in costs) / len(test), 1),
+                   "segm_AP": m["segm"]["AP"] if m.get("segm") else None,
+                   "bbox_AP": m["bbox"]["AP"], "keypoint_AP": (m.get("keypoints") or {}).get("AP"),
+                   "actions_per_image": {a: round(n / len(test), 2) for a, n in sorted(actions.items())}}
+            per_round.append(row)
+            print(json.dumps({"data": args.data, "order": args.order, **row}), flush=True)
+        project.close()
+    sec = [row["seconds_per_image"] for row in per_round]
+    print(json.dumps({
+        "data": args.data, "order": args.order, "measure": args.measure if args.order == "uncertainty" else None,
+        "rounds": args.rounds, "per_round": k, "test_images": len(test), "slider": args.slider,
+        "reviewed_by_round": [row["reviewed"] for row in per_round],
+        "seconds_per_image_by_round": sec, "manual_seconds_per_image": round(manual, 1),
+        "ratio_after_last_round": round(sec[-1] / manual, 3),
+        "segm_AP_by_round": [row["segm_AP"] for row in per_round],
+        "bbox_AP_by_round": [row["bbox_AP"] for row in per_round],
+        "keypoint_AP_by_round": [row["keypoint_AP"] for row in per_round],
+        "review_seconds_spent": round(review_s, 1), "device": str(session.predictor.device),
+        "elapsed_s": round(time.perf_counter() - t_start, 1)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Least confident first: the image list orders by the stored uncertainty, Next and Space follow
+that order, and the choice is kept with the project."""
+
+
+from app.image_list import ID_ROLE
+from detector.domain import MODEL, Category, ImageStatus, Instance
+from detector.store import Project
+
+
+def predict_with_scores(p: Project, scores_by_row: dict[int, list[float]]) -> list[int]:
+    cat = p.ensure_category(Category("square"))
+    ids = [r.id for r in p.images()]
+    for row, scores in scores_by_row.items():
+        p.replace_predictions(ids[row], [Instance(cat.id, (5, 5, 30, 30), score=s, source=MODEL, changed_by=MODEL)
+                                         for s in scores])
+    return ids
+
+
+def listed(w) -> list[int]:
+    proxy = w.image_list.proxy
+    return [int(proxy.data(proxy.index(r, 0), ID_ROLE)) for r in range(proxy.rowCount())]
+
+
+def test_least_confident_first_orders_the_list_and_next_follows(qtbot, project, open_window):
+    ids = predict_with_scores(project, {0: [0.99], 1: [0.5, 0.55], 2: [0.9, 0.6], 4: [0.97, 0.98]})
+    w = open_window(project)
+    assert listed(w) == ids  # file-name order by default
+    w.image_list.set_order("uncertainty")
+    # most unsure first (1: two coin flips, 2, 4, 0), then the images not predicted, reviewed last
+    assert listed(w) == [ids[1], ids[2], ids[4], ids[0], ids[3], ids[5]]
+    assert "unsure 2.0" in w.image_list.proxy.data(w.image_list.proxy.index(0, 0))
+    with qtbot.waitSignal(w.image_shown, timeout=10_000):
+        w.show_image(ids[1])
+    with qtbot.waitSignal(w.image_shown, timeout=10_000):
+        w.step(1)
+    assert w.current_image_id == ids[2]
+    # Space reviews it and goes on to the next most unsure; the reviewed one moves to the end.
+    with qtbot.waitSignal(w.image_shown, timeout=10_000):
+        w.mark_reviewed()
+    assert project.image(ids[2]).status is ImageStatus.REVIEWED
+    assert w.current_image_id == ids[4]
+    assert listed(w)[-1] == ids[2]
+    w.close()
+    with Project(project.root) as again:
+        w2 = open_window(again)
+        assert w2.image_list.order.currentData() == "uncertainty"
+        assert w2.current_image_id == ids[1]  # the project opens on the most unsure image
+        assert listed(w2)[:3] == [ids[1], ids[4], ids[0]]
+
+
+def test_space_moves_on_when_a_status_filter_hides_the_reviewed_image(qtbot, project, open_window):
+    ids = predict_with_scores(project, {0: [0.9], 1: [0.8], 2: [0.7]})
+    w = open_window(project)
+    w.image_list.filter.setCurrentIndex(w.image_list.filter.findData(ImageStatus.PREDICTED.value))
+    with qtbot.waitSignal(w.image_shown, timeout=10_000):
+        w.show_image(ids[0])
+    with qtbot.waitSignal(w.image_shown, timeout=10_000):
+        w.mark_reviewed()
+    assert w.current_image_id == ids[1] and ids[0] not in listed(w) and ids[2] in listed(w)
