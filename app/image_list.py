@@ -81,9 +81,10 @@ class ImageListModel(QAbstractListModel):
             return None
         rec = self.records[index.row()]
         if role == Qt.ItemDataRole.DisplayRole:
-            text = f"{rec.path}    [{rec.status.value}]"
+            # two short lines beside the thumbnail: the name, then where it stands
+            text = f"{rec.path}\n{rec.status.value.replace('_', ' ')}"
             if rec.uncertainty is not None and rec.status in (ImageStatus.PREDICTED, ImageStatus.IN_REVIEW):
-                text += f"  unsure {rec.uncertainty:.1f}"
+                text += f" · unsure {rec.uncertainty:.1f}"
             return text
         if role == Qt.ItemDataRole.DecorationRole:
             if self.root is None or rec.status is ImageStatus.UNREADABLE:

@@ -173,7 +173,10 @@ class StartingModel(QObject):
             "No model yet. Start from torchvision's COCO Mask R-CNN (found in torchvision's cache) to "
             "pre-annotate now, or review a few images and Train." if cached else
             "No model yet. Download torchvision's COCO Mask R-CNN to pre-annotate now, load a weights "
-            "file, or review a few images and Train. Offline: " + P.offline_help())
+            f"file, or review a few images and Train. Offline: put {P.cache_path().name} in "
+            f"{P.cache_path().parent} (the link is in this text's tooltip).")
+        # the whole of it, link included, one hover away: the banner stays short above the image
+        self.text.setToolTip("" if cached else P.offline_help())
         self.banner.setVisible(True)
 
     def _busy(self, text: str, progress: bool = False) -> None:

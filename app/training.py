@@ -275,7 +275,7 @@ class TrainingPanel(QWidget):
         for b in (self.train_button, self.cancel_button, self.settings_button):
             row.addWidget(b)
         self.progress = QProgressBar()
-        self.progress.setFormat("not training: Train fine-tunes the model on the reviewed images")
+        self.progress.setFormat("not training")
         self.progress.setValue(0)
         self.speed = QLabel("")
         self.auto = QLabel("")  # when the next background run starts (AutoTrainer)
@@ -343,7 +343,7 @@ class TrainingPanel(QWidget):
         self.cancel_button.setEnabled(False)
         if self.progress.maximum() == 0:
             self.progress.setRange(0, 1)
-        self.progress.setFormat("not training: Train fine-tunes the model on the reviewed images")
+        self.progress.setFormat("not training")
         self.result.setText(text)
 
 

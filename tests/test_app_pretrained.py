@@ -85,7 +85,8 @@ def test_without_the_file_the_banner_offers_the_download_and_says_where(open_win
     w = open_window(fresh)
     s = w.starting
     assert s.download_button.isVisibleTo(w) and not s.use_button.isVisibleTo(w)
-    assert str(P.cache_path()) in s.text.text() and "download.pytorch.org" in s.text.text()
+    assert P.cache_path().name in s.text.text() and str(P.cache_path().parent) in s.text.text()
+    assert "download.pytorch.org" in s.text.toolTip() and str(P.cache_path()) in s.text.toolTip()
 
 
 def test_a_bad_weights_file_is_refused_by_name(open_window, qtbot, fresh, tmp_path):
