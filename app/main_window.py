@@ -37,6 +37,7 @@ class MainWindow(QMainWindow):
     predictions_shown = Signal(int)  # image id whose fresh predictions are on screen
     # Requests to the inference worker (queued: it lives on its own thread).
     request_load = Signal(str)
+    request_warm = Signal()
     request_predict = Signal(int, list)
     request_fill = Signal(int, int, list, list)
 
@@ -399,9 +400,11 @@ class MainWindow(QMainWindow):
         worker = InferenceWorker(str(self.project.root), str(self.project.db_path))
         self.worker_thread = WorkerThread(worker, self)
         self.request_load.connect(worker.load_model)
+        self.request_warm.connect(worker.warm_up)
         self.request_predict.connect(worker.predict)
         self.request_fill.connect(worker.fill_boxes)
         worker.model_ready.connect(self._on_model_ready)
+        worker.warmed.connect(self._on_warmed)
         worker.prediction.connect(self._on_prediction)
         worker.box_filled.connect(self._on_box_filled)
         worker.progress.connect(self._on_progress)
@@ -410,12 +413,21 @@ class MainWindow(QMainWindow):
         self.model_info = None
         active = self.project.active_model()
         self.starting.refresh()
+        self.act_predict_all.setEnabled(False)
         if active is None:
-            self.device_label.setText("No model yet: start from COCO weights, or review a few images (Space) and Train")
-            self.act_predict_all.setEnabled(False)
+            self.device_label.setText("starting the model side (torch)…")
+            self.request_warm.emit()
         else:
             self.device_label.setText(f"loading model {active.name}…")
-            self.request_load.emit(active.path)
+            self.request_load.emit(active.path)  # imports torch on the worker's thread
+
+    def _on_warmed(self, device: str) -> None:
+        """torch is imported (on the worker's thread): the starting-model offer can be made."""
+        self.starting.ready = True
+        if self.model_info is None and self.project is not None and self.project.active_model() is None:
+            self.device_label.setText(f"{device} · no model yet: start from COCO weights, or review "
+                                      "a few images (Space) and Train")
+        self.starting.refresh()
 
     def _start_from_coco(self) -> None:
         from detector.pretrained import cache_path
@@ -441,7 +453,7 @@ class MainWindow(QMainWindow):
     def stop_worker(self) -> None:
         if self.worker_thread is not None:
             wt, self.worker_thread = self.worker_thread, None
-            for sig in (self.request_load, self.request_predict, self.request_fill):
+            for sig in (self.request_load, self.request_warm, self.request_predict, self.request_fill):
                 try:
                     sig.disconnect()
                 except (RuntimeError, TypeError):

@@ -21,12 +21,23 @@ from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog
                                QHeaderView, QLabel, QMainWindow, QMessageBox, QProgressBar, QPushButton,
                                QTableWidget, QVBoxLayout)
 
-from detector import pretrained as P
 from detector.errors import LoupeError
-from detector.model import load_checkpoint
 from detector.store import Project
 
 from .tasks import Jobs
+
+
+class _Pretrained:
+    """``detector.pretrained`` when first used: it imports torch and torchvision, which the
+    window does not wait for (the inference worker imports them on its thread first)."""
+
+    def __getattr__(self, name):
+        from detector import pretrained
+
+        return getattr(pretrained, name)
+
+
+P = _Pretrained()
 
 IGNORE = ""  # combo data: the COCO class is not kept
 NEW = "\x00new"  # combo data: a new category named like the COCO class
@@ -126,6 +137,7 @@ class StartingModel(QObject):
         self.jobs = Jobs(self)
         self.cancel = threading.Event()
         self.progress_signals = _Progress(self)
+        self.ready = False  # the model side (torch) is imported: the window sets it, then refresh()
         self.banner = self._build_banner()
 
     # -- the banner -------------------------------------------------------------------------
@@ -137,7 +149,7 @@ class StartingModel(QObject):
         self.text.setWordWrap(True)
         self.use_button = QPushButton("Use the COCO model…")
         self.use_button.clicked.connect(lambda: self.use_coco())
-        self.download_button = QPushButton(f"Download it ({P.SIZE_MB} MB)…")
+        self.download_button = QPushButton("Download it…")  # the size is named once the model side is up
         self.download_button.clicked.connect(self.download)
         self.load_button = QPushButton("Load weights…")
         self.load_button.clicked.connect(lambda: self.load_weights())
@@ -163,9 +175,10 @@ class StartingModel(QObject):
     def refresh(self) -> None:
         """Show the offer when the project has no model; say what is possible now."""
         project = self.project()
-        if project is None or project.active_model() is not None:
+        if project is None or project.active_model() is not None or not self.ready:
             self.banner.setVisible(False)
             return
+        self.download_button.setText(f"Download it ({P.SIZE_MB} MB)…")
         cached = P.cache_path().is_file()
         self.use_button.setVisible(cached)
         self.download_button.setVisible(not cached)
@@ -271,6 +284,8 @@ class StartingModel(QObject):
 
         def work() -> tuple[str, str]:
             try:
+                from detector.model import load_checkpoint
+
                 load_checkpoint(path)
             except LoupeError as loupe_error:
                 try:

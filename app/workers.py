@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from detector.domain import Prediction
-from detector.inference import (Predictor, device_description, is_out_of_memory,
-                                load_detector)
 from detector.store import Project
+
+# torch and torchvision (through detector.inference) are imported by the worker, on its own
+# thread: the window and the first image appear before them (about 4 s and 1 GB on a laptop CPU).
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Progress:
 
 
 class InferenceWorker(QObject):
+    warmed = Signal(str)  # the model side is imported; the device it will use
     model_ready = Signal(object)  # ModelInfo
     prediction = Signal(object)  # Prediction (already stored in the project)
     box_filled = Signal(object)  # Prediction with the instances for a person's boxes
@@ -54,7 +56,23 @@ class InferenceWorker(QObject):
             self._project = Project(self.folder, self.db_path)
         return self._project
 
+    @Slot()
+    def warm_up(self) -> None:
+        """Import the model side (torch, torchvision, the starting-model helpers) off the GUI thread."""
+        try:
+            from detector import pretrained  # noqa: F401  (the starting-model banner needs it)
+            from detector.inference import device_description, pick_device
+
+            self.warmed.emit(device_description(pick_device(self.device)))
+        except Exception as exc:
+            self._fail(exc)
+
     def _fail(self, exc: BaseException) -> None:
+        try:
+            from detector.inference import is_out_of_memory
+        except Exception:  # the model side itself failed to import: say so as it is
+            def is_out_of_memory(_exc):
+                return False
         if is_out_of_memory(exc):
             self.errored.emit("The GPU ran out of memory during inference: lower the batch size or "
                               "close other GPU programs. The app keeps working.")
@@ -64,6 +82,9 @@ class InferenceWorker(QObject):
     @Slot(str)
     def load_model(self, weights: str) -> None:
         try:
+            from detector.inference import Predictor, device_description, load_detector
+
+            self.warm_up()
             det = load_detector(self._proj(), weights or None)
             self.predictor = Predictor(det, self.device)
             self.model_ready.emit(ModelInfo(weights, device_description(self.predictor.device), det.notice))

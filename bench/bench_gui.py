@@ -85,10 +85,17 @@ def launch_time(folder: Path, repeats: int) -> dict:
                        check=True, cwd=ROOT)
         base.append(time.perf_counter() - t)
         t = time.perf_counter()
-        out = subprocess.run([sys.executable, str(ROOT / "main.py"), str(folder)], capture_output=True,
-                             text=True, env=env, cwd=ROOT, timeout=300)
-        ours.append(time.perf_counter() - t)
-        assert "smoke ok" in out.stdout, out.stderr[-2000:]
+        # Timed to the "smoke ok" line (the first image is on screen), not to the exit: closing
+        # waits for the worker's torch import, which the window no longer waits for.
+        proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), str(folder)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        shown = None
+        for line in proc.stdout:
+            if "smoke ok" in line:
+                shown = time.perf_counter() - t
+        err = proc.stderr.read()
+        assert proc.wait(timeout=300) == 0 and shown is not None, err[-2000:]
+        ours.append(shown)
     b, o = min(base), min(ours)
     return {"baseline_imports_s": round(b, 2), "launch_to_first_image_s": round(o, 2),
             "ratio_vs_imports": round(o / b, 2)}

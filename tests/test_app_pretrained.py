@@ -58,6 +58,7 @@ def _drive_mapping_dialog(choices: dict[str, str]):
 
 def test_coco_start_through_the_mapping_pre_annotates_mapped_classes_only(open_window, qtbot, fresh, coco_cache):
     w = open_window(fresh)
+    qtbot.waitUntil(lambda: w.starting.ready, timeout=60_000)  # torch comes up on the worker's thread
     banner = w.starting
     assert banner.banner.isVisibleTo(w) and banner.use_button.isVisibleTo(w)
     assert not banner.download_button.isVisibleTo(w)
@@ -80,9 +81,10 @@ def test_coco_start_through_the_mapping_pre_annotates_mapped_classes_only(open_w
     assert len(dlg.mapping()) == 80 and dlg.mapping()["person"] == "Person"
 
 
-def test_without_the_file_the_banner_offers_the_download_and_says_where(open_window, fresh, tmp_path, monkeypatch):
+def test_without_the_file_the_banner_offers_the_download_and_says_where(open_window, qtbot, fresh, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     w = open_window(fresh)
+    qtbot.waitUntil(lambda: w.starting.ready, timeout=60_000)  # torch comes up on the worker's thread
     s = w.starting
     assert s.download_button.isVisibleTo(w) and not s.use_button.isVisibleTo(w)
     assert P.cache_path().name in s.text.text() and str(P.cache_path().parent) in s.text.text()
@@ -91,6 +93,7 @@ def test_without_the_file_the_banner_offers_the_download_and_says_where(open_win
 
 def test_a_bad_weights_file_is_refused_by_name(open_window, qtbot, fresh, tmp_path):
     w = open_window(fresh)
+    qtbot.waitUntil(lambda: w.starting.ready, timeout=60_000)  # torch comes up on the worker's thread
     bad = tmp_path / "broken.pth"
     bad.write_bytes(b"\x80\x04 truncated")
     w.starting.load_weights(str(bad))
@@ -106,6 +109,7 @@ def test_a_loupe_checkpoint_becomes_the_active_model(open_window, qtbot, fresh, 
         categories=[Category("Person")], weights="none",
         config=ModelConfig(backbone="resnet18", min_size=64, max_size=96, box_detections_per_img=5)))
     w = open_window(fresh)
+    qtbot.waitUntil(lambda: w.starting.ready, timeout=60_000)  # torch comes up on the worker's thread
     w.starting.load_weights(str(ckpt))
     qtbot.waitUntil(lambda: fresh.active_model() is not None, timeout=20_000)
     qtbot.waitUntil(lambda: w.model_info is not None, timeout=60_000)

@@ -1,5 +1,8 @@
 """The real window, offscreen: open a folder, see the first image and its instances, navigate."""
 
+import os
+from pathlib import Path
+
 import pytest
 from PySide6.QtCore import QThread, QTimer, Qt
 
@@ -86,3 +89,26 @@ def test_thumbnails_are_decoded_lazily_off_the_gui_thread(qtbot, tmp_path):
     assert 0 < model.thumbnails.requested < 60, model.thumbnails.requested
     w.close()
     assert model.thumbnails.pool.activeThreadCount() == 0
+
+
+def test_the_window_opens_without_importing_torch(tmp_path):
+    """The window and the first image come before torch: the GUI modules import none of it (the
+    inference worker imports it on its own thread, then the starting-model offer appears)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import app.main_window, app.main, app.launcher; "
+            "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parent.parent,
+                       env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_the_starting_offer_waits_for_the_model_side(qtbot, project, open_window):
+    w = open_window(project)
+    qtbot.waitUntil(lambda: w.starting.ready, timeout=60_000)
+    assert w.starting.banner.isVisibleTo(w)
+    assert "no model yet" in w.device_label.text()
+    assert "(170 MB)" in w.starting.download_button.text()  # named once detector.pretrained is in
