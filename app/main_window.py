@@ -23,6 +23,7 @@ from .image_list import ImageListWidget
 from .autotrain import AutoTrainer
 from .loader import ImageLoader, LoadedImage
 from .pretrained import StartingModel
+from .tasks import Jobs
 from .training import (ModelVersionsDialog, TrainingPanel, TrainRunner, TrainSettings,
                        TrainSettingsDialog, headline)
 from .workers import InferenceWorker, ModelInfo, Progress, WorkerThread
@@ -35,6 +36,7 @@ class MainWindow(QMainWindow):
 
     image_shown = Signal(int)
     predictions_shown = Signal(int)  # image id whose fresh predictions are on screen
+    scanned = Signal(object)  # ScanResult: the folder was read again in the background
     # Requests to the inference worker (queued: it lives on its own thread).
     request_load = Signal(str)
     request_warm = Signal()
@@ -108,6 +110,7 @@ class MainWindow(QMainWindow):
         self.autotrain.status.connect(self.training_panel.auto.setText)
 
         self.exchange = CocoExchange(self, lambda: self.project, self._after_import)
+        self.scans = Jobs(self)  # reading the folder again, off the GUI thread
         self._build_actions()
         self.device_label = QLabel("model: none")
         self.progress = QProgressBar()
@@ -325,9 +328,10 @@ class MainWindow(QMainWindow):
         if self.project is not None and self.project is not project:
             self.stop_worker()
             self.exchange.wait()  # an import lands whole before its project closes
+            self.scans.shutdown()
             self.project.close()
         self.project = project
-        project.scan()
+        self.current_image_id = None
         settings = QSettings()
         recent = [str(project.root)] + [f for f in _recent_folders() if f != str(project.root)]
         settings.setValue("recent_folders", recent[:8])
@@ -335,17 +339,43 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(f"Loupe — {project.root}")
         self.editor.set_project(project)
         self._show_categories()
+        # What the project knows is shown at once; the folder is read again in the background
+        # (new, removed and replaced files), so a big folder opens as fast as a small one.
         records = project.images()
         self.image_list.model.set_records(records, project.root)
         self.image_list.set_order(project.get_meta(ORDER_KEY) or "")  # kept with the project
-        counts = project.status_counts()
-        self.statusBar().showMessage(
-            f"{len(records)} images: " + ", ".join(f"{n} {s.value}" for s, n in counts.items() if n))
+        self.statusBar().showMessage(f"{len(records)} images known; looking for new and changed files…")
         self.start_worker()
+        self._show_first()
+        self.scans.start(project.scan, lambda r: self._on_scanned(project, r),
+                         lambda e: self._on_scan_failed(project, e))
+
+    def _show_first(self) -> None:
+        if self.project is None or self.current_image_id is not None:
+            return
         first = self.image_list.first() if self.image_list.order.currentData() else \
-            next((r.id for r in records if r.readable), None)
+            next((r.id for r in self.image_list.model.records if r.readable), None)
         if first is not None:
             self.show_image(first)
+
+    def _on_scanned(self, project: Project, result) -> None:
+        if project is not self.project:
+            return
+        if result.added or result.missing or result.changed or result.back or not self.image_list.model.records:
+            self.image_list.model.set_records(project.images(), project.root)
+            if self.current_image_id is not None:
+                self.image_list.select(self.current_image_id)
+        counts = project.status_counts()
+        self.statusBar().showMessage(
+            f"{sum(counts.values())} images: " + ", ".join(f"{n} {s.value}" for s, n in counts.items() if n)
+            + (f" ({result.added} new, {result.missing} gone, {result.changed} changed since last time)"
+               if result.added or result.missing or result.changed else ""))
+        self._show_first()
+        self.scanned.emit(result)
+
+    def _on_scan_failed(self, project: Project, exc: BaseException) -> None:
+        if project is self.project:
+            self.statusBar().showMessage(f"Could not read the folder {project.root}: {exc}", 30000)
 
     def _after_import(self) -> None:
         """An import added images' annotations and maybe categories: show them."""
@@ -786,6 +816,7 @@ class MainWindow(QMainWindow):
         self.stop_worker()
         self.loader.shutdown()
         self.exchange.shutdown()
+        self.scans.shutdown()
         self.starting.cancel.set()  # a download stops at its next chunk and keeps what it has
         self.starting.jobs.shutdown()
         self.image_list.model.thumbnails.shutdown()

@@ -128,6 +128,8 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=0, help="images to pick from (demo 40; nuclei: all but the test)")
     ap.add_argument("--test", type=int, default=0, help="unseen images priced and scored (demo 20, nuclei 38)")
     ap.add_argument("--budget-s", type=float, default=0, help="training seconds a round (0: the app's default)")
+    ap.add_argument("--steps", type=int, default=0,
+                    help="training steps a round instead of a time budget: runs compare equally under any load")
     ap.add_argument("--slider", type=float, default=active.SLIDER, help="the confidence slider")
     ap.add_argument("--device", default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -165,7 +167,7 @@ def main() -> None:
             import_coco(project, sub)
             out = tmp / f"round{r}.pt"
             cfg = TrainConfig(weights=ckpt or "none", device=args.device, seed=args.seed,
-                              time_budget_s=args.budget_s or None)
+                              time_budget_s=args.budget_s or None, iterations=args.steps or None)
             t = time.perf_counter()
             result = train_project(project, cfg, out)
             train_s = time.perf_counter() - t
@@ -185,7 +187,7 @@ def main() -> None:
     sec = [row["seconds_per_image"] for row in per_round]
     print(json.dumps({
         "data": args.data, "order": args.order, "measure": args.measure if args.order == "uncertainty" else None,
-        "rounds": args.rounds, "per_round": k, "test_images": len(test), "slider": args.slider,
+        "rounds": args.rounds, "per_round": k, "steps": args.steps or None, "budget_s": args.budget_s or None, "test_images": len(test), "slider": args.slider,
         "reviewed_by_round": [row["reviewed"] for row in per_round],
         "seconds_per_image_by_round": sec, "manual_seconds_per_image": round(manual, 1),
         "ratio_after_last_round": round(sec[-1] / manual, 3),

@@ -106,6 +106,8 @@ class ScanResult:
     added: int
     missing: int
     total: int
+    changed: int = 0  # files replaced since the last scan (another mtime)
+    back: int = 0  # files that were gone and are there again
 
 
 @dataclass(frozen=True)
@@ -380,6 +382,7 @@ class Project:
         missing = [p for p, (_, st) in known.items()
                    if p not in present and st != ImageStatus.UNREADABLE.value]
         changed = [(p, m) for p, m, _ in found if p in known and known[p][0] != m]
+        back = sum(1 for p in present if p in known and known[p][1] == ImageStatus.UNREADABLE.value)
         with self.transaction() as c:
             # OR IGNORE: another process sharing the project (a torchrun rank) may have just
             # registered the same file.
@@ -393,7 +396,8 @@ class Project:
             c.executemany("UPDATE images SET status='new', reason=NULL WHERE path=? AND "
                           "status='unreadable' AND reason='file not found'",
                           [(p,) for p in present if p in known])
-        return ScanResult(added=len(new), missing=len(missing), total=len(found))
+        return ScanResult(added=len(new), missing=len(missing), total=len(found), changed=len(changed),
+                          back=back)
 
     def images(self, status: ImageStatus | Iterable[ImageStatus] | None = None) -> list[ImageRecord]:
         conn = self._conn()

@@ -86,8 +86,10 @@ def test_training_process_that_dies_is_reported_and_can_restart(qtbot, tmp_path)
 def test_unreadable_images_are_flagged_in_the_list_and_skipped(qtbot, tmp_path):
     expect = _bad_images(tmp_path / "f")
     p = Project(tmp_path / "f")
-    w = MainWindow(p)
+    w = MainWindow()
     qtbot.addWidget(w)
+    with qtbot.waitSignal(w.scanned, timeout=30_000):  # a new project: the folder is read off the GUI thread
+        w.set_project(p)
     for rec in p.images():
         w.show_image(rec.id)
         qtbot.waitUntil(lambda r=rec: w.loader.latest_request and (

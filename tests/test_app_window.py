@@ -112,3 +112,25 @@ def test_the_starting_offer_waits_for_the_model_side(qtbot, project, open_window
     assert w.starting.banner.isVisibleTo(w)
     assert "no model yet" in w.device_label.text()
     assert "(170 MB)" in w.starting.download_button.text()  # named once detector.pretrained is in
+
+
+def test_a_known_project_shows_its_list_at_once_and_reconciles_the_folder_after(qtbot, project, open_window):
+    """Reopening lists what the store knows right away; the folder is read again off the GUI
+    thread: a new file appears, a removed one is flagged, the person's place is kept."""
+    import shutil
+
+    recs = project.images()
+    shutil.copyfile(project.root / recs[0].path, project.root / "zz_new.png")
+    (project.root / recs[-1].path).unlink()
+    w = MainWindow()
+    qtbot.addWidget(w)
+    with qtbot.waitSignal(w.scanned, timeout=30_000) as scan:
+        w.set_project(project)
+        assert w.image_list.model.rowCount() == len(recs)  # before the scan: the stored list
+        assert w.current_image_id == recs[0].id
+    assert (scan.args[0].added, scan.args[0].missing) == (1, 1)
+    paths = [r.path for r in w.image_list.model.records]
+    assert "zz_new.png" in paths and len(paths) == len(recs) + 1
+    assert project.image(recs[-1].id).status is ImageStatus.UNREADABLE
+    assert w.current_image_id == recs[0].id and "1 new, 1 gone" in w.statusBar().currentMessage()
+    w.close()
