@@ -50,6 +50,7 @@ class InferenceWorker(QObject):
         self.cancelled_through = 0  # requests with ids up to this one are cancelled
         self._project: Project | None = None
         self.predictor: Predictor | None = None
+        self.identity: str | None = None  # the loaded model's (stored with each prediction)
 
     def _proj(self) -> Project:
         if self._project is None:
@@ -82,11 +83,12 @@ class InferenceWorker(QObject):
     @Slot(str)
     def load_model(self, weights: str) -> None:
         try:
-            from detector.inference import Predictor, device_description, load_detector
+            from detector.inference import Predictor, device_description, load_detector, model_identity
 
             self.warm_up()
             det = load_detector(self._proj(), weights or None)
             self.predictor = Predictor(det, self.device)
+            self.identity = model_identity(self._proj(), weights or None)
             self.model_ready.emit(ModelInfo(weights, device_description(self.predictor.device), det.notice))
         except Exception as exc:  # reported, never a silent thread death
             self.predictor = None
@@ -109,7 +111,7 @@ class InferenceWorker(QObject):
                     project.mark_unreadable(pred.image_id, pred.error.split(": ", 1)[-1])
                 else:
                     project.set_size(pred.image_id, pred.width, pred.height)
-                    stored = project.replace_predictions(pred.image_id, pred.instances)
+                    stored = project.replace_predictions(pred.image_id, pred.instances, self.identity)
                     pred = Prediction(request_id, pred.image_id, pred.path, pred.width, pred.height,
                                       tuple(stored))
                 self.prediction.emit(pred)

@@ -80,7 +80,7 @@ def cmd_predict(args) -> int:
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
     summary = predict_project(project, weights=args.weights, device=device,
                               batch_size=args.batch_size, progress=True, channels_last=args.channels_last,
-                              shard=_shard_from_env() if args.distributed else None)
+                              shard=_shard_from_env() if args.distributed else None, again=args.again)
     from .active import rank
 
     summary["most_unsure_first"] = [path for path, _ in rank(project)[:10]]  # all of them: loupe rank
@@ -225,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="NHWC convolutions on a GPU (bench/bench_predict.py measures whether it helps)")
     pr.add_argument("--distributed", action="store_true",
                     help="take this rank's share of the images (set by torchrun)")
+    pr.add_argument("--again", action="store_true",
+                    help="predict again the images this model already did (by default a run "
+                         "resumes where an interrupted one stopped)")
     pr.set_defaults(func=cmd_predict)
 
     rk = sub.add_parser("rank", help="predicted images not yet reviewed, the model's least confident "

@@ -69,6 +69,7 @@ class ImageRecord:
     reason: str | None = None
     id: int | None = None
     uncertainty: float | None = None  # detector.active, stored with the last prediction
+    predicted_by: str | None = None  # the model that made the last prediction (inference.model_identity)
 
     @property
     def readable(self) -> bool:

@@ -448,9 +448,13 @@ def predict_project(project, weights: str | None = None, device: str | None = No
                     batch_size: int | None = None, progress: bool = False,
                     shard: tuple[int, int] | None = None, cancel: threading.Event | None = None,
                     on_prediction: Callable[[Prediction], None] | None = None,
-                    channels_last: bool = False) -> dict:
-    """Pre-annotate every readable image not yet reviewed; never over a person's edits."""
+                    channels_last: bool = False, again: bool = False) -> dict:
+    """Pre-annotate every readable image not yet reviewed; never over a person's edits.
+
+    Images this same model already predicted are skipped (an interrupted run resumes where it
+    stopped) unless ``again``."""
     det = load_detector(project, weights)
+    identity = model_identity(project, weights)
     try:
         predictor = Predictor(det, device, batch_size, channels_last=channels_last)
     except RuntimeError as exc:
@@ -459,6 +463,10 @@ def predict_project(project, weights: str | None = None, device: str | None = No
                                  "close other programs using the GPU, or use --device cpu") from exc
         raise
     todo = [r for r in project.images([ImageStatus.NEW, ImageStatus.PREDICTED, ImageStatus.IN_REVIEW])]
+    done_before = 0
+    if not again:
+        fresh = [r for r in todo if r.predicted_by != identity]
+        done_before, todo = len(todo) - len(fresh), fresh
     if shard is not None:
         rank, world = shard
         todo = todo[rank::world]
@@ -479,7 +487,7 @@ def predict_project(project, weights: str | None = None, device: str | None = No
                     bar.write(f"skipped {pred.error}")
             else:
                 project.set_size(pred.image_id, pred.width, pred.height)
-                stored = project.replace_predictions(pred.image_id, pred.instances)
+                stored = project.replace_predictions(pred.image_id, pred.instances, identity)
                 n_inst += len(stored)
                 n_img += 1
             if on_prediction is not None:
@@ -494,6 +502,22 @@ def predict_project(project, weights: str | None = None, device: str | None = No
     finally:
         if bar is not None:
             bar.close()
+    seconds = time.perf_counter() - t0
     return {"images": n_img, "instances": n_inst, "unreadable": n_bad,
+            "already_done": done_before, "images_per_s": round(n_img / max(seconds, 1e-9), 2),
             "device": device_description(predictor.device),
-            "seconds": round(time.perf_counter() - t0, 2), "notice": det.notice}
+            "seconds": round(seconds, 2), "notice": det.notice}
+
+
+def model_identity(project, weights: str | None) -> str:
+    """Names the model's weights: the checkpoint file (path, size, time) or 'coco'."""
+    if weights in (None, "active"):
+        active = project.active_model()
+        weights = active.path if active is not None else str(weights)
+    if weights == "coco":
+        return "coco"
+    try:
+        st = os.stat(weights)
+    except OSError:
+        return str(weights)
+    return f"{Path(weights).resolve()}|{st.st_size}|{st.st_mtime_ns}"

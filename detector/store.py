@@ -93,9 +93,11 @@ _MIGRATIONS: dict[int, str] = {
         active INTEGER NOT NULL DEFAULT 0
     );
     """,
-    # 2: how unsure the model was about each image (detector.active), for "least confident first"
+    # 2: how unsure the model was about each image (detector.active), for "least confident first";
+    # which model predicted it, so that an interrupted `loupe predict` resumes where it stopped
     2: """
     ALTER TABLE images ADD COLUMN uncertainty REAL;
+    ALTER TABLE images ADD COLUMN predicted_by TEXT;
     CREATE INDEX images_uncertainty ON images(uncertainty)
     """,
 }
@@ -370,7 +372,7 @@ class Project:
     def _image(row: sqlite3.Row) -> ImageRecord:
         return ImageRecord(path=row["path"], width=row["width"], height=row["height"],
                            status=ImageStatus(row["status"]), reason=row["reason"], id=row["id"],
-                           uncertainty=row["uncertainty"])
+                           uncertainty=row["uncertainty"], predicted_by=row["predicted_by"])
 
     def scan(self) -> ScanResult:
         """Register new image files under the folder; files that vanished become unreadable."""
@@ -546,8 +548,10 @@ class Project:
         c.execute("UPDATE images SET status='in review' WHERE id=? AND status IN ('new','predicted')",
                   (image_id,))
 
-    def replace_predictions(self, image_id: int, predicted: Iterable[Instance]) -> list[Instance]:
+    def replace_predictions(self, image_id: int, predicted: Iterable[Instance],
+                            model: str | None = None) -> list[Instance]:
         """Swap the model's untouched instances on an image for new ones, in one transaction.
+        ``model`` names the model that made them (``predicted_by``).
 
         Instances a person made, edited or accepted stay as they are; reviewed images are left
         alone entirely.
@@ -565,7 +569,8 @@ class Project:
                                changed_at=stamp, accepted=False, id=None)
                 out.append(self._insert(c, inst))
             # what the model is unsure about is judged on all it said, shown or not
-            c.execute("UPDATE images SET uncertainty=? WHERE id=?", (active.uncertainty(out), image_id))
+            c.execute("UPDATE images SET uncertainty=?, predicted_by=? WHERE id=?",
+                      (active.uncertainty(out), model, image_id))
             if row[0] == ImageStatus.NEW.value:
                 c.execute("UPDATE images SET status='predicted' WHERE id=?", (image_id,))
         return out

@@ -124,7 +124,16 @@ def test_predict_project_never_overwrites_a_person(trained, tmp_path):
         # Cancelling between batches stops early.
         stop = threading.Event()
         stop.set()
-        assert predict_project(p, weights=str(ckpt), device="cpu", cancel=stop)["images"] == 0
+        assert predict_project(p, weights=str(ckpt), device="cpu", cancel=stop, again=True)["images"] == 0
+        # The same model again: nothing left to do (a killed run resumes where it stopped) ...
+        again = predict_project(p, weights=str(ckpt), device="cpu")
+        assert again["images"] == 0 and again["already_done"] == summary["images"]
+        # ... an image whose prediction was interrupted is done; --again does them all.
+        with p.transaction() as c:
+            c.execute("UPDATE images SET predicted_by=NULL WHERE id=?", (imgs[2].id,))
+        assert predict_project(p, weights=str(ckpt), device="cpu")["images"] == 1
+        assert predict_project(p, weights=str(ckpt), device="cpu", again=True)["images"] == summary["images"]
+        assert p.image(imgs[2].id).predicted_by.endswith(str(ckpt.stat().st_mtime_ns))
 
 
 @pytest.mark.slow
