@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QAbstractListModel, QModelIndex, QSize, QSortFilterProxyModel, Qt, Signal
 from PySide6.QtGui import QColor
-from PySide6.QtWidgets import QComboBox, QHBoxLayout, QListView, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QLineEdit, QListView, QVBoxLayout, QWidget
 
 from detector.domain import ImageRecord, ImageStatus
 
@@ -36,6 +37,8 @@ def unsure_key(rec: ImageRecord) -> float:
 
 
 class ImageListModel(QAbstractListModel):
+    record_updated = Signal(int)  # an image's record (and maybe its instances) changed
+
     def __init__(self, parent=None):
         super().__init__(parent)
         self.records: list[ImageRecord] = []
@@ -57,6 +60,7 @@ class ImageListModel(QAbstractListModel):
         row = self._row_by_id.get(rec.id)
         if row is None:
             return
+        self.record_updated.emit(rec.id)
         old = self.records[row]
         if (old.width, old.height, old.readable) != (rec.width, rec.height, rec.readable):
             self.thumbnails.forget(rec.id)  # the file changed, or became (un)readable
@@ -104,6 +108,24 @@ class ImageListModel(QAbstractListModel):
         return None
 
 
+class ImageFilter(QSortFilterProxyModel):
+    """Status, a file-name substring and a set of image ids (what they hold), all at once."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.status, self.text, self.ids = "", "", None
+
+    def filterAcceptsRow(self, row, parent):  # noqa: N802
+        rec = self.sourceModel().records[row]
+        return ((not self.status or rec.status.value == self.status)
+                and (not self.text or self.text in rec.path.lower())
+                and (self.ids is None or rec.id in self.ids))
+
+    def refilter(self) -> None:
+        self.beginFilterChange()  # Qt 6.9's replacement for invalidateFilter()
+        self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+
+
 class ImageListWidget(QWidget):
     """List plus status filter and order; emits ``image_chosen(image_id)``."""
 
@@ -112,14 +134,27 @@ class ImageListWidget(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.model = ImageListModel(self)
-        self.proxy = QSortFilterProxyModel(self)
+        self.proxy = ImageFilter(self)
         self.proxy.setSourceModel(self.model)
-        self.proxy.setFilterRole(STATUS_ROLE)
+        # "what it holds" is asked of the project: ids_with(key, image_id=None) -> set of ids
+        self.ids_with: Callable[..., set[int]] | None = None
         self.filter = QComboBox()
         self.filter.addItem("All images", "")
         for s in ImageStatus:
             self.filter.addItem(s.value.capitalize(), s.value)
         self.filter.currentIndexChanged.connect(self._on_filter)
+        self.content = QComboBox()
+        self.content.setToolTip("Only images holding this")
+        self.set_categories([])
+        self.content.currentIndexChanged.connect(self._on_content)
+        self.search = QLineEdit()
+        self.search.setPlaceholderText("File name contains…")
+        self.search.setClearButtonEnabled(True)
+        self.search.textChanged.connect(self._on_search)
+        self.count = QLabel("")
+        self.count.setStyleSheet("color: #9aa0a6;")
+        for sig in (self.proxy.rowsInserted, self.proxy.rowsRemoved, self.proxy.modelReset, self.proxy.layoutChanged):
+            sig.connect(self._count)
         self.order = QComboBox()
         self.order.setToolTip("Least confident first: the images the model is most unsure about "
                               "(its predictions' score entropy) come first, and Next follows them")
@@ -132,19 +167,67 @@ class ImageListWidget(QWidget):
         self.view.setUniformItemSizes(True)  # keeps 10,000+ rows fast
         self.view.setIconSize(QSize(THUMB_SIZE, THUMB_SIZE))
         self.view.selectionModel().currentChanged.connect(self._on_current)
+        self.model.record_updated.connect(self._content_changed)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(2, 2, 2, 2)
         row = QHBoxLayout()
         row.addWidget(self.filter, 1)
         row.addWidget(self.order, 1)
         lay.addLayout(row)
+        row = QHBoxLayout()
+        row.addWidget(self.content, 1)
+        row.addWidget(self.search, 1)
+        lay.addLayout(row)
         lay.addWidget(self.view)
+        lay.addWidget(self.count)
 
     def _on_filter(self) -> None:
-        value = self.filter.currentData()
-        self.proxy.setFilterFixedString(value or "")
-        if value:
-            self.proxy.setFilterRegularExpression(f"^{value}$")
+        self.proxy.status = self.filter.currentData() or ""
+        self._refilter()
+
+    def _on_search(self, text: str) -> None:
+        self.proxy.text = text.strip().lower()
+        self._refilter()
+
+    def set_categories(self, categories) -> None:
+        """The content filter's choices: anything, predictions, nothing, or one category."""
+        current = self.content.currentData()
+        self.content.blockSignals(True)
+        self.content.clear()
+        self.content.addItem("Any content", None)
+        self.content.addItem("Has predictions", "predictions")
+        self.content.addItem("No instances", "nothing")
+        for c in categories:
+            self.content.addItem(f"With {c.name}", c.id)
+        self.content.setCurrentIndex(max(0, self.content.findData(current)) if current is not None else 0)
+        self.content.blockSignals(False)
+
+    def _on_content(self) -> None:
+        self.refresh_content()
+
+    def refresh_content(self) -> None:
+        """Ask the project again which images hold the chosen content."""
+        key = self.content.currentData()
+        self.proxy.ids = None if key is None or self.ids_with is None else self.ids_with(key)
+        self._refilter()
+
+    def _content_changed(self, image_id: int) -> None:
+        """One image's instances changed: only its membership is asked again."""
+        key, ids = self.content.currentData(), self.proxy.ids
+        if key is None or ids is None or self.ids_with is None:
+            return
+        if self.ids_with(key, image_id):
+            ids.add(image_id)
+        else:
+            ids.discard(image_id)
+
+    def _refilter(self) -> None:
+        self.proxy.refilter()
+        self._count()
+
+    def _count(self, *_args) -> None:
+        shown, total = self.proxy.rowCount(), self.model.rowCount()
+        self.count.setText(f"{total:,} images" if shown == total else f"{shown:,} of {total:,} images")
 
     def _on_order(self) -> None:
         if self.order.currentData():

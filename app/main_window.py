@@ -79,6 +79,8 @@ class MainWindow(QMainWindow):
 
         self.image_list = ImageListWidget()
         self.image_list.image_chosen.connect(self.show_image)
+        self.image_list.ids_with = lambda key, image_id=None: (
+            self.project.image_ids_with(key, image_id) if self.project is not None else set())
         self.image_list.order.currentIndexChanged.connect(
             lambda: self.project is not None and self.project.set_meta(ORDER_KEY, self.image_list.order.currentData()))
         self._dock("Images", self.image_list, Qt.DockWidgetArea.LeftDockWidgetArea)
@@ -343,6 +345,7 @@ class MainWindow(QMainWindow):
         # (new, removed and replaced files), so a big folder opens as fast as a small one.
         records = project.images()
         self.image_list.model.set_records(records, project.root)
+        self.image_list.refresh_content()
         self.image_list.set_order(project.get_meta(ORDER_KEY) or "")  # kept with the project
         self.statusBar().showMessage(f"{len(records)} images known; looking for new and changed files…")
         self.start_worker()
@@ -389,6 +392,7 @@ class MainWindow(QMainWindow):
         self.refresh_instances()
 
     def _show_categories(self) -> None:
+        self.image_list.set_categories(list(self.editor.categories.values()))
         self.categories_panel.set_categories(list(self.editor.categories.values()),
                                              self.canvas.hidden_categories)
         if self.editor.current_category is not None:

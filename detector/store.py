@@ -474,6 +474,20 @@ class Project:
             changed_at=row["changed_at"], accepted=bool(row["accepted"]), crowd=bool(row["crowd"]),
             image_id=row["image_id"], id=row["id"])
 
+    def image_ids_with(self, what: str | int, image_id: int | None = None) -> set[int]:
+        """Ids of the images holding ``what``: a category id, "predictions" (the model's, not yet
+        accepted) or "nothing" (no instance at all); only ``image_id`` is looked at when given."""
+        one = "" if image_id is None else " AND image_id=?"
+        args: tuple = () if image_id is None else (image_id,)
+        if what == "predictions":
+            sql = f"SELECT DISTINCT image_id FROM instances WHERE changed_by='{MODEL}' AND accepted=0{one}"
+        elif what == "nothing":
+            sql = ("SELECT id FROM images WHERE NOT EXISTS (SELECT 1 FROM instances WHERE image_id=images.id)"
+                   + ("" if image_id is None else " AND id=?"))
+        else:
+            sql, args = f"SELECT DISTINCT image_id FROM instances WHERE category_id=?{one}", (int(what), *args)
+        return {r[0] for r in self._conn().execute(sql, args)}
+
     def instances(self, image_id: int) -> list[Instance]:
         rows = self._conn().execute("SELECT * FROM instances WHERE image_id=? ORDER BY id",
                                     (image_id,)).fetchall()

@@ -57,3 +57,33 @@ def test_space_moves_on_when_a_status_filter_hides_the_reviewed_image(qtbot, pro
     with qtbot.waitSignal(w.image_shown, timeout=10_000):
         w.mark_reviewed()
     assert w.current_image_id == ids[1] and ids[0] not in listed(w) and ids[2] in listed(w)
+
+
+def test_filters_by_content_and_name_with_counts(qtbot, project, open_window):
+    """Filters people use on big folders: what an image holds (predictions, nothing, a category)
+    and a file-name substring, together with the status filter; the count follows."""
+    ids = predict_with_scores(project, {0: [0.9], 2: [0.7]})
+    circle = project.ensure_category(Category("circle"))
+    project.add_instance(Instance(circle.id, (1, 1, 5, 5), image_id=ids[3]))
+    w = open_window(project)
+    lst = w.image_list
+    total = len(ids)
+    assert lst.count.text() == f"{total} images"
+    lst.content.setCurrentIndex(lst.content.findData("predictions"))
+    assert sorted(listed(w)) == [ids[0], ids[2]] and lst.count.text() == f"2 of {total} images"
+    lst.content.setCurrentIndex(lst.content.findData(circle.id))
+    assert listed(w) == [ids[3]]
+    lst.content.setCurrentIndex(lst.content.findData("nothing"))
+    assert sorted(listed(w)) == sorted(set(ids) - {ids[0], ids[2], ids[3]})
+    lst.content.setCurrentIndex(0)
+    name = project.image(ids[4]).path
+    lst.search.setText(name[-8:].upper())  # any case
+    assert listed(w) == [ids[4]]
+    lst.search.clear()
+    # An edit changes what an image holds: the filtered list follows without a rescan.
+    lst.content.setCurrentIndex(lst.content.findData(circle.id))
+    with qtbot.waitSignal(w.image_shown, timeout=10_000):
+        w.show_image(ids[1])
+    project.add_instance(Instance(circle.id, (2, 2, 8, 8), image_id=ids[1]))
+    w.refresh_instances()
+    assert sorted(listed(w)) == sorted([ids[1], ids[3]])
