@@ -56,6 +56,18 @@ class ImageListModel(QAbstractListModel):
         self._row_by_id = {r.id: i for i, r in enumerate(self.records)}
         self.endResetModel()
 
+    def append_records(self, records: list[ImageRecord]) -> None:
+        """Add rows at the end (a scan streaming in); ids already listed are left as they are."""
+        fresh = [r for r in records if r.id not in self._row_by_id]
+        if not fresh:
+            return
+        start = len(self.records)
+        self.beginInsertRows(QModelIndex(), start, start + len(fresh) - 1)
+        for k, r in enumerate(fresh):
+            self._row_by_id[r.id] = start + k
+        self.records.extend(fresh)
+        self.endInsertRows()
+
     def update_record(self, rec: ImageRecord) -> None:
         row = self._row_by_id.get(rec.id)
         if row is None:

@@ -350,8 +350,17 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"{len(records)} images known; looking for new and changed files…")
         self.start_worker()
         self._show_first()
-        self.scans.start(project.scan, lambda r: self._on_scanned(project, r),
-                         lambda e: self._on_scan_failed(project, e))
+        self.scans.start(lambda hand_over: project.scan(on_new=hand_over),
+                         lambda r: self._on_scanned(project, r), lambda e: self._on_scan_failed(project, e),
+                         partial=lambda records: self._on_new_files(project, records))
+
+    def _on_new_files(self, project: Project, records: list) -> None:
+        """A chunk of files the background scan registered: the list grows, the first one shows."""
+        if project is not self.project:
+            return
+        self.image_list.model.append_records(records)
+        self.statusBar().showMessage(f"{self.image_list.model.rowCount():,} images found so far…")
+        self._show_first()
 
     def _show_first(self) -> None:
         if self.project is None or self.current_image_id is not None:
@@ -364,7 +373,7 @@ class MainWindow(QMainWindow):
     def _on_scanned(self, project: Project, result) -> None:
         if project is not self.project:
             return
-        if result.added or result.missing or result.changed or result.back or not self.image_list.model.records:
+        if result.missing or result.changed or result.back:
             self.image_list.model.set_records(project.images(), project.root)
             if self.current_image_id is not None:
                 self.image_list.select(self.current_image_id)

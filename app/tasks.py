@@ -15,6 +15,7 @@ from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
 class _Signals(QObject):
     done = Signal(object)
     failed = Signal(object)  # the exception
+    partial = Signal(object)  # what the job hands over while it runs
 
 
 class _Job(QRunnable):
@@ -45,10 +46,17 @@ class Jobs(QObject):
     def running(self) -> bool:
         return self.pool.activeThreadCount() > 0
 
-    def start(self, fn: Callable[[], Any], done: Callable[[Any], None],
-              failed: Callable[[BaseException], None]) -> None:
+    def start(self, fn: Callable[..., Any], done: Callable[[Any], None],
+              failed: Callable[[BaseException], None],
+              partial: Callable[[Any], None] | None = None) -> None:
+        """Run ``fn()`` on the pool; with ``partial``, ``fn(hand_over)`` may call ``hand_over(x)``
+        any number of times and each ``x`` reaches ``partial`` on the GUI thread, in order."""
         signals = _Signals(self)
         self._signals.append(signals)
+        if partial is not None:
+            signals.partial.connect(partial)
+            job_fn = fn
+            fn = lambda: job_fn(signals.partial.emit)  # noqa: E731
 
         def finish(slot, value) -> None:
             self._signals.remove(signals)

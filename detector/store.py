@@ -12,7 +12,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,7 +22,7 @@ from typing import Any
 from . import active
 from .errors import LoupeError
 from .domain import MODEL, Category, ImageRecord, ImageStatus, Instance
-from .images import ImageReadError, read_size, scan_folder
+from .images import ImageReadError, iter_folder, read_size
 
 SCHEMA_VERSION = 2
 DEFAULT_DIRNAME = ".loupe"
@@ -374,21 +374,45 @@ class Project:
                            status=ImageStatus(row["status"]), reason=row["reason"], id=row["id"],
                            uncertainty=row["uncertainty"], predicted_by=row["predicted_by"])
 
-    def scan(self) -> ScanResult:
-        """Register new image files under the folder; files that vanished become unreadable."""
-        found = scan_folder(self.root)
+    def scan(self, on_new: Callable[[list[ImageRecord]], None] | None = None,
+             chunk: int = 2000) -> ScanResult:
+        """Register new image files under the folder; files that vanished become unreadable.
+
+        New files are registered as they are found, ``chunk`` at a time, and each chunk's records
+        go to ``on_new`` (the image list grows while a big folder is read)."""
         conn = self._conn()
         known = {r[0]: (r[1], r[2]) for r in conn.execute("SELECT path, mtime, status FROM images")}
-        new = [(p, m, b) for p, m, b in found if p not in known]
+        found: list[tuple[str, float, int]] = []
+        pending: list[tuple[str, float, int]] = []
+        added = 0
+
+        def register() -> None:
+            nonlocal added
+            with self.transaction() as c:
+                top = c.execute("SELECT COALESCE(MAX(id), 0) FROM images").fetchone()[0]
+                # OR IGNORE: another process sharing the project (a torchrun rank) may have
+                # just registered the same file.
+                c.executemany("INSERT OR IGNORE INTO images(path, mtime, bytes) VALUES(?,?,?)", pending)
+                rows = c.execute("SELECT * FROM images WHERE id>? ORDER BY id", (top,)).fetchall()
+            added += len(pending)
+            pending.clear()
+            if on_new is not None and rows:
+                on_new([self._image(r) for r in rows])
+
+        for entry in iter_folder(self.root):
+            found.append(entry)
+            if entry[0] not in known:
+                pending.append(entry)
+                if len(pending) >= chunk:
+                    register()
+        if pending:
+            register()
         present = {p for p, _, _ in found}
         missing = [p for p, (_, st) in known.items()
                    if p not in present and st != ImageStatus.UNREADABLE.value]
         changed = [(p, m) for p, m, _ in found if p in known and known[p][0] != m]
         back = sum(1 for p in present if p in known and known[p][1] == ImageStatus.UNREADABLE.value)
         with self.transaction() as c:
-            # OR IGNORE: another process sharing the project (a torchrun rank) may have just
-            # registered the same file.
-            c.executemany("INSERT OR IGNORE INTO images(path, mtime, bytes) VALUES(?,?,?)", new)
             c.executemany("UPDATE images SET status='unreadable', reason='file not found' "
                           "WHERE path=?", [(p,) for p in missing])
             # A replaced file: forget its size, re-check readability on next use.
@@ -398,7 +422,7 @@ class Project:
             c.executemany("UPDATE images SET status='new', reason=NULL WHERE path=? AND "
                           "status='unreadable' AND reason='file not found'",
                           [(p,) for p in present if p in known])
-        return ScanResult(added=len(new), missing=len(missing), total=len(found), changed=len(changed),
+        return ScanResult(added=added, missing=len(missing), total=len(found), changed=len(changed),
                           back=back)
 
     def images(self, status: ImageStatus | Iterable[ImageStatus] | None = None) -> list[ImageRecord]:

@@ -134,3 +134,40 @@ def test_a_known_project_shows_its_list_at_once_and_reconciles_the_folder_after(
     assert project.image(recs[-1].id).status is ImageStatus.UNREADABLE
     assert w.current_image_id == recs[0].id and "1 new, 1 gone" in w.statusBar().currentMessage()
     w.close()
+
+
+def test_a_new_folder_of_10000_files_streams_into_the_list(qtbot, tmp_path):
+    """A new project: the folder is read off the GUI thread and the list grows chunk by chunk; the
+    first image is chosen from the first chunk, before the scan ends; the list is complete after."""
+    from PIL import Image
+
+    from detector.store import Project
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    seed = folder / "a_seed.png"
+    Image.new("RGB", (8, 6), (200, 30, 30)).save(seed)
+    for i in range(9_999):
+        d = folder / f"d{i % 20:02d}"
+        d.mkdir(exist_ok=True)
+        os.link(seed, d / f"im{i:05d}.png")
+    p = Project(folder)
+    w = MainWindow()
+    qtbot.addWidget(w)
+    seen = []  # (rows listed, image chosen) each time a chunk arrives
+    real = w._on_new_files
+
+    def spy(project, records):
+        real(project, records)
+        seen.append((w.image_list.model.rowCount(), w.current_image_id))
+
+    w._on_new_files = spy
+    with qtbot.waitSignal(w.scanned, timeout=60_000) as scan:
+        w.set_project(p)
+        assert w.image_list.model.rowCount() == 0  # nothing known yet, and the window is up
+    assert scan.args[0].added == 10_000 and len(seen) == 5
+    assert seen[0][0] == 2_000 and seen[0][1] is not None  # chosen while 8,000 were still to come
+    assert w.image_list.model.rowCount() == 10_000 and len({r.id for r in w.image_list.model.records}) == 10_000
+    qtbot.waitUntil(lambda: w.canvas.has_image, timeout=10_000)
+    assert w.current_image_id == seen[0][1]
+    w.close()
