@@ -7,7 +7,8 @@ before the first image can be shown), the second time it is known (the stored li
 the folder is read again in the background). Timed to the "smoke ok" line (first image on
 screen); peak RSS of the whole process, which also imports torch on the worker's thread.
 In-process: reading the folder (``Project.scan``), loading the list into the image list, and the
-filters (a file-name substring, "has predictions", a status).
+filters (a file-name substring, "has predictions", a status), and the longest GUI-thread stall
+while a new project's files stream into the real window's list.
 Named baseline: ``python -c "import torch, torchvision, PySide6.QtWidgets"`` (time and RSS).
 
     python bench/bench_scale.py [--n 40,10000,100000]
@@ -90,6 +91,45 @@ def in_process(folder: Path) -> dict:
     return {"rescan_s": round(rescan_s, 2), "list_load_s": round(list_s, 2), "filter_ms": filters}
 
 
+def stall_while_scanning(folder: Path, db: Path) -> dict:
+    """The longest GUI-thread gap (a 5 ms heartbeat) from opening a new project on ``folder``
+    in the real MainWindow until its background scan has streamed every file into the list."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtCore import QElapsedTimer, QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from app.main_window import MainWindow
+    from detector.store import Project
+
+    app = QApplication.instance() or QApplication([])
+    w = MainWindow()
+    w.show()
+    clock, gaps, last = QElapsedTimer(), [], [0]
+    clock.start()
+
+    def beat() -> None:
+        now = clock.elapsed()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.timeout.connect(beat)
+    timer.start(5)
+    done = []
+    w.scanned.connect(done.append)
+    t = time.perf_counter()
+    w.set_project(Project(folder, db))
+    while not done and time.perf_counter() - t < 300:
+        app.processEvents()
+        time.sleep(0.001)
+    scan_s = time.perf_counter() - t
+    timer.stop()
+    rows = w.image_list.model.rowCount()
+    w.close()
+    return {"stall_while_scanning_ms": max(gaps, default=0), "list_complete_s": round(scan_s, 2),
+            "listed": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", default="40,10000,100000")
@@ -109,7 +149,7 @@ def main() -> None:
                    "known_project_first_image_s": round(again_t, 2),
                    "peak_rss_mb": round(max(first_mb, again_mb)),
                    "over_import_floor_mb": round(max(first_mb, again_mb) - base_mb),
-                   **in_process(folder)}
+                   **in_process(folder), **stall_while_scanning(folder, Path(tmp) / "stall.db")}
             print(json.dumps(row), flush=True)
 
 
