@@ -9,6 +9,8 @@ they cost nothing at prediction time and can be recomputed from a stored project
   with many such detections costs more to correct and teaches the model more.
 - ``near-slider``: the number of detections within 0.2 of the confidence slider: the ones the
   person sees appear or vanish when moving it.
+- ``mean-entropy``: the mean of the detections' score entropies: how unsure the model is per
+  detection, so that crowded images do not win by their count alone.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Iterable, Sequence
 
 from .domain import Instance
 
-MEASURES = ("entropy", "near-slider")
+MEASURES = ("entropy", "near-slider", "mean-entropy")
 DEFAULT_MEASURE = "entropy"
 SLIDER = 0.5  # the app's default confidence slider
 FLOOR = 0.05  # torchvision's box_score_thresh: scores below are never stored
@@ -38,6 +40,9 @@ def uncertainty(instances: Sequence[Instance], measure: str = DEFAULT_MEASURE) -
     scores = _scores(instances)
     if measure == "entropy":
         return round(sum(_h(s) for s in scores if s >= FLOOR), 4)
+    if measure == "mean-entropy":
+        hs = [_h(s) for s in scores if s >= FLOOR]
+        return round(sum(hs) / len(hs), 4) if hs else 0.0
     if measure == "near-slider":
         return float(sum(1 for s in scores if abs(s - SLIDER) < 0.2))
     raise ValueError(f"unknown uncertainty measure {measure!r}; choose from {', '.join(MEASURES)}")

@@ -233,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     rk = sub.add_parser("rank", help="predicted images not yet reviewed, the model's least confident "
                                      "first (uncertainty<TAB>path per line)")
     folder_args(rk)
-    rk.add_argument("--measure", choices=("entropy", "near-slider"), default="entropy",
-                    help="entropy (stored with each prediction, the default) or near-slider")
+    rk.add_argument("--measure", choices=("entropy", "near-slider", "mean-entropy"), default="entropy",
+                    help="entropy (stored with each prediction, the default), near-slider or mean-entropy")
     rk.add_argument("--top", type=int, default=0, help="only the first N")
     rk.add_argument("-o", "--output", default=None, help="write the list to a file")
     rk.set_defaults(func=cmd_rank)
