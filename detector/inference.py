@@ -463,13 +463,13 @@ def predict_project(project, weights: str | None = None, device: str | None = No
                                  "close other programs using the GPU, or use --device cpu") from exc
         raise
     todo = [r for r in project.images([ImageStatus.NEW, ImageStatus.PREDICTED, ImageStatus.IN_REVIEW])]
+    if shard is not None:  # shares first: what another rank stores meanwhile cannot move them
+        rank, world = shard
+        todo = todo[rank::world]
     done_before = 0
     if not again:
         fresh = [r for r in todo if r.predicted_by != identity]
         done_before, todo = len(todo) - len(fresh), fresh
-    if shard is not None:
-        rank, world = shard
-        todo = todo[rank::world]
     bar = None
     if progress:
         from tqdm import tqdm
