@@ -1,0 +1,61 @@
+"""Model versions: the one rule that decides whether a newly trained model replaces the active one.
+
+The app's Train button, training while labeling and ``loupe train --register`` all go through
+``register``: both models are scored on the same held-out reviewed images (the new run's), and
+the new model becomes active when nothing is active yet, when the active model could not be
+scored, or when its headline AP is not worse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .store import ModelVersion, Project
+
+
+def headline(metrics: dict | None) -> float | None:
+    """The number that decides 'better': segm AP, else bbox AP."""
+    if not metrics:
+        return None
+    for key in ("segm", "bbox"):
+        if metrics.get(key):
+            return metrics[key]["AP"]
+    return None
+
+
+@dataclass(frozen=True)
+class Registered:
+    version: ModelVersion
+    promoted: bool
+    ap: float | None  # the new model's headline AP on the held-out images
+    before: float | None  # the active model's on the same images
+
+    def text(self) -> str:
+        out = f"{self.version.name}: segm AP {self.ap if self.ap is not None else '—'}"
+        if self.before is not None:
+            out += f" (before: {self.before})"
+        if self.promoted:
+            return out + " — now the active model; re-annotating the images not yet reviewed."
+        return out + " — not better than the active model; activate it from Model versions if you prefer it."
+
+
+def register(project: Project, checkpoint: str | Path, after: dict | None, before: dict | None,
+             settings: dict, images_seen: int, name: str | None = None) -> Registered:
+    """Add a trained checkpoint as a model version; make it active when it is not worse.
+
+    ``after`` and ``before`` are the new and the active model's metrics on the new run's
+    held-out images (``evaluation.evaluate_project``); the version keeps the old model's
+    headline as ``compared_with``.
+    """
+    new, old = headline(after), headline(before)
+    better = project.active_model() is None or old is None or (new is not None and new >= old)
+    version = project.add_model(name or Path(checkpoint).stem.split("-")[0], str(checkpoint),
+                                {**(after or {}), "compared_with": old}, settings, int(images_seen),
+                                activate=better)
+    return Registered(version, better, new, old)
+
+
+def next_checkpoint(project: Project, stamp: int) -> Path:
+    """Where the next version's checkpoint goes: ``models/v<N>-<stamp>.pt`` beside the store."""
+    return project.db_path.parent / "models" / f"v{len(project.models()) + 1}-{stamp}.pt"

@@ -1,0 +1,27 @@
+"""The promotion rule (detector/versions.py): one place for the app's Train, training while
+labeling and ``loupe train --register``."""
+
+from detector.store import Project
+from detector.synthetic import generate
+from detector.versions import headline, next_checkpoint, register
+
+
+def _m(ap):
+    return {"segm": {"AP": ap, "AP50": ap, "AP75": ap}, "bbox": {"AP": ap + 0.1}, "images": 2}
+
+
+def test_a_new_model_is_promoted_unless_it_is_worse_on_the_same_held_out_images(tmp_path):
+    generate(tmp_path / "f", n_images=2, size=(32, 24))
+    with Project(tmp_path / "f") as p:
+        first = register(p, tmp_path / "v1-1.pt", _m(0.30), None, {"lr": 1e-3}, 40)
+        assert first.promoted and p.active_model().id == first.version.id  # nothing was active
+        assert first.version.name == "v1" and first.version.metrics["compared_with"] is None
+        worse = register(p, tmp_path / "v2-2.pt", _m(0.25), _m(0.31), {}, 80)
+        assert not worse.promoted and p.active_model().id == first.version.id
+        assert worse.version.metrics["compared_with"] == 0.31 and "not better" in worse.text()
+        equal = register(p, tmp_path / "v3-3.pt", _m(0.31), _m(0.31), {}, 120)
+        assert equal.promoted and p.active_model().id == equal.version.id and "(before: 0.31)" in equal.text()
+        unscored = register(p, tmp_path / "v4-4.pt", None, None, {}, 160)  # no held-out images
+        assert unscored.promoted and unscored.ap is None
+        assert next_checkpoint(p, 7).name == "v5-7.pt"
+    assert headline({"bbox": {"AP": 0.4}}) == 0.4 and headline({}) is None
