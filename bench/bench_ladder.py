@@ -56,7 +56,8 @@ class MultiScaleRoIPool(nn.Module):
 
     def forward(self, x: dict[str, torch.Tensor], boxes: list[torch.Tensor],
                 image_shapes: list[tuple[int, int]]) -> torch.Tensor:
-        feats = [x[k] for k in self.featmap_names]
+        # float32, as the RoI Align poolers run under CPU bfloat16 autocast (no bfloat16 kernel)
+        feats = [x[k].float() for k in self.featmap_names]
         max_h = max(s[0] for s in image_shapes)
         scales = [2.0 ** round(math.log2(f.shape[-2] / max_h)) for f in feats]
         mapper = LevelMapper(int(-math.log2(scales[0])), int(-math.log2(scales[-1])))

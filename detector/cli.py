@@ -139,6 +139,8 @@ def cmd_train(args) -> int:
         seed=args.seed, holdout=args.holdout, resume=args.resume, extra_coco=args.coco,
         checkpoint_every=args.checkpoint_every, optimizer=args.optimizer,
         trainable_layers=args.trainable_layers, augment=not args.no_augment,
+        time_budget_s=args.time_budget, amp=not args.no_amp,
+        **({"warmup_steps": args.warmup_steps} if args.warmup_steps is not None else {}),
         model_overrides=_model_options(args.model_option))
     cancel = threading.Event()
     # SIGTERM / Ctrl+C stop at the next step boundary, keeping a resumable checkpoint.
@@ -146,21 +148,31 @@ def cmd_train(args) -> int:
         signal.signal(sig, lambda *_: cancel.set())
     result = train_project(project, cfg, args.output, progress=not args.json_events,
                            json_events=args.json_events, cancel=cancel)
-    if result.ok and args.evaluate:
+    summary = result.summary()
+    if result.ok and (args.evaluate or args.register):
         from .evaluation import evaluate_project
         from .model import load_checkpoint
 
+        active = project.active_model()
+        compare = args.compare or (active.path if args.register and active is not None else None)
         held = load_checkpoint(args.output).get("holdout", {}).get("images", [])
         records = [r for r in (project.image_by_path(p) for p in held) if r is not None]
         after = evaluate_project(project, args.output, records=records, device=args.device)
-        before = (evaluate_project(project, args.compare, records=records, device=args.device)
-                  if args.compare else None)
+        before = evaluate_project(project, compare, records=records, device=args.device) if compare else None
         ev = TrainEvent("eval", result.steps, result.steps, metrics={"after": after, "before": before})
         if args.json_events:
             print(ev.to_json(), flush=True)
         else:
             print(json.dumps(ev.metrics))
-    print(json.dumps(result.summary()), flush=True)
+        if args.register:
+            from .versions import register
+
+            settings = {k: v for k, v in vars(args).items() if k != "func" and isinstance(v, (str, int, float, bool))}
+            reg = register(project, Path(args.output).resolve(), after, before,
+                           {**settings, "command": "loupe train"}, result.images_seen)
+            summary["registered"] = {"version": reg.version.name, "active": reg.promoted,
+                                     "ap": reg.ap, "before": reg.before}
+    print(json.dumps(summary), flush=True)
     return 0 if result.ok or result.cancelled else 1
 
 
@@ -259,6 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shorter side the model sees; default: the profile's (gpu 800, cpu the images' own up to 512)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--holdout", type=float, default=0.2)
+    t.add_argument("--no-amp", action="store_true",
+                   help="float32 throughout: no mixed precision on a GPU, no bfloat16 on a CPU with AMX")
+    t.add_argument("--warmup-steps", type=int, default=None,
+                   help="linear learning-rate warm-up steps (default 50, at most a fifth of the run)")
+    t.add_argument("--time-budget", type=float, default=None, metavar="S",
+                   help="fit the step count to about S seconds of training (default: the profile's; "
+                        "cpu-fast 150)")
     t.add_argument("--coco", default=None, help="also train on this COCO file's images")
     t.add_argument("--resume", default=None, help="resume from this checkpoint")
     t.add_argument("--checkpoint-every", type=int, default=0)
@@ -268,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a model knob, e.g. anchor_sizes=16,32,64,128,256 (repeatable)")
     t.add_argument("--evaluate", action="store_true",
                    help="after training, COCO AP on the held-out reviewed images")
+    t.add_argument("--register", action="store_true",
+                   help="add the model to the project's versions and make it active if its held-out AP "
+                        "is not worse than the active model's (the app's rule; implies --evaluate)")
     t.add_argument("--compare", default=None, metavar="W",
                    help="with --evaluate, also score this checkpoint on the same images")
     t.add_argument("--json-events", action="store_true", help="stream progress as JSON lines")

@@ -163,6 +163,33 @@ def focus_keypoints(model: MaskRCNN, categories: tuple[Category, ...]) -> None:
         rh.keypoint_labels = torch.tensor(sorted(keypoint_slices(categories)), dtype=torch.int64)
 
 
+_FLOAT32_CLASSES: dict[type, type] = {}
+
+
+def _float32_forward(self, *args, **kwargs):
+    """The module's own forward in float32, with autocast off for it (see in_float32)."""
+    dev = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+    args = tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+    with torch.autocast(dev, enabled=False):
+        return super(type(self), self).forward(*args, **kwargs)
+
+
+def in_float32(module: nn.Module) -> nn.Module:
+    """Make ``module`` compute in float32 even under autocast; same weights and state-dict keys.
+
+    For the layers whose outputs become coordinates (box deltas decoded against anchors and
+    proposals) or rankings (objectness, class scores): bfloat16 keeps 8 bits of mantissa, so a
+    box corner near x=400 would be rounded to 2 px. These are 1x1 convolutions and small linear
+    layers, so float32 costs next to nothing.
+    """
+    cls = type(module)
+    if cls not in _FLOAT32_CLASSES.values():
+        if cls not in _FLOAT32_CLASSES:
+            _FLOAT32_CLASSES[cls] = type(f"Float32{cls.__name__}", (cls,), {"forward": _float32_forward})
+        module.__class__ = _FLOAT32_CLASSES[cls]
+    return module
+
+
 def _architecture(num_classes: int, num_keypoints: int, cfg: ModelConfig) -> MaskRCNN:
     """Random-init Mask R-CNN with real BatchNorm (trainable from scratch), keypoint head if K>0."""
     anchors = AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes),
@@ -213,6 +240,8 @@ def _architecture(num_classes: int, num_keypoints: int, cfg: ModelConfig) -> Mas
         rh.keypoint_roi_pool = PyramidRoIAlign(["0", "1", "2", "3"], 14, 2)
         rh.keypoint_head = KeypointRCNNHeads(model.backbone.out_channels, kp_layers)
         rh.keypoint_predictor = KeypointRCNNPredictor(kp_layers[-1], num_keypoints)
+    for m in (model.rpn.head.cls_logits, model.rpn.head.bbox_pred, model.roi_heads.box_predictor):
+        in_float32(m)
     return model
 
 

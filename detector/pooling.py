@@ -71,6 +71,10 @@ class PyramidRoIAlign(MultiScaleRoIAlign):
         feats = [x[k] for k in self.featmap_names]
         if feats[0].device.type != "cpu" or not torch.is_grad_enabled() or len(feats) < 2:
             return super().forward(x, boxes, image_shapes)
+        # Under CPU bfloat16 autocast the pooling runs in float32, as torchvision's autocast
+        # wrapper does on a GPU (the boxes are float32; sampling positions need the precision).
+        feats = [f.float() for f in feats]
+        boxes = [b.float() for b in boxes]
         if self.scales is None or self.map_levels is None:
             super().forward(x, [b[:0] for b in boxes], image_shapes)  # torchvision sets up the levels
         rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(boxes)])

@@ -48,6 +48,19 @@ MIN_BUDGET_STEPS = 40  # a time budget never cuts a run shorter than this
 CALIBRATION_STEPS = 6  # steps timed (after the first) before a time budget sets the step count
 
 
+def cpu_bf16_fast() -> bool:
+    """Whether this CPU has bfloat16 matrix units (Intel AMX), where oneDNN runs bfloat16
+    convolutions several times faster than float32; laptops without them keep float32.
+    bench/RESULTS.md has the measurement behind it. ``LOUPE_CPU_BF16=0`` turns it off."""
+    if os.environ.get("LOUPE_CPU_BF16", "1") == "0":
+        return False
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(probe and probe())
+    except (RuntimeError, AttributeError):
+        return False
+
+
 class TrainingError(LoupeError):
     """Training stopped; the message says why and what to do. The previous model is kept."""
 
@@ -373,6 +386,7 @@ class Trainer:
             self.total_steps = max(100, 20 * steps_per_epoch)
         self.steps_per_epoch = steps_per_epoch
         self._budget_fitted = not cfg.time_budget_s
+        self._refit_step: int | None = None  # a time budget's second look at the step time
         self.step = 0
         self.images_seen = 0
         self.local_images = 0  # this rank's own count, to show every rank took part
@@ -401,8 +415,11 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if cfg.optimizer == "adamw":
+            # fused: one multi-threaded kernel per step instead of ~10 ops a parameter
+            # (on a CPU the unfused update took 14 % of a cpu-fast step; bench/RESULTS.md)
             self.optimizer = torch.optim.AdamW(params, lr=cfg.lr or FINE_TUNE_ADAMW_LR,
-                                               weight_decay=cfg.weight_decay)
+                                               weight_decay=cfg.weight_decay,
+                                               fused=self.device.type in ("cpu", "cuda"))
         else:
             self.optimizer = torch.optim.SGD(params, lr=cfg.lr or FINE_TUNE_SGD_LR_PER_IMAGE * cfg.batch_size,
                                              momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -415,10 +432,12 @@ class Trainer:
             return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / span)))
 
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
-        self.amp = cfg.amp and self.device.type == "cuda"
-        # bfloat16 where the GPU has it (Ampere and later): float32's range, so no loss scaling
+        cuda = self.device.type == "cuda"
+        # A GPU: bfloat16 where it has it (Ampere and later): float32's range, so no loss scaling
         # and no overflow from random initial weights; float16 with a GradScaler elsewhere.
-        self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
+        # A CPU with bfloat16 matrix units (AMX): bfloat16 autocast (see cpu_bf16_fast).
+        self.amp = cfg.amp and (cuda or (self.device.type == "cpu" and cpu_bf16_fast()))
+        self.amp_dtype = torch.float16 if cuda and not torch.cuda.is_bf16_supported() else torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
 
     @property
@@ -471,6 +490,7 @@ class Trainer:
         self.emit(TrainEvent("start", self.step, self.total_steps,
                              message=f"training on {len(self.samples)} images, {self.world} process(es)"
                                      f"{backend}, device {self.device}"
+                                     + (f" ({str(self.amp_dtype).split('.')[-1]} autocast)" if self.amp else "")
                                      + (f"; profile {profile}: {self.extra_meta.get('profile_reason')}"
                                         if profile else "")))
         t_last, n_last = time.perf_counter(), 0
@@ -529,9 +549,12 @@ class Trainer:
                 h.after_train(self)
 
     def _fit_budget(self) -> None:
-        """With a time budget: once a few steps are timed, set the step count that fits it."""
+        """With a time budget: once a few steps are timed, set the step count that fits it; look
+        again about 40 % of the way in, when the step time has settled (the first steps pay for
+        kernel set-up per input shape: with bfloat16 on a CPU the first fit alone left ~10 % of
+        the budget unused). The learning-rate schedule follows the step count."""
         budget = self.cfg.time_budget_s
-        if self._budget_fitted or not budget:
+        if not budget or (self._budget_fitted and self.step != self._refit_step):
             return
         now = time.perf_counter()
         if self.step == 1:
@@ -539,15 +562,26 @@ class Trainer:
             return
         if self.step < 1 + CALIBRATION_STEPS:
             return
-        per_step = (now - self._t_budget0) / (self.step - 1)
+        if not self._budget_fitted:
+            per_step = (now - self._t_budget0) / (self.step - 1)
+            self._step_cap = self.total_steps
+        else:
+            per_step = (now - self._t_refit0) / (self.step - self._s_refit0)
         left = budget - (now - self._t_start)
         fit = self.step + int(max(0.0, left) / max(per_step, 1e-6))
         if self.world > 1:  # every rank must stop at the same step
             t = torch.tensor([fit], device=self.device if self.device.type == "cuda" else "cpu")
             dist.all_reduce(t, op=dist.ReduceOp.MIN)
             fit = int(t.item())
-        self.total_steps = max(min(self.total_steps, fit), min(self.total_steps, MIN_BUDGET_STEPS), self.step)
+        cap = self._step_cap
+        self.total_steps = max(min(cap, fit), min(cap, MIN_BUDGET_STEPS), self.step)
+        first = not self._budget_fitted
         self._budget_fitted = True
+        self._refit_step = None
+        if first:
+            again = self.step + max(CALIBRATION_STEPS, (self.total_steps - self.step) * 2 // 5)
+            if again < self.total_steps:
+                self._refit_step, self._t_refit0, self._s_refit0 = again, now, self.step
 
     def _gather_counts(self) -> list[int]:
         if self.world == 1:
@@ -569,7 +603,7 @@ class Trainer:
         images = [i.to(self.device, non_blocking=True) for i in images]
         targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
         try:
-            with torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.amp):
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 losses = model(images, targets)
             for h in self.hooks:
                 losses = h.after_loss(self, losses)

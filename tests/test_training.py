@@ -221,8 +221,12 @@ def test_command_line_train_evaluate_predict(tmp_path):
     p, gt = _labelled(tmp_path / "f", n=3)
     p.close()
     r = _loupe("train", tmp_path / "f", "--weights", "none", "--backbone", "resnet18", "--iterations", 2,
-               "--image-size", 96, "--batch-size", 2, "--json-events", "-o", tmp_path / "m.pt")
+               "--image-size", 96, "--batch-size", 2, "--json-events", "--register", "-o", tmp_path / "m.pt")
     assert r.returncode == 0, r.stderr
+    # --register: the app's promotion rule; nothing was active, so the new model is
+    registered = json.loads(r.stdout.strip().splitlines()[-1])["registered"]
+    with Project(tmp_path / "f") as p2:
+        assert registered["active"] and p2.active_model().path == str((tmp_path / "m.pt").resolve())
     events = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{\"kind\"")]
     kinds = [e["kind"] for e in events]
     assert kinds[0] == "start" and kinds.count("step") == 2 and "done" in kinds
@@ -326,4 +330,85 @@ def test_time_budget_sets_the_step_count_and_the_schedule_follows(tmp_path, monk
     assert steps[0].total_steps == 500 and steps[-1].total_steps == 8  # the dock's progress follows
     base = result.lr
     assert steps[-1].lr == pytest.approx(base * 0.05, rel=0.05)
+    p.close()
+
+
+def test_in_float32_layers_keep_their_weights_and_compute_in_float32():
+    """Box deltas and scores are computed in float32 under bfloat16 autocast (a corner near
+    x=400 would round to 2 px in bfloat16); the weights and state-dict keys stay as they were."""
+    from detector.model import in_float32
+
+    conv = torch.nn.Conv2d(4, 3, 1)
+    before = {k: v.clone() for k, v in conv.state_dict().items()}
+    x = torch.randn(1, 4, 5, 5) * 300
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv(x).dtype == torch.bfloat16
+        in_float32(conv)
+        out = conv(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, torch.nn.functional.conv2d(x, before["weight"], before["bias"]))
+    assert conv.state_dict().keys() == before.keys() and isinstance(conv, torch.nn.Conv2d)
+    model = build_model(categories=[Category("a", "#fff", id=1)], weights="none")
+    rpn = model.model.rpn.head
+    assert type(rpn.bbox_pred).__name__ == "Float32Conv2d"
+    assert type(model.model.roi_heads.box_predictor).__name__.startswith("Float32")
+
+
+class _Precision(Hook):
+    def before_train(self, trainer):
+        self.amp, self.dtype = trainer.amp, trainer.amp_dtype
+
+
+def test_cpu_bfloat16_training_where_the_cpu_has_amx_and_float32_when_asked(tmp_path, monkeypatch):
+    """On a CPU with bfloat16 matrix units training runs under bfloat16 autocast and the losses
+    stay finite; ``amp=False`` (``loupe train --no-amp``) and ``LOUPE_CPU_BF16=0`` keep float32."""
+    import detector.training as T
+
+    monkeypatch.setattr(T, "cpu_bf16_fast", lambda: True)
+    p, _ = _labelled(tmp_path / "f", n=2)
+    for amp, want in ((True, True), (False, False)):
+        hook, events = _Precision(), []
+        r = train_project(p, cfg(iterations=3, amp=amp), tmp_path / f"m{amp}.pt", hooks=[hook],
+                          on_event=events.append)
+        assert r.ok and hook.amp is want and hook.dtype == torch.bfloat16
+        assert all(np.isfinite(v) for e in events if e.kind == "step" for v in e.losses.values())
+        assert load_checkpoint(tmp_path / f"m{amp}.pt")["complete"] is True
+    p.close()
+    monkeypatch.undo()
+    monkeypatch.setenv("LOUPE_CPU_BF16", "0")
+    assert T.cpu_bf16_fast() is False
+
+
+class _Clock(Hook):
+    """A fake clock for the trainer: each step takes ``slow`` seconds up to step ``until``, then ``fast``."""
+
+    def __init__(self, until, slow, fast):
+        self.t, self.until, self.slow, self.fast = 0.0, until, slow, fast
+
+    def perf_counter(self):
+        return self.t
+
+    def after_step(self, trainer, event):
+        self.t += self.slow if trainer.step <= self.until else self.fast
+
+
+def test_a_time_budget_looks_again_once_the_step_time_settles(tmp_path, monkeypatch):
+    """The first steps are slow (kernel set-up): the first fit uses them, a second look ~40 %
+    in measures the settled step time and gives the run the steps that still fit."""
+    import types
+
+    import detector.training as T
+
+    monkeypatch.setattr(T, "MIN_BUDGET_STEPS", 4)
+    monkeypatch.setattr(T, "CALIBRATION_STEPS", 2)
+    clock = _Clock(until=3, slow=1.0, fast=0.25)
+    monkeypatch.setattr(T, "time", types.SimpleNamespace(perf_counter=clock.perf_counter, time=lambda: 0.0,
+                                                         sleep=lambda s: None))
+    p, _ = _labelled(tmp_path / "f", n=2)
+    events = []
+    r = train_project(p, cfg(iterations=500, time_budget_s=12.0, warmup_steps=2), tmp_path / "m.pt",
+                      hooks=[clock], on_event=events.append)
+    totals = [e.total_steps for e in events if e.kind == "step"]
+    # step 3: 1 s a step, 10 s left -> 13 steps; step 7: 0.44 s a step since, 8.25 s left -> 25
+    assert totals[2] == 13 and totals[6] == 25 and r.steps == 25 and r.ok
     p.close()
