@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         rec = project.image(image_id)
         if shot and project.active_model() is not None and rec.status.value == "new":
             window.predictions_shown.connect(finish)
-            window.worker_thread.worker.errored.connect(lambda _m: finish())
+            window.model_side.thread.worker.errored.connect(lambda _m: finish())
             QTimer.singleShot(60_000, finish)
         else:
             finish()

@@ -14,19 +14,21 @@ from PySide6.QtWidgets import (QDialog, QDockWidget, QFileDialog, QHBoxLayout, Q
 
 from detector.domain import ImageStatus, Prediction
 from detector.store import Project, ProjectError
+from detector.versions import next_checkpoint, register
 
 from .canvas import ImageCanvas, Tool
 from .docks import CategoriesPanel, CategoryDialog, InstancesPanel
 from .editor import Editor
 from .exchange import CocoExchange
+from .folder import FolderController
 from .image_list import ImageListWidget
 from .autotrain import AutoTrainer
 from .loader import ImageLoader, LoadedImage
 from .pretrained import StartingModel
-from .tasks import Jobs
 from .training import (ModelVersionsDialog, TrainingPanel, TrainRunner, TrainSettings,
-                       TrainSettingsDialog, headline)
-from .workers import InferenceWorker, ModelInfo, Progress, WorkerThread
+                       TrainSettingsDialog)
+from .model_side import ModelSide
+from .workers import ModelInfo
 
 ORDER_KEY = "image_order"  # project meta: "" (file name) or "uncertainty"
 
@@ -36,12 +38,6 @@ class MainWindow(QMainWindow):
 
     image_shown = Signal(int)
     predictions_shown = Signal(int)  # image id whose fresh predictions are on screen
-    scanned = Signal(object)  # ScanResult: the folder was read again in the background
-    # Requests to the inference worker (queued: it lives on its own thread).
-    request_load = Signal(str)
-    request_warm = Signal()
-    request_predict = Signal(int, list)
-    request_fill = Signal(int, int, list, list)
 
     def __init__(self, project: Project | None = None):
         super().__init__()
@@ -50,12 +46,7 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)
         self.project: Project | None = None
         self.current_image_id: int | None = None
-        self.worker_thread: WorkerThread | None = None
-        self.model_info: ModelInfo | None = None
-        self._next_request = 0
-        self._batch_request = -1
-        self._batch_error = ""  # the worker's error during the running batch, shown when it ends
-        self._asked: set[int] = set()
+        self.model_side = ModelSide(lambda: self.project, self)  # the worker, on its own thread
 
         self.canvas = ImageCanvas(self)
         self.starting = StartingModel(self, lambda: self.project)
@@ -112,7 +103,10 @@ class MainWindow(QMainWindow):
         self.autotrain.status.connect(self.training_panel.auto.setText)
 
         self.exchange = CocoExchange(self, lambda: self.project, self._after_import)
-        self.scans = Jobs(self)  # reading the folder again, off the GUI thread
+        self.folder = FolderController(self.image_list, lambda: self.current_image_id is None, self)
+        self.folder.first_image.connect(self.show_image)
+        self.folder.message.connect(lambda text, ms: self.statusBar().showMessage(text, ms))
+        self.scanned = self.folder.scanned  # ScanResult: the folder was read again in the background
         self._build_actions()
         self.device_label = QLabel("model: none")
         self.progress = QProgressBar()
@@ -120,6 +114,7 @@ class MainWindow(QMainWindow):
         self.progress.setVisible(False)
         self.statusBar().addPermanentWidget(self.progress)
         self.statusBar().addPermanentWidget(self.device_label)
+        self._wire_model_side()
         if project is not None:
             self.set_project(project)
 
@@ -330,7 +325,7 @@ class MainWindow(QMainWindow):
         if self.project is not None and self.project is not project:
             self.stop_worker()
             self.exchange.wait()  # an import lands whole before its project closes
-            self.scans.shutdown()
+            self.folder.close()
             self.project.close()
         self.project = project
         self.current_image_id = None
@@ -341,53 +336,10 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(f"Loupe — {project.root}")
         self.editor.set_project(project)
         self._show_categories()
-        # What the project knows is shown at once; the folder is read again in the background
-        # (new, removed and replaced files), so a big folder opens as fast as a small one.
-        records = project.images()
-        self.image_list.model.set_records(records, project.root)
-        self.image_list.refresh_content()
-        self.image_list.set_order(project.get_meta(ORDER_KEY) or "")  # kept with the project
-        self.statusBar().showMessage(f"{len(records)} images known; looking for new and changed files…")
+        # What the project knows is shown at once; the rest of the list and the folder itself are
+        # read in the background (app/folder.py), so a big folder opens as fast as a small one.
+        self.folder.open(project, project.get_meta(ORDER_KEY) or "")
         self.start_worker()
-        self._show_first()
-        self.scans.start(lambda hand_over: project.scan(on_new=hand_over),
-                         lambda r: self._on_scanned(project, r), lambda e: self._on_scan_failed(project, e),
-                         partial=lambda records: self._on_new_files(project, records))
-
-    def _on_new_files(self, project: Project, records: list) -> None:
-        """A chunk of files the background scan registered: the list grows, the first one shows."""
-        if project is not self.project:
-            return
-        self.image_list.model.append_records(records)
-        self.statusBar().showMessage(f"{self.image_list.model.rowCount():,} images found so far…")
-        self._show_first()
-
-    def _show_first(self) -> None:
-        if self.project is None or self.current_image_id is not None:
-            return
-        first = self.image_list.first() if self.image_list.order.currentData() else \
-            next((r.id for r in self.image_list.model.records if r.readable), None)
-        if first is not None:
-            self.show_image(first)
-
-    def _on_scanned(self, project: Project, result) -> None:
-        if project is not self.project:
-            return
-        if result.missing or result.changed or result.back:
-            self.image_list.model.set_records(project.images(), project.root)
-            if self.current_image_id is not None:
-                self.image_list.select(self.current_image_id)
-        counts = project.status_counts()
-        self.statusBar().showMessage(
-            f"{sum(counts.values())} images: " + ", ".join(f"{n} {s.value}" for s, n in counts.items() if n)
-            + (f" ({result.added} new, {result.missing} gone, {result.changed} changed since last time)"
-               if result.added or result.missing or result.changed else ""))
-        self._show_first()
-        self.scanned.emit(result)
-
-    def _on_scan_failed(self, project: Project, exc: BaseException) -> None:
-        if project is self.project:
-            self.statusBar().showMessage(f"Could not read the folder {project.root}: {exc}", 30000)
 
     def _after_import(self) -> None:
         """An import added images' annotations and maybe categories: show them."""
@@ -395,7 +347,7 @@ class MainWindow(QMainWindow):
             return
         self.editor.reload_categories()
         self._show_categories()
-        self.image_list.model.set_records(self.project.images(), self.project.root)
+        self.folder.reload()
         if self.current_image_id is not None:
             self.image_list.select(self.current_image_id)
         self.refresh_instances()
@@ -436,38 +388,35 @@ class MainWindow(QMainWindow):
     def _on_current_category(self, category_id: int) -> None:
         self.editor.current_category = category_id
 
-    # -- the model worker -------------------------------------------------------------------
+    # -- the model side (app/model_side.py) --------------------------------------------------
+    def _wire_model_side(self) -> None:
+        m = self.model_side
+        m.ready.connect(self._on_model_ready)
+        m.warmed.connect(self._on_warmed)
+        m.predicted.connect(self._on_prediction)
+        m.filled.connect(lambda pred: self.editor.apply_fill(pred.image_id, list(pred.instances)))
+        m.batch_started.connect(self._on_batch_started)
+        m.batch_progress.connect(self._on_batch_progress)
+        m.batch_done.connect(self._on_batch_done)
+        m.state.connect(self.device_label.setText)
+        m.message.connect(lambda text, ms: self.statusBar().showMessage(text, ms))
+
     def start_worker(self) -> None:
-        self.stop_worker()
-        assert self.project is not None
-        worker = InferenceWorker(str(self.project.root), str(self.project.db_path))
-        self.worker_thread = WorkerThread(worker, self)
-        self.request_load.connect(worker.load_model)
-        self.request_warm.connect(worker.warm_up)
-        self.request_predict.connect(worker.predict)
-        self.request_fill.connect(worker.fill_boxes)
-        worker.model_ready.connect(self._on_model_ready)
-        worker.warmed.connect(self._on_warmed)
-        worker.prediction.connect(self._on_prediction)
-        worker.box_filled.connect(self._on_box_filled)
-        worker.progress.connect(self._on_progress)
-        worker.finished.connect(self._on_finished)
-        worker.errored.connect(self._on_worker_error)
-        self.model_info = None
-        active = self.project.active_model()
         self.starting.refresh()
         self.act_predict_all.setEnabled(False)
-        if active is None:
-            self.device_label.setText("starting the model side (torch)…")
-            self.request_warm.emit()
-        else:
-            self.device_label.setText(f"loading model {active.name}…")
-            self.request_load.emit(active.path)  # imports torch on the worker's thread
+        self.model_side.start()
+
+    def stop_worker(self) -> None:
+        self.model_side.stop()
+
+    def load_model(self, weights: str) -> None:
+        """Swap the model in the running worker (no restart)."""
+        self.model_side.load(weights)
 
     def _on_warmed(self, device: str) -> None:
         """torch is imported (on the worker's thread): the starting-model offer can be made."""
         self.starting.ready = True
-        if self.model_info is None and self.project is not None and self.project.active_model() is None:
+        if self.model_side.info is None and self.project is not None and self.project.active_model() is None:
             self.device_label.setText(f"{device} · no model yet: start from COCO weights, or review "
                                       "a few images (Space) and Train")
         self.starting.refresh()
@@ -488,80 +437,31 @@ class MainWindow(QMainWindow):
         self._reannotate_after_load = True
         self.load_model(path)
 
-    def load_model(self, weights: str) -> None:
-        """Swap the model in the running worker (no restart)."""
-        if self.worker_thread is not None:
-            self.request_load.emit(weights)
-
-    def stop_worker(self) -> None:
-        if self.worker_thread is not None:
-            wt, self.worker_thread = self.worker_thread, None
-            for sig in (self.request_load, self.request_warm, self.request_predict, self.request_fill):
-                try:
-                    sig.disconnect()
-                except (RuntimeError, TypeError):
-                    pass
-            wt.stop()
-            self._batch_request = -1
-
     def _on_model_ready(self, info: ModelInfo) -> None:
-        self.model_info = info
         self.device_label.setText(f"{info.device} · model: {Path(info.name).stem}")
         self.act_predict_all.setEnabled(True)
         self.autotrain.announce()
         if info.notice:
             self.statusBar().showMessage(info.notice, 8000)
-        self._asked.clear()
         if self._reannotate_after_load:
             self._reannotate_after_load = False
             self.predict_all()
         elif self.current_image_id is not None:
-            self._ask_prediction(self.current_image_id)
-
-    def _ask_prediction(self, image_id: int) -> None:
-        """Opening an image asks for its prediction first (once per model)."""
-        if self.model_info is None or self.project is None or image_id in self._asked:
-            return
-        if self.project.image(image_id).status is not ImageStatus.NEW:
-            return
-        self._asked.add(image_id)
-        self._next_request += 1
-        self.request_predict.emit(self._next_request, [image_id])
+            self.model_side.predict_image(self.current_image_id)
 
     def _ask_fill(self, image_id: int, boxes: list, category_ids: list) -> None:
-        if self.model_info is None:
+        if not self.model_side.fill(image_id, boxes, category_ids):
             self.statusBar().showMessage("No model yet: the box stays a plain box (paint its mask "
                                          "with B, or train a model).", 6000)
-            return
-        self._next_request += 1
-        self.request_fill.emit(self._next_request, image_id, boxes, category_ids)
-
-    def _on_box_filled(self, pred: Prediction) -> None:
-        self.editor.apply_fill(pred.image_id, list(pred.instances))
 
     def predict_all(self) -> None:
-        if self.model_info is None or self.project is None:
+        if not self.model_side.predict_all(first=self.current_image_id):
             QMessageBox.information(self, "No model yet",
                                     "There is no model to pre-annotate with yet. Review a few images "
                                     "(Space marks one reviewed), then Train.")
-            return
-        todo = [r.id for r in self.project.images([ImageStatus.NEW, ImageStatus.PREDICTED])]
-        if self.current_image_id in todo:  # the image in front of the person first
-            todo.remove(self.current_image_id)
-            todo.insert(0, self.current_image_id)
-        self._next_request += 1
-        self._batch_request = self._next_request
-        self.progress.setRange(0, max(1, len(todo)))
-        self.progress.setValue(0)
-        self.progress.setFormat("%v/%m")
-        self.progress.setVisible(True)
-        self.act_cancel.setEnabled(True)
-        self._batch_error = ""
-        self.request_predict.emit(self._batch_request, todo)
 
     def cancel_work(self) -> None:
-        if self.worker_thread is not None:
-            self.worker_thread.worker.cancel(self._next_request)
+        self.model_side.cancel()
 
     def _on_prediction(self, pred: Prediction) -> None:
         if self.project is None:
@@ -571,29 +471,26 @@ class MainWindow(QMainWindow):
             self.refresh_instances()
             self.predictions_shown.emit(pred.image_id)
 
-    def _on_progress(self, p: Progress) -> None:
-        if p.request_id == self._batch_request:
-            self.progress.setValue(p.done)
-            self.progress.setFormat(f"%v/%m  ETA {int(p.eta_s)} s")
+    def _on_batch_started(self, n: int) -> None:
+        self.progress.setRange(0, max(1, n))
+        self.progress.setValue(0)
+        self.progress.setFormat("%v/%m")
+        self.progress.setVisible(True)
+        self.act_cancel.setEnabled(True)
 
-    def _on_finished(self, request_id: int) -> None:
-        if request_id == self._batch_request:
-            self.progress.setVisible(False)
-            self.act_cancel.setEnabled(False)
-            self._batch_request = -1
-            if self._batch_error:
-                self.statusBar().showMessage(f"Pre-annotation stopped: {self._batch_error}", 30000)
-            elif self.project is not None:
-                counts = self.project.status_counts()
-                self.statusBar().showMessage(
-                    "Pre-annotation finished: " + ", ".join(f"{n} {s.value}" for s, n in counts.items() if n), 8000)
+    def _on_batch_progress(self, done: int, eta_s: float) -> None:
+        self.progress.setValue(done)
+        self.progress.setFormat(f"%v/%m  ETA {int(eta_s)} s")
 
-    def _on_worker_error(self, message: str) -> None:
-        self.statusBar().showMessage(message, 15000)
-        if self._batch_request >= 0:
-            self._batch_error = message
-        if self.model_info is None:
-            self.device_label.setText("model: failed to load")
+    def _on_batch_done(self, error: str) -> None:
+        self.progress.setVisible(False)
+        self.act_cancel.setEnabled(False)
+        if error:
+            self.statusBar().showMessage(f"Pre-annotation stopped: {error}", 30000)
+        elif self.project is not None:
+            counts = self.project.status_counts()
+            self.statusBar().showMessage(
+                "Pre-annotation finished: " + ", ".join(f"{n} {s.value}" for s, n in counts.items() if n), 8000)
 
     # -- training ---------------------------------------------------------------------------
     def edit_train_settings(self) -> None:
@@ -613,9 +510,7 @@ class MainWindow(QMainWindow):
                          f"(now {len(reviewed)} reviewed, {len(labelled)} with objects). Correct a few "
                          "images and mark them reviewed with Space.")
             return
-        models_dir = self.project.db_path.parent / "models"
-        n = len(self.project.models()) + 1
-        output = models_dir / f"v{n}-{int(time.time())}.pt"
+        output = next_checkpoint(self.project, int(time.time()))
         active = self.project.active_model()
         self.training_panel.started()
         self.training_dock.show()
@@ -636,24 +531,13 @@ class MainWindow(QMainWindow):
                 self._notify("Training stopped", result["message"])
             return
         metrics = result.get("metrics") or {}
-        after, before = metrics.get("after"), metrics.get("before")
-        new, old = headline(after), headline(before)
-        active = self.project.active_model()
-        better = active is None or old is None or (new is not None and new >= old)
-        version = self.project.add_model(
-            Path(result["checkpoint"]).stem.split("-")[0], result["checkpoint"],
-            {**(after or {}), "compared_with": old},
-            {**self._train_started_settings, "log": result.get("log")},
-            int(result.get("images_seen") or 0), activate=better)
-        text = f"{version.name}: segm AP {new if new is not None else '—'}"
-        if old is not None:
-            text += f" (before: {old})"
-        if better:
-            text += " — now the active model; re-annotating the images not yet reviewed."
+        reg = register(self.project, result["checkpoint"], metrics.get("after"), metrics.get("before"),
+                       {**self._train_started_settings, "log": result.get("log")},
+                       int(result.get("images_seen") or 0))
+        text = reg.text()
+        if reg.promoted:
             self._reannotate_after_load = True
-            self.load_model(version.path)
-        else:
-            text += " — not better than the active model; activate it from Model versions if you prefer it."
+            self.load_model(reg.version.path)
         self.training_panel.stopped(text)
         self.statusBar().showMessage(text, 15000)
         self.autotrain.announce()
@@ -730,7 +614,7 @@ class MainWindow(QMainWindow):
         self.refresh_instances()
         self.canvas.setFocus()
         self.image_shown.emit(result.image_id)
-        self._ask_prediction(result.image_id)
+        self.model_side.predict_image(result.image_id)
 
     def refresh_instances(self) -> None:
         if self.project is None or self.current_image_id is None or not self.canvas.has_image:
@@ -812,7 +696,7 @@ class MainWindow(QMainWindow):
         super().keyPressEvent(event)
 
     def closeEvent(self, event):  # noqa: N802
-        busy = [w for w, on in (("pre-annotation", self._batch_request >= 0),
+        busy = [w for w, on in (("pre-annotation", self.model_side.busy),
                                 ("training", self.runner.running),
                                 ("a COCO import or export", self.exchange.jobs.running),
                                 ("preparing a starting model", self.starting.jobs.running)) if on]
@@ -829,7 +713,7 @@ class MainWindow(QMainWindow):
         self.stop_worker()
         self.loader.shutdown()
         self.exchange.shutdown()
-        self.scans.shutdown()
+        self.folder.close()
         self.starting.cancel.set()  # a download stops at its next chunk and keeps what it has
         self.starting.jobs.shutdown()
         self.image_list.model.thumbnails.shutdown()

@@ -353,16 +353,6 @@ def _ap(metrics: dict | None, key: str) -> str:
     return f"{metrics[key]['AP']:.3f}"
 
 
-def headline(metrics: dict | None) -> float | None:
-    """The number that decides 'better': segm AP, else bbox AP."""
-    if not metrics:
-        return None
-    for key in ("segm", "bbox"):
-        if metrics.get(key):
-            return metrics[key]["AP"]
-    return None
-
-
 class TrainSettingsDialog(QDialog):
     def __init__(self, settings: TrainSettings, parent=None):
         super().__init__(parent)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
@@ -17,6 +18,8 @@ from detector.store import Project
 
 # torch and torchvision (through detector.inference) are imported by the worker, on its own
 # thread: the window and the first image appear before them (about 4 s and 1 GB on a laptop CPU).
+if TYPE_CHECKING:
+    from detector.inference import Predictor
 
 
 @dataclass(frozen=True)

@@ -142,7 +142,7 @@ def main() -> None:
         win = MainWindow(project)
         win.resize(1400, 900)
         win.show()
-        spin(app, lambda: win.model_info is not None and win.canvas.has_image, 120)
+        spin(app, lambda: win.model_side.info is not None and win.canvas.has_image, 120)
         hb = Heartbeat()
         hb.start()
         idle_end = time.perf_counter() + 2.0
@@ -163,7 +163,7 @@ def main() -> None:
         hb.start()
         t = time.perf_counter()
         win.predict_all()
-        spin(app, lambda: win._batch_request < 0, 1800)
+        spin(app, lambda: win.model_side.batch_request < 0, 1800)
         busy_s = time.perf_counter() - t
         busy = hb.stop()
 
@@ -192,14 +192,14 @@ def main() -> None:
         training = hb.stop()
         assert finished[0]["ok"], finished[0].get("message")
         # The new model is swapped in and re-annotates the rest; let that finish before closing.
-        spin(app, lambda: not win._reannotate_after_load and win._batch_request < 0
+        spin(app, lambda: not win._reannotate_after_load and win.model_side.batch_request < 0
              and not win.runner.running, 900)
         win.close()
         project.close()
         launch = launch_time(folder, args.launch_repeats)
 
     result = {
-        "device": str(win.model_info.device if win.model_info else args.device),
+        "device": str(win.model_side.info.device if win.model_side.info else args.device),
         "backbone": args.backbone, "images": args.images, "size": args.size,
         "pre_annotate_s": round(busy_s, 1),
         "gui_stall_while_pre_annotating": busy,

@@ -7,8 +7,9 @@ before the first image can be shown), the second time it is known (the stored li
 the folder is read again in the background). Timed to the "smoke ok" line (first image on
 screen); peak RSS of the whole process, which also imports torch on the worker's thread.
 In-process: reading the folder (``Project.scan``), loading the list into the image list, and the
-filters (a file-name substring, "has predictions", a status), and the longest GUI-thread stall
-while a new project's files stream into the real window's list.
+filters (a file-name substring, "has predictions", a status); in the real window, the longest
+GUI-thread stall while a new project's files, then a known project's stored list, stream into the
+list, and the known project's next-image latency (Next to the image on screen, 20 steps).
 Named baseline: ``python -c "import torch, torchvision, PySide6.QtWidgets"`` (time and RSS).
 
     python bench/bench_scale.py [--n 40,10000,100000]
@@ -91,9 +92,10 @@ def in_process(folder: Path) -> dict:
     return {"rescan_s": round(rescan_s, 2), "list_load_s": round(list_s, 2), "filter_ms": filters}
 
 
-def stall_while_scanning(folder: Path, db: Path) -> dict:
-    """The longest GUI-thread gap (a 5 ms heartbeat) from opening a new project on ``folder``
-    in the real MainWindow until its background scan has streamed every file into the list."""
+def open_and_watch(folder: Path, db: Path, next_images: int = 0) -> dict:
+    """The longest GUI-thread gap (a 5 ms heartbeat) from opening ``folder`` (project store
+    ``db``) in the real MainWindow until its background job has streamed every image into the
+    list; then, with ``next_images``, the median time from Next to the next image on screen."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from PySide6.QtCore import QElapsedTimer, QTimer
     from PySide6.QtWidgets import QApplication
@@ -115,8 +117,9 @@ def stall_while_scanning(folder: Path, db: Path) -> dict:
     timer = QTimer()
     timer.timeout.connect(beat)
     timer.start(5)
-    done = []
+    done, shown = [], []
     w.scanned.connect(done.append)
+    w.image_shown.connect(shown.append)
     t = time.perf_counter()
     w.set_project(Project(folder, db))
     while not done and time.perf_counter() - t < 300:
@@ -124,10 +127,21 @@ def stall_while_scanning(folder: Path, db: Path) -> dict:
         time.sleep(0.001)
     scan_s = time.perf_counter() - t
     timer.stop()
+    stall = max(gaps, default=0)
     rows = w.image_list.model.rowCount()
+    latencies = []
+    for _ in range(next_images):
+        n0, t = len(shown), time.perf_counter()
+        w.step(1)
+        while len(shown) == n0 and time.perf_counter() - t < 10:
+            app.processEvents()
+        latencies.append((time.perf_counter() - t) * 1000)
     w.close()
-    return {"stall_while_scanning_ms": max(gaps, default=0), "list_complete_s": round(scan_s, 2),
-            "listed": rows}
+    out = {"stall_ms": stall, "list_complete_s": round(scan_s, 2), "listed": rows}
+    if latencies:
+        out["next_image_ms_median"] = round(sorted(latencies)[len(latencies) // 2], 1)
+        out["next_image_ms_max"] = round(max(latencies), 1)
+    return out
 
 
 def main() -> None:
@@ -149,7 +163,10 @@ def main() -> None:
                    "known_project_first_image_s": round(again_t, 2),
                    "peak_rss_mb": round(max(first_mb, again_mb)),
                    "over_import_floor_mb": round(max(first_mb, again_mb) - base_mb),
-                   **in_process(folder), **stall_while_scanning(folder, Path(tmp) / "stall.db")}
+                   **in_process(folder)}
+            db = Path(tmp) / "stall.db"
+            row.update({f"new_{k}": v for k, v in open_and_watch(folder, db).items()})
+            row.update({f"known_{k}": v for k, v in open_and_watch(folder, db, next_images=20).items()})
             print(json.dumps(row), flush=True)
 
 

@@ -110,6 +110,7 @@ class ScanResult:
     total: int
     changed: int = 0  # files replaced since the last scan (another mtime)
     back: int = 0  # files that were gone and are there again
+    touched: tuple[str, ...] = ()  # paths of known images whose record the scan changed
 
 
 @dataclass(frozen=True)
@@ -411,7 +412,8 @@ class Project:
         missing = [p for p, (_, st) in known.items()
                    if p not in present and st != ImageStatus.UNREADABLE.value]
         changed = [(p, m) for p, m, _ in found if p in known and known[p][0] != m]
-        back = sum(1 for p in present if p in known and known[p][1] == ImageStatus.UNREADABLE.value)
+        came_back = [p for p in present if p in known and known[p][1] == ImageStatus.UNREADABLE.value]
+        back = len(came_back)
         with self.transaction() as c:
             c.executemany("UPDATE images SET status='unreadable', reason='file not found' "
                           "WHERE path=?", [(p,) for p in missing])
@@ -423,7 +425,7 @@ class Project:
                           "status='unreadable' AND reason='file not found'",
                           [(p,) for p in present if p in known])
         return ScanResult(added=added, missing=len(missing), total=len(found), changed=len(changed),
-                          back=back)
+                          back=back, touched=tuple(missing + [p for p, _ in changed] + came_back))
 
     def images(self, status: ImageStatus | Iterable[ImageStatus] | None = None) -> list[ImageRecord]:
         conn = self._conn()
@@ -435,6 +437,27 @@ class Project:
             rows = conn.execute(f"SELECT * FROM images WHERE status IN ({q}) ORDER BY path",
                                 [s.value for s in sts]).fetchall()
         return [self._image(r) for r in rows]
+
+    def image_count(self) -> int:
+        return self._conn().execute("SELECT COUNT(*) FROM images").fetchone()[0]
+
+    def iter_images(self, start: int = 0, chunk: int = 5000) -> Iterator[list[ImageRecord]]:
+        """Every image in file-name order (as ``images()``), from row ``start`` on, ``chunk`` at a
+        time: a 100k-image list read without holding it all as SQLite rows at once."""
+        cur = self._conn().execute("SELECT * FROM images ORDER BY path LIMIT -1 OFFSET ?", (start,))
+        while rows := cur.fetchmany(chunk):
+            yield [self._image(r) for r in rows]
+
+    def first_images(self, n: int, order: str = "") -> list[ImageRecord]:
+        """The first ``n`` images in file-name order (the path index: fast at any size), or with
+        ``order="uncertainty"`` least confident first: predicted images by falling uncertainty,
+        then those not predicted yet, then reviewed and unreadable ones (the image list's order)."""
+        if order == "uncertainty":
+            q = ("SELECT * FROM images ORDER BY CASE WHEN status IN ('reviewed', 'unreadable') THEN 2 "
+                 "WHEN uncertainty IS NULL THEN 1 ELSE 0 END, uncertainty DESC, path LIMIT ?")
+        else:
+            q = "SELECT * FROM images ORDER BY path LIMIT ?"
+        return [self._image(r) for r in self._conn().execute(q, (n,)).fetchall()]
 
     def image(self, image_id: int) -> ImageRecord:
         row = self._conn().execute("SELECT * FROM images WHERE id=?", (image_id,)).fetchone()

@@ -54,7 +54,7 @@ def setup(qtbot, trained_model, tmp_path):
     w.show()
     with qtbot.waitSignal(w.image_shown, timeout=10_000):
         w.set_project(p)
-    qtbot.waitUntil(lambda: w.model_info is not None, timeout=30_000)
+    qtbot.waitUntil(lambda: w.model_side.info is not None, timeout=30_000)
     yield w, p, folder
     w.close()
 
@@ -227,7 +227,7 @@ def test_pre_annotate_all_then_close_leaves_nothing_running(qtbot, setup):
     qtbot.waitUntil(lambda: not w.progress.isVisible(), timeout=60_000)
     assert p.status_counts()[ImageStatus.NEW] == 0
     assert "Pre-annotation finished" in w.statusBar().currentMessage()
-    thread = w.worker_thread.thread
+    thread = w.model_side.thread.thread
     w.close()
     assert not thread.isRunning()
     assert not [t for t in w.findChildren(QThread) if t.isRunning()]

@@ -24,10 +24,10 @@ def window_with_model(qtbot, trained_model, tmp_path):
     w = MainWindow()
     qtbot.addWidget(w)
     w.set_project(p)
-    qtbot.waitUntil(lambda: w.model_info is not None, timeout=30_000)
+    qtbot.waitUntil(lambda: w.model_side.info is not None, timeout=30_000)
     yield w, p
     w.cancel_work()
-    qtbot.waitUntil(lambda: w._batch_request < 0, timeout=30_000)
+    qtbot.waitUntil(lambda: w.model_side.batch_request < 0, timeout=30_000)
     w.close()
 
 
@@ -43,22 +43,22 @@ def test_out_of_memory_in_inference_is_reported_and_the_app_goes_on(qtbot, windo
     # stops its timer from the emitting thread (Qt warns "Timers cannot be stopped from another
     # thread"; pytest-dev/pytest-qt#649).
     w.predict_all()
-    qtbot.waitUntil(lambda: w._batch_request < 0, timeout=20_000)
+    qtbot.waitUntil(lambda: w.model_side.batch_request < 0, timeout=20_000)
     shown = w.statusBar().currentMessage()
     assert "ran out of memory" in shown and "lower the batch size" in shown
     monkeypatch.setattr(Predictor, "forward", real)
     w.predict_all()
-    qtbot.waitUntil(lambda: w._batch_request < 0 and p.status_counts()[ImageStatus.NEW] == 0, timeout=60_000)
+    qtbot.waitUntil(lambda: w.model_side.batch_request < 0 and p.status_counts()[ImageStatus.NEW] == 0, timeout=60_000)
 
 
 def test_worker_can_be_restarted(qtbot, window_with_model):
     w, p = window_with_model
-    old = w.worker_thread
+    old = w.model_side.thread
     w.act_restart_worker.trigger()
-    assert not old.thread.isRunning() and w.worker_thread is not old
-    qtbot.waitUntil(lambda: w.model_info is not None, timeout=30_000)
+    assert not old.thread.isRunning() and w.model_side.thread is not old
+    qtbot.waitUntil(lambda: w.model_side.info is not None, timeout=30_000)
     w.predict_all()
-    qtbot.waitUntil(lambda: w._batch_request < 0 and p.status_counts()[ImageStatus.NEW] == 0, timeout=60_000)
+    qtbot.waitUntil(lambda: w.model_side.batch_request < 0 and p.status_counts()[ImageStatus.NEW] == 0, timeout=60_000)
 
 
 def test_training_process_that_dies_is_reported_and_can_restart(qtbot, tmp_path):

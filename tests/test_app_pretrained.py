@@ -65,7 +65,7 @@ def test_coco_start_through_the_mapping_pre_annotates_mapped_classes_only(open_w
     _drive_mapping_dialog({"dog": "new category “dog”"})
     banner.use_button.click()
     qtbot.waitUntil(lambda: fresh.active_model() is not None, timeout=60_000)
-    qtbot.waitUntil(lambda: w._batch_request < 0 and all(r.status is not ImageStatus.NEW for r in fresh.images()),
+    qtbot.waitUntil(lambda: not w.model_side.busy and all(r.status is not ImageStatus.NEW for r in fresh.images()),
                     timeout=180_000)
     assert not banner.banner.isVisibleTo(w)
     names = {c.id: c.name for c in fresh.categories()}
@@ -112,9 +112,9 @@ def test_a_loupe_checkpoint_becomes_the_active_model(open_window, qtbot, fresh, 
     qtbot.waitUntil(lambda: w.starting.ready, timeout=60_000)  # torch comes up on the worker's thread
     w.starting.load_weights(str(ckpt))
     qtbot.waitUntil(lambda: fresh.active_model() is not None, timeout=20_000)
-    qtbot.waitUntil(lambda: w.model_info is not None, timeout=60_000)
+    qtbot.waitUntil(lambda: w.model_side.info is not None, timeout=60_000)
     assert not w.starting.banner.isVisibleTo(w)
     assert not [d for d in QApplication.topLevelWidgets() if isinstance(d, QDialog) and d.isVisible()]
     # it pre-annotates the images at once
-    qtbot.waitUntil(lambda: w._batch_request < 0 and all(r.status is not ImageStatus.NEW for r in fresh.images()),
+    qtbot.waitUntil(lambda: not w.model_side.busy and all(r.status is not ImageStatus.NEW for r in fresh.images()),
                     timeout=120_000)

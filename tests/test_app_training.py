@@ -40,7 +40,7 @@ def window(qtbot, tmp_path):
     if w.runner.running:
         w.runner.kill()
     w.cancel_work()
-    qtbot.waitUntil(lambda: w._batch_request < 0, timeout=30_000)
+    qtbot.waitUntil(lambda: w.model_side.batch_request < 0, timeout=30_000)
     w.close()
 
 
@@ -75,7 +75,7 @@ def test_train_cancel_then_complete_swaps_model_and_reannotates(qtbot, window):
     log = Path(result["log"])
     assert log.exists() and any(json.loads(x)["kind"] == "step" for x in log.read_text().splitlines())
     # Hot swap, then the images not yet reviewed are re-annotated by the new model.
-    qtbot.waitUntil(lambda: w.model_info is not None and w.model_info.name == version.path, timeout=60_000)
+    qtbot.waitUntil(lambda: w.model_side.info is not None and w.model_side.info.name == version.path, timeout=60_000)
     qtbot.waitUntil(lambda: p.status_counts()[ImageStatus.NEW] == 0 and not w.progress.isVisible(),
                     timeout=60_000)
     unreviewed = p.images([ImageStatus.PREDICTED])
@@ -119,7 +119,7 @@ def test_auto_training_after_n_reviews_promotes_by_ap_and_reannotates(qtbot, win
     with qtbot.waitSignal(w.runner.finished, timeout=300_000) as fin:
         w.act_train.trigger()
     assert fin.args[0]["ok"]
-    qtbot.waitUntil(lambda: w._batch_request < 0 and p.status_counts()[ImageStatus.NEW] == 0, timeout=120_000)
+    qtbot.waitUntil(lambda: w.model_side.batch_request < 0 and p.status_counts()[ImageStatus.NEW] == 0, timeout=120_000)
     assert w.autotrain.enabled()
     assert "after 10 more reviewed images" in w.training_panel.auto.text()  # the default N
     w.train_settings.auto_every = 1
@@ -142,7 +142,7 @@ def test_auto_training_after_n_reviews_promotes_by_ap_and_reannotates(qtbot, win
     assert old_ap is not None
     assert second.active == (new_ap >= old_ap)  # promoted only when not worse
     if second.active:  # swapped in: the image nobody reviewed yet is annotated again
-        qtbot.waitUntil(lambda: w._batch_request < 0 and all(
+        qtbot.waitUntil(lambda: w.model_side.batch_request < 0 and all(
             i.changed_at > second.created_at for i in p.instances(todo[1]) if i.changed_by == MODEL), timeout=120_000)
         assert p.instances(todo[1])
     else:

@@ -136,6 +136,30 @@ def test_a_known_project_shows_its_list_at_once_and_reconciles_the_folder_after(
     w.close()
 
 
+def test_a_big_known_project_lists_a_first_page_then_streams_the_rest(qtbot, project, monkeypatch):
+    """A known project bigger than the first page: the window lists the first page from the store
+    at once (and shows its first image), the rest of the stored list arrives from the background
+    in file-name order, and a replaced or vanished file updates just its own row."""
+    import app.folder
+
+    monkeypatch.setattr(app.folder, "FIRST_PAGE", 3)
+    monkeypatch.setattr(app.folder, "CHUNK", 2)
+    recs = project.images()
+    assert len(recs) > 5
+    (project.root / recs[1].path).unlink()
+    w = MainWindow()
+    qtbot.addWidget(w)
+    with qtbot.waitSignal(w.scanned, timeout=30_000) as scan:
+        w.set_project(project)
+        assert [r.id for r in w.image_list.model.records] == [r.id for r in recs[:3]]
+        assert w.current_image_id == recs[0].id
+    assert scan.args[0].missing == 1 and scan.args[0].touched == (recs[1].path,)
+    assert [r.path for r in w.image_list.model.records] == [r.path for r in recs]
+    listed = w.image_list.model.records[w.image_list.model.row_of(recs[1].id)]
+    assert listed.status is ImageStatus.UNREADABLE and "not found" in (listed.reason or "")
+    w.close()
+
+
 def test_a_new_folder_of_10000_files_streams_into_the_list(qtbot, tmp_path):
     """A new project: the folder is read off the GUI thread and the list grows chunk by chunk; the
     first image is chosen from the first chunk, before the scan ends; the list is complete after."""
@@ -155,13 +179,13 @@ def test_a_new_folder_of_10000_files_streams_into_the_list(qtbot, tmp_path):
     w = MainWindow()
     qtbot.addWidget(w)
     seen = []  # (rows listed, image chosen) each time a chunk arrives
-    real = w._on_new_files
+    real = w.folder._on_new_files
 
     def spy(project, records):
         real(project, records)
         seen.append((w.image_list.model.rowCount(), w.current_image_id))
 
-    w._on_new_files = spy
+    w.folder._on_new_files = spy
     with qtbot.waitSignal(w.scanned, timeout=60_000) as scan:
         w.set_project(p)
         assert w.image_list.model.rowCount() == 0  # nothing known yet, and the window is up

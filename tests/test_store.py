@@ -156,3 +156,20 @@ def test_a_project_from_schema_1_is_migrated_and_keeps_everything(tmp_path, demo
         preds = [Instance(1, (0, 0, 9, 9), score=s, source=MODEL, changed_by=MODEL) for s in (0.5, 0.97)]
         p.replace_predictions(new.id, preds)
         assert p.image(new.id).uncertainty == pytest.approx(1.0 + 0.1944, abs=1e-3)  # H(0.5) + H(0.97)
+
+
+def test_the_first_page_and_the_paged_list_in_either_order(project):
+    """What the window lists before the background job: file-name order by the path index, or
+    least confident first (predicted by falling uncertainty, then new, then reviewed)."""
+    recs = project.images()
+    assert project.image_count() == len(recs)
+    assert project.first_images(3) == recs[:3]
+    assert [r for chunk in project.iter_images(2, chunk=3) for r in chunk] == recs[2:]
+    a, b, c = recs[0], recs[1], recs[2]
+    with project.transaction() as conn:
+        conn.execute("UPDATE images SET status='predicted', uncertainty=0.5 WHERE id=?", (c.id,))
+        conn.execute("UPDATE images SET status='predicted', uncertainty=2.0 WHERE id=?", (b.id,))
+    project.set_status(a.id, ImageStatus.REVIEWED)
+    unsure = project.first_images(len(recs), "uncertainty")
+    assert [r.id for r in unsure[:2]] == [b.id, c.id] and unsure[-1].id == a.id
+    assert [r.path for r in unsure[2:-1]] == sorted(r.path for r in recs[3:])
