@@ -6,6 +6,7 @@ so the view can drop answers to requests a newer one replaced. Exceptions become
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from dataclasses import dataclass
@@ -20,6 +21,21 @@ from detector.store import Project
 # thread: the window and the first image appear before them (about 4 s and 1 GB on a laptop CPU).
 if TYPE_CHECKING:
     from detector.inference import Predictor
+
+
+def settle_imports() -> None:
+    """Once torch and torchvision are in: move every object that exists now out of the garbage
+    collector's reach (``gc.freeze``). The import leaves some hundreds of thousands of long-lived
+    objects; each full collection walked them all while holding the GIL, and a collection set off
+    by a 100,000-image list stalled the GUI thread for ~330 ms (160 ms after this; bench/RESULTS.md).
+    Only what exists now is frozen: later garbage is collected as usual. Idempotent."""
+    global _SETTLED
+    if not _SETTLED:
+        _SETTLED = True
+        gc.freeze()
+
+
+_SETTLED = False
 
 
 @dataclass(frozen=True)
@@ -66,6 +82,8 @@ class InferenceWorker(QObject):
         try:
             from detector import pretrained  # noqa: F401  (the starting-model banner needs it)
             from detector.inference import device_description, pick_device
+
+            settle_imports()
 
             self.warmed.emit(device_description(pick_device(self.device)))
         except Exception as exc:

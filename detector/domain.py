@@ -58,7 +58,7 @@ class Category:
         return perm
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ImageRecord:
     """One image file under the project's folder (``path`` relative, with ``/`` separators)."""
 
