@@ -487,12 +487,13 @@ class Trainer:
             h.before_train(self)
         backend = f" ({dist.get_backend()})" if dist.is_initialized() else ""
         profile = self.extra_meta.get("profile")
+        precision = str(self.amp_dtype).split(".")[-1]
         self.emit(TrainEvent("start", self.step, self.total_steps,
                              message=f"training on {len(self.samples)} images, {self.world} process(es)"
                                      f"{backend}, device {self.device}"
-                                     + (f" ({str(self.amp_dtype).split('.')[-1]} autocast)" if self.amp else "")
+                                     + (f" ({precision} autocast)" if self.amp else "")
                                      + (f"; profile {profile}: {self.extra_meta.get('profile_reason')}"
-                                        if profile else "")))
+                                        + (f", {precision} autocast" if self.amp else "") if profile else "")))
         t_last, n_last = time.perf_counter(), 0
         self._t_start = t_last
         result: TrainResult | None = None
