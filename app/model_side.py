@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from PySide6.QtCore import QObject, Signal
 
-from detector.domain import ImageStatus, Prediction
+from detector.domain import ImageStatus
 from detector.store import Project
 
 from .workers import InferenceWorker, ModelInfo, Progress, WorkerThread
@@ -62,7 +62,7 @@ class ModelSide(QObject):
         self.request_fill.connect(worker.fill_boxes)
         worker.model_ready.connect(self._on_model_ready)
         worker.warmed.connect(self.warmed)
-        worker.prediction.connect(self._on_prediction)
+        worker.prediction.connect(self.predicted)
         worker.box_filled.connect(self.filled)
         worker.progress.connect(self._on_progress)
         worker.finished.connect(self._on_finished)
@@ -136,9 +136,6 @@ class ModelSide(QObject):
         """Cancel every request sent so far (the running batch, queued single images)."""
         if self.thread is not None:
             self.thread.worker.cancel(self._next_request)
-
-    def _on_prediction(self, pred: Prediction) -> None:
-        self.predicted.emit(pred)
 
     def _on_progress(self, p: Progress) -> None:
         if p.request_id == self.batch_request:

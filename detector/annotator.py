@@ -91,7 +91,8 @@ def _iou_matrix(preds: Sequence[Instance], gts: Sequence[Instance]) -> np.ndarra
     pi = [k for k, p in enumerate(preds) if p.mask is not None]
     gi = [k for k, g in enumerate(gts) if g.mask is not None]
     if pi and gi:
-        m = mask_utils.iou([M._c(preds[k].mask) for k in pi], [M._c(gts[k].mask) for k in gi], [0] * len(gi))
+        m = mask_utils.iou([M.to_pycocotools(preds[k].mask) for k in pi],
+                           [M.to_pycocotools(gts[k].mask) for k in gi], [0] * len(gi))
         out[np.ix_(pi, gi)] = np.asarray(m, dtype=float).reshape(len(pi), len(gi))
     return out
 

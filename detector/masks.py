@@ -65,7 +65,9 @@ def encode_crop(crop: np.ndarray, x0: int, y0: int, height: int, width: int) -> 
     return from_transitions(crop_transitions(crop, x0, y0, height), height, width)
 
 
-def _c(rle: Rle) -> dict:
+def to_pycocotools(rle: Rle) -> dict:
+    """Any RLE (uncompressed, or compressed with str or bytes counts) as pycocotools' C functions
+    (``iou``, ``merge``, ``area``, ...) take it: compressed, bytes counts."""
     counts = rle["counts"]
     if isinstance(counts, list):  # uncompressed RLE
         return mask_utils.frPyObjects(rle, rle["size"][0], rle["size"][1])
@@ -76,23 +78,23 @@ def _c(rle: Rle) -> dict:
 
 def decode(rle: Rle) -> np.ndarray:
     """RLE (compressed or not) -> ``H x W`` uint8 mask of 0/1."""
-    return mask_utils.decode(_c(rle))
+    return mask_utils.decode(to_pycocotools(rle))
 
 
 def compress(rle: Rle) -> Rle:
     """Any RLE -> compressed RLE with ASCII counts."""
-    c = _c(rle)
+    c = to_pycocotools(rle)
     counts = c["counts"]
     return {"size": [int(c["size"][0]), int(c["size"][1])],
             "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
 
 
 def area(rle: Rle) -> int:
-    return int(mask_utils.area(_c(rle)))
+    return int(mask_utils.area(to_pycocotools(rle)))
 
 
 def bbox_xyxy(rle: Rle) -> tuple[float, float, float, float]:
-    x, y, w, h = (float(v) for v in mask_utils.toBbox(_c(rle)))
+    x, y, w, h = (float(v) for v in mask_utils.toBbox(to_pycocotools(rle)))
     return (x, y, x + w, y + h)
 
 

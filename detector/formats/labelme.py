@@ -156,7 +156,7 @@ def _read(path: Path, project) -> Plan:
             if masks:
                 from pycocotools import mask as mu
 
-                mask = M.compress(mu.merge([M._c(m) for m in masks])) if len(masks) > 1 else masks[0]
+                mask = M.compress(mu.merge([M.to_pycocotools(m) for m in masks])) if len(masks) > 1 else masks[0]
                 boxes.append(M.bbox_xyxy(mask))
             box = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
             points = groups.get(("points", gid), []) if not isinstance(gid, tuple) else []
