@@ -10,6 +10,7 @@ in the project, so it survives restarts.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from PySide6.QtCore import QObject, Signal
 
@@ -19,19 +20,26 @@ from detector.store import Project
 META_KEY = "reviewed_at_last_training"
 
 
+@dataclass(frozen=True)
+class AutoTrainSettings:
+    on: bool = True  # train in the background once a model exists ...
+    every: int = 10  # ... after every this many newly reviewed images
+
+
 class AutoTrainer(QObject):
     """``maybe_start()`` after each review; ``status(text)`` says when the next run comes."""
 
     status = Signal(str)
 
-    def __init__(self, project: Callable[[], Project | None], settings: Callable[[], object],
-                 running: Callable[[], bool], start: Callable[[], None], parent=None):
+    def __init__(self, project: Callable[[], Project | None], running: Callable[[], bool],
+                 start: Callable[[], None], parent=None):
         super().__init__(parent)
-        self.project, self.settings, self.running, self.start = project, settings, running, start
+        self.project, self.running, self.start = project, running, start
+        self.settings = AutoTrainSettings()
 
     def enabled(self) -> bool:
-        p, s = self.project(), self.settings()
-        return (p is not None and bool(getattr(s, "auto_train", True)) and getattr(s, "auto_every", 0) > 0
+        p = self.project()
+        return (p is not None and self.settings.on and self.settings.every > 0
                 and p.active_model() is not None)
 
     def reviewed(self) -> int:
@@ -55,13 +63,13 @@ class AutoTrainer(QObject):
         if not self.enabled():
             self.status.emit("")
             return
-        left = self.settings().auto_every - self.since_last()
+        left = self.settings.every - self.since_last()
         self.status.emit("auto-training now" if self.running() else
                          f"auto-train after {max(0, left)} more reviewed image{'s' if left != 1 else ''}")
 
     def maybe_start(self) -> bool:
         """Start a run if N images were reviewed since the last one and none is running."""
-        if self.enabled() and not self.running() and self.since_last() >= self.settings().auto_every:
+        if self.enabled() and not self.running() and self.since_last() >= self.settings.every:
             self.start()
             return True
         self.announce()

@@ -71,18 +71,18 @@ def main(argv: list[str] | None = None) -> int:
 
     train_steps = int(os.environ.get("LOUPE_SCREENSHOT_TRAIN_STEPS", "0") or 0)
 
-    def shot_while_training(ev: dict) -> None:
+    def shot_while_training(ev) -> None:
         # LOUPE_SCREENSHOT_TRAIN_STEPS=N: press Train, take the picture after N steps, cancel.
-        if ev.get("kind") == "step" and ev.get("step", 0) >= train_steps:
-            window.runner.event.disconnect(shot_while_training)
+        if ev.kind == "step" and ev.step >= train_steps:
+            window.training.runner.event.disconnect(shot_while_training)
             QTimer.singleShot(200, lambda: (window.grab().save(shot), print("screenshot taken", flush=True),
-                                            window.runner.kill(), window.close()))
+                                            window.training.runner.kill(), window.close()))
 
     def on_shown(image_id: int) -> None:
         window.image_shown.disconnect(on_shown)  # the first image only
         if shot and train_steps:
-            window.runner.event.connect(shot_while_training)
-            window.start_training()
+            window.training.runner.event.connect(shot_while_training)
+            window.training.start()
             return
         # With a model and an image still to annotate, the picture waits for its predictions
         # (or the worker's error, or 60 s), so it shows what a person sees.

@@ -155,14 +155,14 @@ def main() -> None:
             spin(app, lambda: win.loader.pool.activeThreadCount() == 0, 30)
             current = win.current_image_id
             t = time.perf_counter()
-            win.act_next.trigger()
+            win.acts.next.trigger()
             spin(app, lambda: win.current_image_id != current and win.canvas.has_image
                  and win.editor.image_id == win.current_image_id, 30)
             nav.append(time.perf_counter() - t)
 
         hb.start()
         t = time.perf_counter()
-        win.predict_all()
+        win.models.predict_all()
         spin(app, lambda: win.model_side.batch_request < 0, 1800)
         busy_s = time.perf_counter() - t
         busy = hb.stop()
@@ -170,7 +170,7 @@ def main() -> None:
         # Training from the window: the child process streams losses to the live chart.
         import json as _json
 
-        from app.training import TrainSettings
+        from detector.train_config import TrainConfig
         from detector.coco import import_coco
 
         data = _json.loads(gt.read_text())
@@ -180,20 +180,20 @@ def main() -> None:
         subset = Path(tmp) / "six.json"
         subset.write_text(_json.dumps(data))
         import_coco(project, subset)
-        win.train_settings = TrainSettings(iterations=args.train_steps, batch_size=2, image_size=h // 2,
-                                           weights="none", backbone=args.backbone, augment=False)
+        win.training.config = TrainConfig(iterations=args.train_steps, batch_size=2, min_size=h // 2,
+                                          weights="none", backbone=args.backbone, augment=False)
         finished = []
-        win.runner.finished.connect(finished.append)
+        win.training.runner.finished.connect(finished.append)
         hb.start()
         t = time.perf_counter()
-        win.start_training()
+        win.training.start()
         spin(app, lambda: bool(finished), 1800)
         train_s = time.perf_counter() - t
         training = hb.stop()
         assert finished[0]["ok"], finished[0].get("message")
         # The new model is swapped in and re-annotates the rest; let that finish before closing.
-        spin(app, lambda: not win._reannotate_after_load and win.model_side.batch_request < 0
-             and not win.runner.running, 900)
+        spin(app, lambda: not win.models.reannotate_after_load and win.model_side.batch_request < 0
+             and not win.training.runner.running, 900)
         win.close()
         project.close()
         launch = launch_time(folder, args.launch_repeats)

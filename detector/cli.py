@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import LoupeError
+from .train_config import add_train_arguments
 
 COMMANDS = ("demo", "import", "export", "predict", "rank", "train", "evaluate")
 # detector.formats' registry, named here so that building the parser imports nothing heavy
@@ -104,44 +105,20 @@ def cmd_rank(args) -> int:
     return 0
 
 
-def _model_options(pairs: list[str]) -> dict:
-    """``KEY=VALUE`` pairs for ModelConfig fields (numbers and comma lists parsed)."""
-    from .model import ModelConfig
-
-    known = ModelConfig.__dataclass_fields__
-    out = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or key not in known:
-            raise UserError(f"--model-option {pair!r}: expected KEY=VALUE with KEY one of "
-                            f"{', '.join(known)}")
-        parts = [v for v in value.split(",") if v]
-        try:
-            nums = [float(v) if any(c in v for c in ".e") else int(v) for v in parts]
-        except ValueError:
-            out[key] = value
-            continue
-        out[key] = tuple(nums) if key in ("anchor_sizes", "aspect_ratios") else nums[0]
-    return out
-
-
 def cmd_train(args) -> int:
     import signal
     import threading
 
-    from .training import TrainConfig, TrainEvent, train_project
+    from .train_config import TrainConfig, TrainEvent
+    from .training import train_project
 
     project = _project(args)
-    cfg = TrainConfig(
-        weights=args.weights, epochs=args.epochs, iterations=args.iterations,
-        batch_size=args.batch_size, lr=args.lr, device=args.device, backbone=args.backbone,
-        min_size=args.image_size, profile=args.profile,
-        seed=args.seed, holdout=args.holdout, resume=args.resume, extra_coco=args.coco,
-        checkpoint_every=args.checkpoint_every, optimizer=args.optimizer,
-        trainable_layers=args.trainable_layers, augment=not args.no_augment,
-        time_budget_s=args.time_budget, amp=not args.no_amp,
-        **({"warmup_steps": args.warmup_steps} if args.warmup_steps is not None else {}),
-        model_overrides=_model_options(args.model_option))
+    try:
+        cfg = TrainConfig.from_args(args)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    active = project.active_model()
+    cfg = cfg.for_project(active.path if active is not None else None)
     cancel = threading.Event()
     # SIGTERM / Ctrl+C stop at the next step boundary, keeping a resumable checkpoint.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -150,15 +127,10 @@ def cmd_train(args) -> int:
                            json_events=args.json_events, cancel=cancel)
     summary = result.summary()
     if result.ok and (args.evaluate or args.register):
-        from .evaluation import evaluate_project
-        from .model import load_checkpoint
+        from .evaluation import held_out_metrics
 
-        active = project.active_model()
         compare = args.compare or (active.path if args.register and active is not None else None)
-        held = load_checkpoint(args.output).get("holdout", {}).get("images", [])
-        records = [r for r in (project.image_by_path(p) for p in held) if r is not None]
-        after = evaluate_project(project, args.output, records=records, device=args.device)
-        before = evaluate_project(project, compare, records=records, device=args.device) if compare else None
+        after, before = held_out_metrics(project, args.output, compare, device=args.device)
         ev = TrainEvent("eval", result.steps, result.steps, metrics={"after": after, "before": before})
         if args.json_events:
             print(ev.to_json(), flush=True)
@@ -167,9 +139,8 @@ def cmd_train(args) -> int:
         if args.register:
             from .versions import register
 
-            settings = {k: v for k, v in vars(args).items() if k != "func" and isinstance(v, (str, int, float, bool))}
             reg = register(project, Path(args.output).resolve(), after, before,
-                           {**settings, "command": "loupe train"}, result.images_seen)
+                           {**cfg.to_dict(), "command": "loupe train"}, result.images_seen)
             summary["registered"] = {"version": reg.version.name, "active": reg.promoted,
                                      "ap": reg.ap, "before": reg.before}
     print(json.dumps(summary), flush=True)
@@ -253,38 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="fine-tune on the reviewed images")
     folder_args(t)
-    t.add_argument("--weights", default="coco", help="checkpoint file, 'coco' or 'none'")
-    g = t.add_mutually_exclusive_group()
-    g.add_argument("--epochs", type=int, default=None)
-    g.add_argument("--iterations", type=int, default=None)
-    t.add_argument("--device", default=None)
-    t.add_argument("--profile", choices=("auto", "gpu", "cpu-fast", "reference"), default="auto",
-                   help="what fills the settings left unset: auto picks gpu or cpu-fast by device")
-    t.add_argument("--batch-size", type=int, default=None, help="default: the profile's (gpu 4, cpu 2)")
-    t.add_argument("--lr", type=float, default=None, help="default: chosen from the optimizer, "
-                   "the batch size and whether the weights start random")
-    t.add_argument("--optimizer", choices=("sgd", "adamw"), default=None,
-                   help="default: AdamW from random weights, SGD (torchvision's recipe) from learned ones")
-    t.add_argument("--backbone", choices=("resnet50_v2", "resnet18"), default=None,
-                   help="default: the checkpoint's; else the profile's (resnet18 on a CPU unless COCO weights are cached)")
-    t.add_argument("--image-size", type=int, default=None,
-                   help="shorter side the model sees; default: the profile's (gpu 800, cpu the images' own up to 512)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--holdout", type=float, default=0.2)
-    t.add_argument("--no-amp", action="store_true",
-                   help="float32 throughout: no mixed precision on a GPU, no bfloat16 on a CPU with AMX")
-    t.add_argument("--warmup-steps", type=int, default=None,
-                   help="linear learning-rate warm-up steps (default 50, at most a fifth of the run)")
-    t.add_argument("--time-budget", type=float, default=None, metavar="S",
-                   help="fit the step count to about S seconds of training (default: the profile's; "
-                        "cpu-fast 150)")
-    t.add_argument("--coco", default=None, help="also train on this COCO file's images")
-    t.add_argument("--resume", default=None, help="resume from this checkpoint")
-    t.add_argument("--checkpoint-every", type=int, default=0)
-    t.add_argument("--trainable-layers", type=int, default=None, help="backbone stages to train (0-5)")
-    t.add_argument("--no-augment", action="store_true", help="no flips, colour or scale jitter")
-    t.add_argument("--model-option", action="append", metavar="KEY=VALUE",
-                   help="a model knob, e.g. anchor_sizes=16,32,64,128,256 (repeatable)")
+    add_train_arguments(t)
     t.add_argument("--evaluate", action="store_true",
                    help="after training, COCO AP on the held-out reviewed images")
     t.add_argument("--register", action="store_true",

@@ -32,10 +32,10 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from .errors import LoupeError
 from .domain import Category
 from .pooling import PyramidRoIAlign
+from .train_config import BACKBONES, DEFAULT_BACKBONE, GPU_SIZE
 
 CHECKPOINT_FORMAT = "loupe-checkpoint"
 CHECKPOINT_VERSION = 1
-BACKBONES = ("resnet50_v2", "resnet18")
 # Class-specific layers: rebuilt (rows remapped by name) when the category list changes.
 _PREDICTOR_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.",
                        "roi_heads.keypoint_predictor.")
@@ -49,8 +49,8 @@ class CheckpointError(LoupeError):
 class ModelConfig:
     """Architecture and the two-stage knobs. Sizes are pixels of the resized model input."""
 
-    backbone: str = "resnet50_v2"
-    min_size: int = 800
+    backbone: str = DEFAULT_BACKBONE
+    min_size: int = GPU_SIZE
     max_size: int = 1333
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # one per FPN level
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # K = len(aspect_ratios) anchors/location
@@ -209,32 +209,12 @@ def _architecture(num_classes: int, num_keypoints: int, cfg: ModelConfig) -> Mas
         box_roi_pool=PyramidRoIAlign(["0", "1", "2", "3"], 7, 2),
         mask_roi_pool=PyramidRoIAlign(["0", "1", "2", "3"], 14, 2),
     )
-    bn = nn.BatchNorm2d
     if len(cfg.anchor_sizes) != 5:
         raise ValueError("anchor_sizes needs one size per FPN level (5)")
-    if cfg.backbone == "resnet50_v2":
-        # The layout of torchvision's maskrcnn_resnet50_fpn_v2, so its COCO weights load as they are.
-        backbone = _resnet_fpn_extractor(resnet50(norm_layer=bn), cfg.trainable_layers, norm_layer=bn)
-        model = MaskRCNN(
-            backbone, num_classes=num_classes,
-            rpn_head=RPNHead(256, anchors.num_anchors_per_location()[0], conv_depth=2),
-            box_head=FastRCNNConvFCHead((256, 7, 7), [256] * 4, [1024], norm_layer=bn),
-            mask_head=MaskRCNNHeads(256, [256] * 4, 1, norm_layer=bn), **kw)
-        kp_layers = (512,) * 8
-    elif cfg.backbone == "resnet18":
-        backbone = _resnet_fpn_extractor(resnet18(norm_layer=bn), cfg.trainable_layers, norm_layer=bn)
-        ch = cfg.fpn_channels
-        if ch != 256:  # a narrower pyramid: the FPN, RPN and heads at stride 4 dominate a CPU step
-            backbone.fpn = FeaturePyramidNetwork([64, 128, 256, 512], ch, extra_blocks=LastLevelMaxPool(),
-                                                 norm_layer=bn)
-            backbone.out_channels = ch
-        model = MaskRCNN(backbone, num_classes=num_classes,
-                         mask_head=MaskRCNNHeads(ch, [ch] * 2, 1, norm_layer=bn), **kw)
-        if ch != 256:  # torchvision's default mask predictor assumes 256 channels
-            model.roi_heads.mask_predictor = MaskRCNNPredictor(ch, ch, num_classes)
-        kp_layers = (ch,) * 4
-    else:
+    build = BACKBONE_BUILDERS.get(cfg.backbone)
+    if build is None:
         raise ValueError(f"unknown backbone {cfg.backbone!r} (known: {', '.join(BACKBONES)})")
+    model, kp_layers = build(cfg, num_classes, anchors, kw)
     if num_keypoints:
         rh = model.roi_heads
         rh.keypoint_roi_pool = PyramidRoIAlign(["0", "1", "2", "3"], 14, 2)
@@ -243,6 +223,39 @@ def _architecture(num_classes: int, num_keypoints: int, cfg: ModelConfig) -> Mas
     for m in (model.rpn.head.cls_logits, model.rpn.head.bbox_pred, model.roi_heads.box_predictor):
         in_float32(m)
     return model
+
+
+def _resnet50_v2(cfg: ModelConfig, num_classes: int, anchors: AnchorGenerator, kw: dict) -> tuple[MaskRCNN, tuple]:
+    """The layout of torchvision's maskrcnn_resnet50_fpn_v2, so its COCO weights load as they are."""
+    bn = nn.BatchNorm2d
+    backbone = _resnet_fpn_extractor(resnet50(norm_layer=bn), cfg.trainable_layers, norm_layer=bn)
+    model = MaskRCNN(
+        backbone, num_classes=num_classes,
+        rpn_head=RPNHead(256, anchors.num_anchors_per_location()[0], conv_depth=2),
+        box_head=FastRCNNConvFCHead((256, 7, 7), [256] * 4, [1024], norm_layer=bn),
+        mask_head=MaskRCNNHeads(256, [256] * 4, 1, norm_layer=bn), **kw)
+    return model, (512,) * 8
+
+
+def _resnet18(cfg: ModelConfig, num_classes: int, anchors: AnchorGenerator, kw: dict) -> tuple[MaskRCNN, tuple]:
+    """The light backbone; ``fpn_channels`` below 256 narrows the pyramid and the heads."""
+    bn = nn.BatchNorm2d
+    backbone = _resnet_fpn_extractor(resnet18(norm_layer=bn), cfg.trainable_layers, norm_layer=bn)
+    ch = cfg.fpn_channels
+    if ch != 256:  # a narrower pyramid: the FPN, RPN and heads at stride 4 dominate a CPU step
+        backbone.fpn = FeaturePyramidNetwork([64, 128, 256, 512], ch, extra_blocks=LastLevelMaxPool(),
+                                             norm_layer=bn)
+        backbone.out_channels = ch
+    model = MaskRCNN(backbone, num_classes=num_classes,
+                     mask_head=MaskRCNNHeads(ch, [ch] * 2, 1, norm_layer=bn), **kw)
+    if ch != 256:  # torchvision's default mask predictor assumes 256 channels
+        model.roi_heads.mask_predictor = MaskRCNNPredictor(ch, ch, num_classes)
+    return model, (ch,) * 4
+
+
+# name -> builder (model, keypoint head widths); the names and labels are in detector/train_config.py
+BACKBONE_BUILDERS = {"resnet50_v2": _resnet50_v2, "resnet18": _resnet18}
+assert set(BACKBONE_BUILDERS) == set(BACKBONES), "detector/train_config.py BACKBONES and the builders differ"
 
 
 def _remap_rows(name: str, src: torch.Tensor, dst: torch.Tensor, rows: dict[int, int]) -> torch.Tensor:
@@ -352,7 +365,7 @@ def build_model(*, categories: list[Category] | tuple[Category, ...], weights: s
     notice = ""
     pretrained = False
     if weights == "coco":
-        if cfg.backbone != "resnet50_v2":
+        if cfg.backbone != DEFAULT_BACKBONE:
             cached = coco_cache_path().is_file()
             notice = (f"Random initial weights ({cfg.backbone}): "
                       + ("torchvision's COCO weights fit ResNet-50 FPN v2 only" if cached else

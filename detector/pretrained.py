@@ -26,6 +26,7 @@ from torchvision.models.detection import KeypointRCNN_ResNet50_FPN_Weights, Mask
 
 from .domain import Category
 from .errors import LoupeError
+from .train_config import DEFAULT_BACKBONE
 from .model import (Detector, ModelConfig, _architecture, _coco_keypoints, keypoint_slices, save_checkpoint,
                     transfer_weights)
 
@@ -187,7 +188,7 @@ def coco_start(project, mapping: dict[str, str], output: str | os.PathLike, *,
     coco_classes = [n for n in COCO_NAMES if n in mapping]
     cats = tuple(Category(n, have[mapping[n]].color, have[mapping[n]].keypoints, have[mapping[n]].skeleton)
                  for n in coco_classes)
-    cfg = ModelConfig(backbone="resnet50_v2")
+    cfg = ModelConfig(backbone=DEFAULT_BACKBONE)
     nk = sum(len(c.keypoints) for c in cats)
     model = _architecture(len(cats) + 1, nk, cfg)
     rows = {0: 0, **{i + 1: COCO_NAMES.index(n) for i, n in enumerate(coco_classes)}}

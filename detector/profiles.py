@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-PROFILES = ("auto", "gpu", "cpu-fast", "reference")
+from .train_config import CPU_MAX_SIZE, GPU_SIZE, PROFILES
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class Profile:
     name: str
     reason: str
     backbone: str | None = None  # None: the checkpoint's, or resnet50_v2
-    min_size: int = 512
+    min_size: int = CPU_MAX_SIZE
     batch_size: int = 2
     model_overrides: dict = field(default_factory=dict)
     iterations: int | None = None  # None: the trainer's (20 epochs, at least 100 steps)
@@ -42,7 +42,7 @@ OBJECT_PX = 48  # the median object's shorter side, in model-input pixels, that 
 
 def cpu_size(sizes: list[tuple[int, int]], objects: list[float]) -> int:
     """The model input's shorter side for the CPU profile: the image scaled so the median labelled
-    object is about OBJECT_PX pixels across (the smallest anchor is 32), between 128 and 512.
+    object is about OBJECT_PX pixels across (the smallest anchor is 32), between 128 and CPU_MAX_SIZE.
 
     Scaling by the objects rather than the image holds on both kinds of data seen so far: the
     demo's shapes (~70 px in 240 px images) shrink to 160 px inputs, 2.5x less work per step,
@@ -50,11 +50,11 @@ def cpu_size(sizes: list[tuple[int, int]], objects: list[float]) -> int:
     """
     side = short_side(sizes)
     if not side:
-        return 512
+        return CPU_MAX_SIZE
     if objects:
         obj = statistics.median(objects)
         side = side * OBJECT_PX / max(obj, 1.0)
-    return int(min(512, max(128, _round32(side))))
+    return int(min(CPU_MAX_SIZE, max(128, _round32(side))))
 
 
 def choose(name: str, device: torch.device, sizes: list[tuple[int, int]],
@@ -66,12 +66,12 @@ def choose(name: str, device: torch.device, sizes: list[tuple[int, int]],
     if name == "auto":
         name = "cpu-fast" if device.type == "cpu" else "gpu"
     if name == "gpu":
-        return Profile("gpu", "a GPU: the full model at COCO's 800 px, batch 4, mixed precision",
-                       backbone=None, min_size=800, batch_size=4)
+        return Profile("gpu", f"a GPU: the full model at COCO's {GPU_SIZE} px, batch 4, mixed precision",
+                       backbone=None, min_size=GPU_SIZE, batch_size=4)
     if name == "reference":
         return Profile("reference", "as asked: torchvision's detection settings",
-                       backbone=None, min_size=512, batch_size=2)
-    # cpu-fast: the images' own size (never upscaled past 512), a light backbone, fewer sampled
+                       backbone=None, min_size=CPU_MAX_SIZE, batch_size=2)
+    # cpu-fast: the images' own size (never upscaled past CPU_MAX_SIZE), a light backbone, fewer sampled
     # regions per image; each halves or more of a CPU step's time (bench/RESULTS.md).
     size = cpu_size(sizes, objects or [])
     return Profile("cpu-fast", "a CPU: a light backbone and a narrower feature pyramid, images scaled so "

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +30,7 @@ from .errors import LoupeError
 from .domain import Category, ImageRecord, ImageStatus, Instance
 from .images import load_image
 from .profiles import Profile
+from .train_config import DEFAULT_BACKBONE, OPTIMIZERS, EventKind, TrainConfig, TrainEvent  # noqa: F401 (re-exported)
 from .inference import is_out_of_memory, pick_device
 from .model import (CheckpointError, Detector, ModelConfig, build_model, detector_from_checkpoint, focus_keypoints,
                     keypoint_slices, load_checkpoint, save_checkpoint)
@@ -38,7 +38,6 @@ from .model import (CheckpointError, Detector, ModelConfig, build_model, detecto
 LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg",
               "loss_mask", "loss_keypoint")
 
-OPTIMIZERS = ("sgd", "adamw")
 # bench/RESULTS.md has the runs behind these (bench_e2e.py, 25 reviewed synthetic images).
 FROM_SCRATCH_ADAMW_LR = 1e-3  # for batch 4, scaled by sqrt(batch / 4)
 FROM_SCRATCH_SGD_LR_PER_IMAGE = 0.005
@@ -63,56 +62,6 @@ def cpu_bf16_fast() -> bool:
 
 class TrainingError(LoupeError):
     """Training stopped; the message says why and what to do. The previous model is kept."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    weights: str | None = "coco"  # checkpoint path, "coco" or "none"
-    epochs: int | None = None
-    iterations: int | None = None  # default: 20 epochs' worth, at least 100 steps
-    batch_size: int | None = None  # None: the profile's
-    lr: float | None = None  # default: see with_start_defaults
-    optimizer: str | None = None  # "sgd" or "adamw"; default: AdamW from random weights, else SGD
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup_steps: int = 50
-    clip_grad: float = 10.0
-    device: str | None = None
-    backbone: str | None = None  # default: the checkpoint's, else resnet50_v2
-    min_size: int | None = None  # None: the profile's
-    max_size: int | None = None  # None: 5/3 of min_size
-    trainable_layers: int | None = None  # backbone stages to train (0-5); default 3 pretrained, 5 random
-    augment: bool = True
-    seed: int = 0
-    holdout: float = 0.2
-    resume: str | None = None
-    extra_coco: str | None = None
-    checkpoint_every: int = 0
-    amp: bool = True
-    model_overrides: dict = field(default_factory=dict)  # any ModelConfig field
-    # Seconds the run may take: after a few steps the step count is set to fit (at least
-    # MIN_BUDGET_STEPS, at most ``iterations``). The CPU profile's way of sizing a first model.
-    time_budget_s: float | None = None
-    freeze_bn: bool | None = None  # backbone BatchNorm keeps its statistics; None: see with_start_defaults
-    profile: str = "auto"  # fills what is left None: see detector.profiles
-
-
-@dataclass(frozen=True)
-class TrainEvent:
-    """One progress report; ``kind`` is start, step, checkpoint, done, cancelled or error."""
-
-    kind: str
-    step: int = 0
-    total_steps: int = 0
-    epoch: int = 0
-    lr: float = 0.0
-    losses: dict[str, float] = field(default_factory=dict)
-    images_per_s: float = 0.0
-    message: str = ""
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
 
 
 @dataclass
@@ -691,8 +640,8 @@ def prepare_detector(project, cfg: TrainConfig) -> tuple[Detector, dict | None]:
         except CheckpointError as exc:
             raise TrainingError(str(exc)) from exc
         return det, None
-    backbone = cfg.backbone or "resnet50_v2"
-    pretrained = cfg.weights == "coco" and backbone == "resnet50_v2"
+    backbone = cfg.backbone or DEFAULT_BACKBONE
+    pretrained = cfg.weights == "coco" and backbone == DEFAULT_BACKBONE
     layers = cfg.trainable_layers if cfg.trainable_layers is not None else (3 if pretrained else 5)
     mcfg = ModelConfig(backbone=backbone, min_size=cfg.min_size, max_size=cfg.max_size,
                        trainable_layers=layers, **overrides)

@@ -79,14 +79,14 @@ def test_correct_everything_with_undo_redo_and_reopen(qtbot, setup):
     assert p.image(new[0].id).status is ImageStatus.PREDICTED
     assert len(canvas.items_by_id) == len(preds)
     # The slider filters instantly, without the model.
-    w.score_slider.setValue(100)
+    w.acts.score_slider.setValue(100)
     assert not any(it.isVisible() for it in canvas.items_by_id.values())
-    w.score_slider.setValue(0)
+    w.acts.score_slider.setValue(0)
     assert all(it.isVisible() for it in canvas.items_by_id.values())
     # Accept one (Enter).
     top = max(preds, key=lambda i: i.score)
     canvas.select_ids([top.id])
-    w.act_accept.trigger()
+    w.acts.accept.trigger()
     assert p.instance(top.id).accepted
 
     # Edits on a reviewed image with known shapes.
@@ -123,7 +123,7 @@ def test_correct_everything_with_undo_redo_and_reopen(qtbot, setup):
 
     # Paint pixels into the mask with the brush, then erase some.
     canvas.select_ids([inst.id])
-    w.set_tool(Tool.BRUSH)
+    w.acts.set_tool(Tool.BRUSH)
     canvas.brush_radius = 2
     before = M.decode(p.instance(inst.id).mask).astype(bool)
     ys, xs = np.nonzero(~before)
@@ -137,7 +137,7 @@ def test_correct_everything_with_undo_redo_and_reopen(qtbot, setup):
     stack.undo()
     assert (M.decode(p.instance(inst.id).mask).astype(bool) == before).all()
     stack.redo()
-    w.set_tool(Tool.ERASER)
+    w.acts.set_tool(Tool.ERASER)
     inside = np.argwhere(before)
     ey, ex = inside[len(inside) // 2]
     drag(canvas, (ex + 0.5, ey + 0.5), (ex + 0.5, ey + 1.5))
@@ -146,7 +146,7 @@ def test_correct_everything_with_undo_redo_and_reopen(qtbot, setup):
     stack.undo()
     assert (M.decode(p.instance(inst.id).mask).astype(bool) == painted).all()
     stack.redo()
-    w.set_tool(Tool.SELECT)
+    w.acts.set_tool(Tool.SELECT)
 
     # Keypoints: drag one, then V cycles its visibility.
     kite_img, kite = None, None
@@ -167,7 +167,7 @@ def test_correct_everything_with_undo_redo_and_reopen(qtbot, setup):
     assert dragged.keypoints[k][:2] == pytest.approx((kx + 3, ky + 2), abs=0.3)
     assert dragged.box == kite.box
     assert canvas.active_keypoint == (kite.id, k)
-    w.act_keypoint_vis.trigger()
+    w.acts.keypoint_vis.trigger()
     assert p.instance(kite.id).keypoints[k][2] == 1
     kstack.undo()
     assert p.instance(kite.id).keypoints[k][2] == 2
@@ -180,7 +180,7 @@ def test_correct_everything_with_undo_redo_and_reopen(qtbot, setup):
     # Draw a new box: the model's second stage fills in its mask.
     target = new[1].id
     _show(qtbot, w, target)
-    w.set_tool(Tool.BOX)
+    w.acts.set_tool(Tool.BOX)
     w.editor.current_category = next(iter(w.editor.categories))
     n_before = len(p.instances(target))
     drag(canvas, (20, 20), (60, 50))
@@ -188,19 +188,19 @@ def test_correct_everything_with_undo_redo_and_reopen(qtbot, setup):
                                 for i in p.instances(target)), timeout=30_000)
     mine = [i for i in p.instances(target) if i.changed_by != MODEL]
     assert len(p.instances(target)) >= n_before + 1 and mine[0].box == pytest.approx((20, 20, 60, 50), abs=0.3)
-    w.set_tool(Tool.SELECT)
+    w.acts.set_tool(Tool.SELECT)
 
     # Delete and duplicate, with undo.
     canvas.select_ids([mine[0].id])
-    w.act_duplicate.trigger()
+    w.acts.duplicate.trigger()
     assert len([i for i in p.instances(target) if i.changed_by != MODEL]) == 2
-    w.act_delete.trigger()
+    w.acts.delete.trigger()
     assert len([i for i in p.instances(target) if i.changed_by != MODEL]) == 1
     w.editor.stack().undo()
     assert len([i for i in p.instances(target) if i.changed_by != MODEL]) == 2
 
     # Mark reviewed (Space): shown predictions are kept and accepted, the image is reviewed.
-    w.score_slider.setValue(0)
+    w.acts.score_slider.setValue(0)
     with qtbot.waitSignal(w.image_shown, timeout=10_000):
         QTest.keyClick(canvas, Qt.Key.Key_Space)
     assert p.image(target).status is ImageStatus.REVIEWED
@@ -222,9 +222,9 @@ def test_correct_everything_with_undo_redo_and_reopen(qtbot, setup):
 
 def test_pre_annotate_all_then_close_leaves_nothing_running(qtbot, setup):
     w, p, _ = setup
-    w.act_predict_all.trigger()
-    assert w.progress.isVisible() and w.act_cancel.isEnabled()
-    qtbot.waitUntil(lambda: not w.progress.isVisible(), timeout=60_000)
+    w.acts.predict_all.trigger()
+    assert w.models.progress.isVisible() and w.acts.cancel.isEnabled()
+    qtbot.waitUntil(lambda: not w.models.progress.isVisible(), timeout=60_000)
     assert p.status_counts()[ImageStatus.NEW] == 0
     assert "Pre-annotation finished" in w.statusBar().currentMessage()
     thread = w.model_side.thread.thread

@@ -22,12 +22,12 @@ def test_import_from_the_menu_shows_everything(qtbot, window, project, demo, mon
     monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(gt), "COCO JSON (*.json)"))
     assert window.canvas.items_by_id == {}
     with qtbot.waitSignal(window.exchange.finished, timeout=30_000) as sig:
-        window.act_import.trigger()
+        window.acts.import_file.trigger()
     n_ann = len(json.loads(gt.read_text())["annotations"])
     assert f"imported {n_ann} annotations" in sig.args[0]
     assert project.instance_count() == n_ann
     assert [c.name for c in window.editor.categories.values()] == ["circle", "square", "triangle", "kite"]
-    assert window.categories_panel.list.count() == 4
+    assert window.categories.panel.list.count() == 4
     first = project.images()[0]
     assert len(window.canvas.items_by_id) == len(project.instances(first.id)) > 0
     row = window.image_list.model.records
@@ -39,7 +39,7 @@ def test_bad_file_is_refused_whole_with_its_name(qtbot, window, project, tmp_pat
     bad.write_text('{"images": [], "annotations": [}')
     monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(bad), ""))
     with qtbot.waitSignal(window.exchange.failed, timeout=30_000) as sig:
-        window.act_import.trigger()
+        window.acts.import_file.trigger()
     assert "broken.json" in sig.args[0]
     assert "broken.json" in window.statusBar().currentMessage()
     assert project.instance_count() == 0 and project.categories() == []
@@ -54,7 +54,7 @@ def test_export_from_the_menu_reads_back_in_pycocotools(qtbot, window, project, 
     import_coco(project, gt)
     out = tmp_path / "out.json"
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(out), ""))
-    action = window.act_export_polygons if polygons else window.act_export
+    action = window.acts.export_polygons if polygons else window.acts.export
     with qtbot.waitSignal(window.exchange.finished, timeout=60_000) as sig:
         action.trigger()
     assert "out.json" in sig.args[0]
@@ -81,7 +81,7 @@ def test_file_menu_exports_yolo_and_imports_it_into_another_window(qtbot, open_w
     out.mkdir()
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(out))
     with qtbot.waitSignal(w.exchange.finished, timeout=30_000) as sig:
-        w.act_export_as["yolo"].trigger()
+        w.acts.export_as["yolo"].trigger()
     assert "YOLO pose" in sig.args[0] and (out / "data.yaml").exists()
     copy = tmp_path / "copy"
     shutil.copytree(folder, copy, ignore=shutil.ignore_patterns(".loupe", "ground_truth.json"))

@@ -5,7 +5,9 @@ import pytest
 from PySide6.QtCore import QSettings
 
 from app.main_window import MainWindow
-from app.training import TrainSettings
+from dataclasses import replace
+
+from detector.train_config import TrainConfig
 from detector.domain import ImageStatus
 from detector.inference import Predictor
 from detector.store import Project
@@ -26,7 +28,7 @@ def window_with_model(qtbot, trained_model, tmp_path):
     w.set_project(p)
     qtbot.waitUntil(lambda: w.model_side.info is not None, timeout=30_000)
     yield w, p
-    w.cancel_work()
+    w.models.cancel()
     qtbot.waitUntil(lambda: w.model_side.batch_request < 0, timeout=30_000)
     w.close()
 
@@ -42,22 +44,22 @@ def test_out_of_memory_in_inference_is_reported_and_the_app_goes_on(qtbot, windo
     # Waiting on what the window shows, not on the worker's signal: pytest-qt's waitSignal
     # stops its timer from the emitting thread (Qt warns "Timers cannot be stopped from another
     # thread"; pytest-dev/pytest-qt#649).
-    w.predict_all()
+    w.models.predict_all()
     qtbot.waitUntil(lambda: w.model_side.batch_request < 0, timeout=20_000)
     shown = w.statusBar().currentMessage()
     assert "ran out of memory" in shown and "lower the batch size" in shown
     monkeypatch.setattr(Predictor, "forward", real)
-    w.predict_all()
+    w.models.predict_all()
     qtbot.waitUntil(lambda: w.model_side.batch_request < 0 and p.status_counts()[ImageStatus.NEW] == 0, timeout=60_000)
 
 
 def test_worker_can_be_restarted(qtbot, window_with_model):
     w, p = window_with_model
     old = w.model_side.thread
-    w.act_restart_worker.trigger()
+    w.acts.restart_worker.trigger()
     assert not old.thread.isRunning() and w.model_side.thread is not old
     qtbot.waitUntil(lambda: w.model_side.info is not None, timeout=30_000)
-    w.predict_all()
+    w.models.predict_all()
     qtbot.waitUntil(lambda: w.model_side.batch_request < 0 and p.status_counts()[ImageStatus.NEW] == 0, timeout=60_000)
 
 
@@ -67,18 +69,18 @@ def test_training_process_that_dies_is_reported_and_can_restart(qtbot, tmp_path)
     p, _ = labelled(tmp_path / "f", n=3)
     w = MainWindow(p)
     qtbot.addWidget(w)
-    w.train_settings = TrainSettings(iterations=500, batch_size=1, image_size=96, weights="none",
+    w.training.config = TrainConfig(iterations=500, batch_size=1, min_size=96, weights="none",
                                      backbone="resnet18", augment=False)
-    w.act_train.trigger()
-    qtbot.waitUntil(lambda: w.training_panel.chart.series.get("loss") is not None, timeout=120_000)
-    with qtbot.waitSignal(w.runner.finished, timeout=30_000) as fin:
-        w.runner.proc.kill()  # as if the process crashed
+    w.acts.train.trigger()
+    qtbot.waitUntil(lambda: w.training.panel.chart.series.get("loss") is not None, timeout=120_000)
+    with qtbot.waitSignal(w.training.runner.finished, timeout=30_000) as fin:
+        w.training.runner.proc.kill()  # as if the process crashed
     assert not fin.args[0]["ok"] and "stopped unexpectedly" in fin.args[0]["message"]
     assert "stopped unexpectedly" in w.statusBar().currentMessage()
-    assert w.act_train.isEnabled() and p.models() == []
-    w.train_settings.iterations = 2
-    with qtbot.waitSignal(w.runner.finished, timeout=120_000) as fin:
-        w.act_train.trigger()
+    assert w.acts.train.isEnabled() and p.models() == []
+    w.training.config = replace(w.training.config, iterations=2)
+    with qtbot.waitSignal(w.training.runner.finished, timeout=120_000) as fin:
+        w.acts.train.trigger()
     assert fin.args[0]["ok"], fin.args[0]["message"]
     w.close()
 
@@ -109,7 +111,7 @@ def test_odd_settings_are_ignored_not_misread(qtbot, tmp_path):
     QSettings().setValue("recent_folders", 12345)
     w = MainWindow(Project(tmp_path / "f"))
     qtbot.addWidget(w)
-    assert [a.text() for a in w.recent_menu.actions()] == [str((tmp_path / "f").resolve())]
+    assert [a.text() for a in w.acts.recent_menu.actions()] == [str((tmp_path / "f").resolve())]
     w.close()
 
 

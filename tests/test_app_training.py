@@ -7,15 +7,18 @@ from pathlib import Path
 import pytest
 
 from app.main_window import MainWindow
-from app.training import TrainSettings
+from dataclasses import replace
+
+from app.autotrain import AutoTrainSettings
+from detector.train_config import TrainConfig
 from detector.coco import import_coco
 from detector.domain import MODEL, ImageStatus
 from detector.store import Project
 from detector.synthetic import generate
 
-SMALL = ["--model-option", "rpn_batch_size_per_image=64", "--model-option", "box_batch_size_per_image=64",
-         "--model-option", "anchor_sizes=8,16,32,64,128", "--model-option", "box_detections_per_img=20",
-         "--holdout", "0.4", "--seed", "1"]
+SMALL = dict(model_overrides={"rpn_batch_size_per_image": 64, "box_batch_size_per_image": 64,
+                              "anchor_sizes": (8, 16, 32, 64, 128), "box_detections_per_img": 20},
+             holdout=0.4, seed=1)
 
 
 @pytest.fixture
@@ -34,34 +37,34 @@ def window(qtbot, tmp_path):
     qtbot.addWidget(w)
     with qtbot.waitSignal(w.image_shown, timeout=10_000):
         w.set_project(p)
-    w.train_settings = TrainSettings(iterations=40, batch_size=2, image_size=96, weights="none",
-                                     backbone="resnet18", augment=False, extra_args=SMALL)
+    w.training.config = TrainConfig(iterations=40, batch_size=2, min_size=96, weights="none",
+                                    backbone="resnet18", augment=False, **SMALL)
     yield w, p
-    if w.runner.running:
-        w.runner.kill()
-    w.cancel_work()
+    if w.training.runner.running:
+        w.training.runner.kill()
+    w.models.cancel()
     qtbot.waitUntil(lambda: w.model_side.batch_request < 0, timeout=30_000)
     w.close()
 
 
 def test_train_cancel_then_complete_swaps_model_and_reannotates(qtbot, window):
     w, p = window
-    chart = w.training_panel.chart
+    chart = w.training.panel.chart
     # Cancel: stops within a few seconds, no version, the app keeps working.
-    w.train_settings.iterations = 500
-    w.act_train.trigger()
-    assert w.runner.running and not w.act_train.isEnabled()
+    w.training.config = replace(w.training.config, iterations=500)
+    w.acts.train.trigger()
+    assert w.training.runner.running and not w.acts.train.isEnabled()
     qtbot.waitUntil(lambda: "loss" in chart.series and chart.series["loss"].count() >= 2, timeout=120_000)
-    with qtbot.waitSignal(w.runner.finished, timeout=30_000) as fin:
-        w.training_panel.cancel_button.click()
+    with qtbot.waitSignal(w.training.runner.finished, timeout=30_000) as fin:
+        w.training.panel.cancel_button.click()
     assert fin.args[0]["cancelled"] and not fin.args[0]["ok"]
-    assert p.models() == [] and w.act_train.isEnabled()
-    assert "cancelled" in w.training_panel.result.text()
+    assert p.models() == [] and w.acts.train.isEnabled()
+    assert "cancelled" in w.training.panel.result.text()
 
     # A full run.
-    w.train_settings.iterations = 40
-    with qtbot.waitSignal(w.runner.finished, timeout=300_000) as fin:
-        w.act_train.trigger()
+    w.training.config = replace(w.training.config, iterations=40)
+    with qtbot.waitSignal(w.training.runner.finished, timeout=300_000) as fin:
+        w.acts.train.trigger()
     result = fin.args[0]
     assert result["ok"], result["message"]
     names = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask",
@@ -76,7 +79,7 @@ def test_train_cancel_then_complete_swaps_model_and_reannotates(qtbot, window):
     assert log.exists() and any(json.loads(x)["kind"] == "step" for x in log.read_text().splitlines())
     # Hot swap, then the images not yet reviewed are re-annotated by the new model.
     qtbot.waitUntil(lambda: w.model_side.info is not None and w.model_side.info.name == version.path, timeout=60_000)
-    qtbot.waitUntil(lambda: p.status_counts()[ImageStatus.NEW] == 0 and not w.progress.isVisible(),
+    qtbot.waitUntil(lambda: p.status_counts()[ImageStatus.NEW] == 0 and not w.models.progress.isVisible(),
                     timeout=60_000)
     unreviewed = p.images([ImageStatus.PREDICTED])
     assert len(unreviewed) == 2
@@ -88,52 +91,56 @@ def test_refuses_to_train_without_reviewed_images(qtbot, tmp_path):
     generate(tmp_path / "g", n_images=3, size=(64, 48))
     w = MainWindow(Project(tmp_path / "g"))
     qtbot.addWidget(w)
-    w.act_train.trigger()
-    assert not w.runner.running
+    w.acts.train.trigger()
+    assert not w.training.runner.running
     assert "at least 2 reviewed images" in w.statusBar().currentMessage()
     w.close()
 
 
 def test_settings_dialog_round_trips_every_choice(qtbot):
-    from app.training import TrainSettingsDialog
+    from app.train_dialogs import TrainingSettingsDialog
 
-    start = TrainSettings(iterations=300, lr=0.002, batch_size=4, image_size=640, trainable_layers=3,
-                          augment=False, device="cpu", weights="none", backbone="resnet18", optimizer="adamw")
-    dlg = TrainSettingsDialog(start)
+    start = TrainConfig(iterations=300, lr=0.002, batch_size=4, min_size=640, trainable_layers=3,
+                        augment=False, device="cpu", weights="none", backbone="resnet18", optimizer="adamw",
+                        model_overrides={"box_detections_per_img": 20}, seed=3)
+    dlg = TrainingSettingsDialog(start, AutoTrainSettings())
     qtbot.addWidget(dlg)
-    assert dlg.settings() == start
+    assert dlg.config() == start  # what the dialog does not show is kept too
+    assert dlg.auto() == AutoTrainSettings()
     dlg.optimizer.setCurrentIndex(dlg.optimizer.findData("sgd"))
     dlg.lr.setValue(0)  # automatic
-    args = dlg.settings().to_args(active=None)
+    args = dlg.config().for_project(None).to_argv()
     assert args[args.index("--optimizer") + 1] == "sgd" and "--lr" not in args
     dlg.optimizer.setCurrentIndex(dlg.optimizer.findData(""))  # automatic: the trainer decides
-    assert "--optimizer" not in dlg.settings().to_args(active=None)
+    assert "--optimizer" not in dlg.config().for_project(None).to_argv()
+    dlg.auto_every.setValue(3)
+    assert dlg.auto() == AutoTrainSettings(on=True, every=3)
 
 
 def test_auto_training_after_n_reviews_promotes_by_ap_and_reannotates(qtbot, window):
     """With a model in place, reviewing N more images starts a background run; its model is kept
     only if its held-out AP is not worse, and then the unreviewed images are re-annotated."""
     w, p = window
-    w.train_settings.iterations = 20
-    assert not w.autotrain.enabled()  # no model yet: nothing to improve on
-    with qtbot.waitSignal(w.runner.finished, timeout=300_000) as fin:
-        w.act_train.trigger()
+    w.training.config = replace(w.training.config, iterations=20)
+    assert not w.training.autotrain.enabled()  # no model yet: nothing to improve on
+    with qtbot.waitSignal(w.training.runner.finished, timeout=300_000) as fin:
+        w.acts.train.trigger()
     assert fin.args[0]["ok"]
     qtbot.waitUntil(lambda: w.model_side.batch_request < 0 and p.status_counts()[ImageStatus.NEW] == 0, timeout=120_000)
-    assert w.autotrain.enabled()
-    assert "after 10 more reviewed images" in w.training_panel.auto.text()  # the default N
-    w.train_settings.auto_every = 1
-    w.autotrain.announce()
-    assert "after 1 more reviewed image" in w.training_panel.auto.text()
+    assert w.training.autotrain.enabled()
+    assert "after 10 more reviewed images" in w.training.panel.auto.text()  # the default N
+    w.training.autotrain.settings = AutoTrainSettings(every=1)
+    w.training.autotrain.announce()
+    assert "after 1 more reviewed image" in w.training.panel.auto.text()
     first = p.active_model()
     todo = [r.id for r in p.images([ImageStatus.PREDICTED])]
     assert len(todo) == 2
     w.show_image(todo[0])
     qtbot.waitUntil(lambda: w.editor.image_id == todo[0] and w.canvas.has_image, timeout=10_000)
     w.mark_reviewed()  # a run starts by itself; the window stays usable
-    assert w.runner.running
-    with qtbot.waitSignal(w.runner.finished, timeout=300_000) as fin:
-        w.act_prev.trigger()  # the person keeps working
+    assert w.training.runner.running
+    with qtbot.waitSignal(w.training.runner.finished, timeout=300_000) as fin:
+        w.acts.prev.trigger()  # the person keeps working
     assert fin.args[0]["ok"], fin.args[0]["message"]
     assert int(p.get_meta("reviewed_at_last_training")) == 7
     (second,) = [m for m in p.models() if m.id != first.id]
@@ -146,4 +153,4 @@ def test_auto_training_after_n_reviews_promotes_by_ap_and_reannotates(qtbot, win
             i.changed_at > second.created_at for i in p.instances(todo[1]) if i.changed_by == MODEL), timeout=120_000)
         assert p.instances(todo[1])
     else:
-        assert p.active_model().id == first.id and "not better" in w.training_panel.result.text()
+        assert p.active_model().id == first.id and "not better" in w.training.panel.result.text()

@@ -29,9 +29,9 @@ def test_opens_folder_and_shows_first_image(window, project):
 def test_next_previous_and_selection_sync(window, qtbot, project):
     ids = [r.id for r in project.images()]
     with qtbot.waitSignal(window.image_shown, timeout=5000) as sig:
-        window.act_next.trigger()
+        window.acts.next.trigger()
     assert sig.args == [ids[1]]
-    assert {k.toString() for k in window.act_next.shortcuts()} == {"D", "PgDown"}
+    assert {k.toString() for k in window.acts.next.shortcuts()} == {"D", "PgDown"}
     with qtbot.waitSignal(window.image_shown, timeout=5000):
         window.step(-1)
     assert window.current_image_id == ids[0]
@@ -110,7 +110,7 @@ def test_the_starting_offer_waits_for_the_model_side(qtbot, project, open_window
     w = open_window(project)
     qtbot.waitUntil(lambda: w.starting.ready, timeout=60_000)
     assert w.starting.banner.isVisibleTo(w)
-    assert "no model yet" in w.device_label.text()
+    assert "no model yet" in w.models.device_label.text()
     assert "(170 MB)" in w.starting.download_button.text()  # named once detector.pretrained is in
 
 

@@ -1,0 +1,253 @@
+"""The training vocabulary, written once: ``TrainConfig`` (the settings of one run), ``TrainEvent``
+(what a run reports) and the options of ``loupe train``, which are generated from the config's
+fields so a default or a name exists in one place.
+
+Imports neither torch nor Qt: the window builds a ``TrainConfig`` before torch is loaded and hands
+the child process ``cfg.to_argv()``; the child rebuilds it with ``TrainConfig.from_args``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from enum import Enum
+from typing import Any
+
+# Backbones by name, with the label the settings dialog shows; detector/model.py holds a builder
+# for each (it checks at import that the two tables agree).
+BACKBONES = {"resnet50_v2": "ResNet-50 FPN v2", "resnet18": "ResNet-18 FPN (light)"}
+DEFAULT_BACKBONE = "resnet50_v2"
+GPU_SIZE = 800  # the shorter side COCO models are trained at; the GPU profile's input size
+CPU_MAX_SIZE = 512  # the CPU profile never scales an image's shorter side past this
+OPTIMIZERS = ("sgd", "adamw")
+PROFILES = ("auto", "gpu", "cpu-fast", "reference")
+WEIGHTS_HELP = "checkpoint file, 'coco', 'none' (random) or 'active' (the project's model, else coco)"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run is asked for; ``None`` means "let the profile or the trainer
+    choose" (detector.profiles, detector.training.with_start_defaults)."""
+
+    weights: str | None = "coco"  # checkpoint path, "coco", "none" or "active"
+    epochs: int | None = None
+    iterations: int | None = None  # default: 20 epochs' worth, at least 100 steps
+    batch_size: int | None = None  # None: the profile's
+    lr: float | None = None  # default: see with_start_defaults
+    optimizer: str | None = None  # "sgd" or "adamw"; default: AdamW from random weights, else SGD
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    clip_grad: float = 10.0
+    device: str | None = None
+    backbone: str | None = None  # default: the checkpoint's, else the profile's or resnet50_v2
+    min_size: int | None = None  # None: the profile's
+    max_size: int | None = None  # None: 5/3 of min_size
+    trainable_layers: int | None = None  # backbone stages to train (0-5); default 3 pretrained, 5 random
+    augment: bool = True
+    seed: int = 0
+    holdout: float = 0.2
+    resume: str | None = None
+    extra_coco: str | None = None
+    checkpoint_every: int = 0
+    amp: bool = True
+    model_overrides: dict = field(default_factory=dict)  # any ModelConfig field
+    # Seconds the run may take: after a few steps the step count is set to fit (at least
+    # MIN_BUDGET_STEPS, at most ``iterations``). The CPU profile's way of sizing a first model.
+    time_budget_s: float | None = None
+    freeze_bn: bool | None = None  # backbone BatchNorm keeps its statistics; None: see with_start_defaults
+    profile: str = "auto"  # fills what is left None: see detector.profiles
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["model_overrides"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.model_overrides.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """The fields this version knows; anything else (a newer Loupe's) is left out."""
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        if "model_overrides" in kw:
+            kw["model_overrides"] = {k: tuple(v) if isinstance(v, list) else v
+                                     for k, v in (kw["model_overrides"] or {}).items()}
+        return cls(**kw)
+
+    def for_project(self, active: str | None) -> TrainConfig:
+        """``weights="active"`` made concrete: the project's active model, else COCO. A backbone
+        is a choice for new models only: a checkpoint brings its own."""
+        from dataclasses import replace
+
+        weights = (active or "coco") if self.weights == "active" else self.weights
+        backbone = self.backbone if weights in (None, "coco", "none") else None
+        return replace(self, weights=weights, backbone=backbone)
+
+    def to_argv(self) -> list[str]:
+        """The ``loupe train`` options that rebuild this config (defaults are left out)."""
+        out: list[str] = []
+        for opt in OPTIONS:
+            value = getattr(self, opt.field)
+            if value == _default(opt.field):
+                continue
+            if opt.kind == "off":
+                out.append(opt.flag)
+            elif opt.kind == "pairs":
+                for key, v in value.items():
+                    v = ",".join(str(x) for x in v) if isinstance(v, (tuple, list)) else str(v)
+                    out += [opt.flag, f"{key}={v}"]
+            else:
+                out += [opt.flag, str(value)]
+        return out
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace) -> TrainConfig:
+        kw: dict[str, Any] = {}
+        for opt in OPTIONS:
+            value = getattr(ns, opt.dest)
+            if opt.kind == "off":
+                kw[opt.field] = not value
+            elif opt.kind == "pairs":
+                kw[opt.field] = parse_model_options(value)
+            else:
+                kw[opt.field] = value
+        return cls(**kw)
+
+
+def _default(name: str) -> Any:
+    f = TrainConfig.__dataclass_fields__[name]
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+@dataclass(frozen=True)
+class Option:
+    field: str
+    flag: str
+    help: str
+    kind: str = "value"  # value: --flag V; off: --flag sets the field False; pairs: KEY=VALUE, repeatable
+    type: Any = str
+    choices: tuple | None = None
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+OPTIONS = (
+    Option("weights", "--weights", WEIGHTS_HELP),
+    Option("epochs", "--epochs", "passes over the reviewed images (or --iterations)", type=int),
+    Option("iterations", "--iterations", "optimizer steps (default: the profile's, else 20 epochs, at "
+                                         "least 100)", type=int),
+    Option("device", "--device", "cpu, cuda, cuda:1, mps (default: the best available)"),
+    Option("profile", "--profile", "what fills the settings left unset: auto picks gpu or cpu-fast by device",
+           choices=PROFILES),
+    Option("batch_size", "--batch-size", "default: the profile's (gpu 4, cpu 2)", type=int),
+    Option("lr", "--lr", "default: chosen from the optimizer, the batch size and whether the weights "
+                         "start random", type=float),
+    Option("optimizer", "--optimizer", "default: AdamW from random weights, SGD (torchvision's recipe) "
+                                       "from learned ones", choices=OPTIMIZERS),
+    Option("backbone", "--backbone", "default: the checkpoint's; else the profile's (resnet18 on a CPU "
+                                     "unless COCO weights are cached)", choices=tuple(BACKBONES)),
+    Option("min_size", "--image-size", f"shorter side the model sees; default: the profile's (gpu {GPU_SIZE}, "
+                                       f"cpu the images' own up to {CPU_MAX_SIZE})", type=int),
+    Option("seed", "--seed", "random seed (default %(default)s)", type=int),
+    Option("holdout", "--holdout", "fraction of the reviewed images held out for evaluation "
+                                   "(default %(default)s)", type=float),
+    Option("amp", "--no-amp", "float32 throughout: no mixed precision on a GPU, no bfloat16 on a CPU "
+                              "with AMX", kind="off"),
+    Option("warmup_steps", "--warmup-steps", "linear learning-rate warm-up steps (default %(default)s, at "
+                                             "most a fifth of the run)", type=int),
+    Option("time_budget_s", "--time-budget", "fit the step count to about S seconds of training (default: "
+                                             "the profile's; cpu-fast 150)", type=float, metavar="S"),
+    Option("extra_coco", "--coco", "also train on this COCO file's images"),
+    Option("resume", "--resume", "resume from this checkpoint"),
+    Option("checkpoint_every", "--checkpoint-every", "also save a resumable checkpoint every N steps",
+           type=int, metavar="N"),
+    Option("trainable_layers", "--trainable-layers", "backbone stages to train (0-5)", type=int),
+    Option("augment", "--no-augment", "no flips, colour or scale jitter", kind="off"),
+    Option("model_overrides", "--model-option", "a model knob, e.g. anchor_sizes=16,32,64,128,256 "
+                                                "(repeatable)", kind="pairs", metavar="KEY=VALUE"),
+)
+_EXCLUSIVE = ("epochs", "iterations")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """``loupe train``'s run options, from OPTIONS (defaults from TrainConfig's fields)."""
+    group = parser.add_mutually_exclusive_group()
+    for opt in OPTIONS:
+        target = group if opt.field in _EXCLUSIVE else parser
+        if opt.kind == "off":
+            target.add_argument(opt.flag, action="store_true", help=opt.help)
+        elif opt.kind == "pairs":
+            target.add_argument(opt.flag, action="append", metavar=opt.metavar, help=opt.help)
+        else:
+            target.add_argument(opt.flag, type=opt.type, default=_default(opt.field), choices=opt.choices,
+                                metavar=opt.metavar, help=opt.help)
+
+
+def parse_model_options(pairs: list[str] | None) -> dict:
+    """``KEY=VALUE`` pairs for ModelConfig fields (numbers and comma lists parsed)."""
+    from .model import ModelConfig
+
+    known = ModelConfig.__dataclass_fields__
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in known:
+            raise ValueError(f"--model-option {pair!r}: expected KEY=VALUE with KEY one of {', '.join(known)}")
+        parts = [v for v in value.split(",") if v]
+        try:
+            nums = [float(v) if any(c in v for c in ".e") else int(v) for v in parts]
+        except ValueError:
+            out[key] = value
+            continue
+        out[key] = tuple(nums) if key in ("anchor_sizes", "aspect_ratios") else nums[0]
+    return out
+
+
+class EventKind(str, Enum):
+    """What a TrainEvent reports; a str, so ``event.kind == "step"`` and JSON stay as they were."""
+
+    START = "start"
+    STEP = "step"
+    CHECKPOINT = "checkpoint"
+    EVAL = "eval"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    """One progress report of a run (``loupe train --json-events`` prints one a line)."""
+
+    kind: EventKind
+    step: int = 0
+    total_steps: int = 0
+    epoch: int = 0
+    lr: float = 0.0
+    losses: dict[str, float] = field(default_factory=dict)
+    images_per_s: float = 0.0
+    message: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "kind", EventKind(self.kind))
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["kind"] = self.kind.value
+        return json.dumps(d)
+
+    @classmethod
+    def from_json(cls, line: str) -> TrainEvent:
+        """Raises ValueError for a line that is not an event (the closing summary is not)."""
+        d = json.loads(line)
+        if not isinstance(d, dict) or "kind" not in d:
+            raise ValueError("not a training event")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
