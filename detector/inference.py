@@ -8,7 +8,6 @@ next batch. Image decoding also runs ahead on threads.
 from __future__ import annotations
 
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -19,141 +18,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torchvision.models.detection.roi_heads import keypointrcnn_inference, maskrcnn_inference
 
 from . import masks as M
-from .errors import LoupeError
+from .devices import device_description, is_out_of_memory, pick_device  # noqa: F401 (re-exported)
+from .errors import InferenceError
 from .domain import MODEL, Category, ImageStatus, Instance, Prediction
 from .images import ImageReadError, load_image
 from .model import CheckpointError, Detector, build_model, detector_from_checkpoint, load_checkpoint
-
-
-class _End:
-    """End of a producer thread's output, carrying its exception if it failed."""
-
-    def __init__(self, error: BaseException | None = None):
-        self.error = error
-
-
-class InferenceError(LoupeError):
-    """Inference cannot run; the message says what to do."""
-
-
-def pick_device(name: str | None = None) -> torch.device:
-    """CUDA, then Apple MPS, then CPU, unless ``name`` says otherwise."""
-    if name:
-        try:
-            dev = torch.device(name)
-        except RuntimeError as exc:
-            raise InferenceError(f"unknown device {name!r}") from exc
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise InferenceError(f"device {name!r} asked for, but no CUDA GPU is available")
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def device_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"GPU: {torch.cuda.get_device_name(device)}"
-    if device.type == "mps":
-        return "GPU: Apple MPS"
-    return "CPU"
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-def paste_mask(prob: torch.Tensor, box: np.ndarray, height: int, width: int
-               ) -> tuple[np.ndarray, int, int]:
-    """Paste one ``M x M`` mask probability map inside its box; returns (bool crop, x0, y0).
-
-    Same geometry as torchvision's ``paste_masks_in_image`` (1-pixel pad, box expanded by
-    ``(M + 2) / M``), but only the box region is ever allocated.
-    """
-    m = prob.shape[-1]
-    scale = (m + 2.0) / m
-    padded = F.pad(prob[None, None].float(), (1, 1, 1, 1))
-    x1, y1, x2, y2 = (float(v) for v in box)
-    cx, cy = (x1 + x2) * 0.5, (y1 + y2) * 0.5
-    hw, hh = (x2 - x1) * 0.5 * scale, (y2 - y1) * 0.5 * scale
-    bx0, by0, bx1, by1 = int(cx - hw), int(cy - hh), int(cx + hw), int(cy + hh)
-    w, h = max(bx1 - bx0 + 1, 1), max(by1 - by0 + 1, 1)
-    resized = F.interpolate(padded, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-    x_0, x_1 = max(bx0, 0), min(bx1 + 1, width)
-    y_0, y_1 = max(by0, 0), min(by1 + 1, height)
-    if x_1 <= x_0 or y_1 <= y_0:
-        return np.zeros((0, 0), dtype=bool), 0, 0
-    crop = resized[y_0 - by0:y_1 - by0, x_0 - bx0:x_1 - bx0] > 0.5
-    return crop.numpy(), x_0, y_0
-
-
-def paste_runs(probs: torch.Tensor, boxes: torch.Tensor, height: int, width: int,
-               max_elements: int = 1 << 25) -> list[np.ndarray]:
-    """Paste, threshold and run-length-scan ``N x M x M`` mask probabilities on their own device.
-
-    The batched form of ``paste_mask`` (same geometry, same bilinear weights in the same order):
-    every mask is resampled only over its box, clipped to the image, in chunks of at most
-    ``max_elements`` values, and only the positions where a mask changes value (column-major
-    flat indices, see ``masks.from_transitions``) leave the device. On a GPU this replaces
-    torchvision's per-mask CPU paste, which leaves the GPU idle.
-    """
-    n, m = probs.shape[0], probs.shape[-1]
-    if n == 0:
-        return []
-    dev = probs.device
-    size_in = m + 2
-    padded = F.pad(probs.float(), (1, 1, 1, 1))
-    b = boxes.to(dev, torch.float64)
-    scale = (m + 2.0) / m
-    cx, cy = (b[:, 0] + b[:, 2]) * 0.5, (b[:, 1] + b[:, 3]) * 0.5
-    hw, hh = (b[:, 2] - b[:, 0]) * 0.5 * scale, (b[:, 3] - b[:, 1]) * 0.5 * scale
-    bx0, by0 = (cx - hw).trunc().long(), (cy - hh).trunc().long()  # int() as paste_mask does
-    bx1, by1 = (cx + hw).trunc().long(), (cy + hh).trunc().long()
-    w_box, h_box = (bx1 - bx0 + 1).clamp(min=1), (by1 - by0 + 1).clamp(min=1)
-    x_0, y_0 = bx0.clamp(min=0), by0.clamp(min=0)
-    wc = ((bx1 + 1).clamp(max=width) - x_0).clamp(min=0)
-    hc = ((by1 + 1).clamp(max=height) - y_0).clamp(min=0)
-    width_max, height_max = int(wc.max()), int(hc.max())
-    if width_max == 0 or height_max == 0:
-        return [np.zeros(0, dtype=np.int64) for _ in range(n)]
-
-    def source(start, length, out_size, count):
-        # torch's upsample_bilinear2d (align_corners=False): float32 scale and source index.
-        idx = start[:, None] + torch.arange(count, device=dev)[None]
-        sc = torch.tensor(float(size_in), device=dev) / out_size.float()
-        src = (sc[:, None] * (idx.float() + 0.5) - 0.5).clamp(min=0)
-        i0 = src.long()
-        i1 = torch.where(i0 < size_in - 1, i0 + 1, i0)
-        l1 = src - i0.float()
-        return i0.clamp(max=size_in - 1), i1.clamp(max=size_in - 1), 1.0 - l1, l1
-
-    xi0, xi1, lx0, lx1 = source(x_0 - bx0, wc, w_box, width_max)
-    yi0, yi1, ly0, ly1 = source(y_0 - by0, hc, h_box, height_max)
-    col_ok = torch.arange(width_max, device=dev)[None] < wc[:, None]
-    row_ok = torch.arange(height_max, device=dev)[None] < hc[:, None]
-    per = max(1, max_elements // (width_max * (size_in + height_max)))
-    flat_parts, owner_parts = [], []
-    for s in range(0, n, per):
-        e = min(n, s + per)
-        p = padded[s:e]
-        cols = lx0[s:e, None, :] * p.gather(2, xi0[s:e, None, :].expand(-1, size_in, -1)) \
-            + lx1[s:e, None, :] * p.gather(2, xi1[s:e, None, :].expand(-1, size_in, -1))
-        out = ly0[s:e, :, None] * cols.gather(1, yi0[s:e, :, None].expand(-1, -1, width_max)) \
-            + ly1[s:e, :, None] * cols.gather(1, yi1[s:e, :, None].expand(-1, -1, width_max))
-        on = (out > 0.5) & row_ok[s:e, :, None] & col_ok[s:e, None, :]
-        framed = F.pad(on.transpose(1, 2).to(torch.int8), (1, 1))  # zero above and below each column
-        k, j, i = torch.nonzero(torch.diff(framed, dim=2), as_tuple=True)
-        flat_parts.append((x_0[s:e][k] + j) * height + (y_0[s:e][k] + i))
-        owner_parts.append(k + s)
-    flat = torch.cat(flat_parts).cpu().numpy()
-    counts = torch.bincount(torch.cat(owner_parts), minlength=n).cpu().numpy()
-    return np.split(flat, np.cumsum(counts)[:-1])
+from .paste import paste_mask, paste_runs  # noqa: F401 (re-exported)
+from .threads import run_ahead
 
 
 class Predictor:
@@ -304,8 +178,6 @@ class Predictor:
         between batches when ``cancel`` is set, or when the caller stops iterating.
         """
         items = list(items)
-        ready: queue.Queue = queue.Queue(maxsize=3 * self.batch_size)
-        stop = threading.Event()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="loupe-io") as pool:
             def load(path):
                 try:
@@ -313,57 +185,32 @@ class Predictor:
                 except ImageReadError as exc:
                     return None, str(exc)
 
-            def put(item) -> bool:
-                while not stop.is_set():
-                    try:
-                        ready.put(item, timeout=0.05)
-                        return True
-                    except queue.Full:
-                        continue
-                return False
-
-            def model_loop() -> None:
-                try:
-                    loads: list[Future | None] = [pool.submit(load, p) for _, p in items[: 3 * self.batch_size]]
-                    submitted = len(loads)
-                    for start in range(0, len(items), self.batch_size):
-                        if stop.is_set() or (cancel is not None and cancel.is_set()):
-                            break
-                        arrays, keys = [], []
-                        for k, (key, path) in enumerate(items[start:start + self.batch_size]):
-                            arr, err = loads[start + k].result()
-                            loads[start + k] = None  # free the pixels
-                            if submitted < len(items):  # keep decoding ahead of the model
-                                loads.append(pool.submit(load, items[submitted][1]))
-                                submitted += 1
-                            if arr is None:
-                                if not put((key, str(path), None, 0, 0, err)):
-                                    return
-                            else:
-                                arrays.append(arr)
-                                keys.append((key, str(path)))
-                        if arrays:
-                            for raw, a, (key, path) in zip(self.forward(arrays), arrays, keys):
-                                h, w = int(a.shape[0]), int(a.shape[1])
-                                if not put((key, path, pool.submit(self.to_instances, raw, h, w), w, h, None)):
-                                    return
-                    put(_End())
-                except BaseException as exc:  # re-raised on the caller's thread
-                    put(_End(exc))
-
-            thread = threading.Thread(target=model_loop, name="loupe-model", daemon=True)
-            thread.start()
-            try:
-                while True:
-                    item = ready.get()
-                    if isinstance(item, _End):
-                        if item.error is not None:
-                            raise item.error
+            def answers():  # runs on its own thread (run_ahead), a few batches ahead of the caller
+                loads: list[Future | None] = [pool.submit(load, p) for _, p in items[: 3 * self.batch_size]]
+                submitted = len(loads)
+                for start in range(0, len(items), self.batch_size):
+                    if cancel is not None and cancel.is_set():
                         return
-                    yield self._done(item, request_id)
-            finally:
-                stop.set()
-                thread.join()
+                    arrays, keys = [], []
+                    for k, (key, path) in enumerate(items[start:start + self.batch_size]):
+                        arr, err = loads[start + k].result()
+                        loads[start + k] = None  # free the pixels
+                        if submitted < len(items):  # keep decoding ahead of the model
+                            loads.append(pool.submit(load, items[submitted][1]))
+                            submitted += 1
+                        if arr is None:
+                            yield key, str(path), None, 0, 0, err
+                        else:
+                            arrays.append(arr)
+                            keys.append((key, str(path)))
+                    if arrays:
+                        for raw, a, (key, path) in zip(self.forward(arrays), arrays, keys):
+                            h, w = int(a.shape[0]), int(a.shape[1])
+                            yield key, path, pool.submit(self.to_instances, raw, h, w), w, h, None
+
+            for item in run_ahead(answers(), depth=3 * self.batch_size, name="loupe-model",
+                                  join_timeout=None):
+                yield self._done(item, request_id)
 
     @staticmethod
     def _done(p, request_id: int) -> Prediction:

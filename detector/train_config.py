@@ -12,7 +12,12 @@ import argparse
 import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from .training import Trainer
 
 # Backbones by name, with the label the settings dialog shows; detector/model.py holds a builder
 # for each (it checks at import that the two tables agree).
@@ -251,3 +256,31 @@ class TrainEvent:
             raise ValueError("not a training event")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class TrainResult:
+    ok: bool
+    checkpoint: str | None
+    steps: int
+    images_seen: int
+    cancelled: bool = False
+    message: str = ""
+    losses: dict[str, float] = field(default_factory=dict)
+    train_images: int = 0
+    holdout_images: int = 0
+    optimizer: str = ""
+    lr: float = 0.0
+
+    def summary(self) -> dict:
+        return asdict(self)
+
+
+class Hook:
+    """Override what you need; ``after_train`` always runs (in ``finally``)."""
+
+    def before_train(self, trainer: Trainer) -> None: ...
+    def after_loss(self, trainer: Trainer, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return losses
+    def after_step(self, trainer: Trainer, event: TrainEvent) -> None: ...
+    def after_train(self, trainer: Trainer) -> None: ...

@@ -88,7 +88,7 @@ def test_file_menu_exports_yolo_and_imports_it_into_another_window(qtbot, open_w
     other = Project(copy)
     w2 = open_window(other)
     with qtbot.waitSignal(w2.exchange.finished, timeout=30_000) as sig:
-        w2.act_import_folder["yolo"].trigger()
+        w2.acts.import_folder["yolo"].trigger()
     assert "imported" in sig.args[0]
     assert other.instance_count() == project.instance_count()
     assert len(w2.canvas.items_by_id) > 0  # shown at once

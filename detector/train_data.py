@@ -1,0 +1,204 @@
+"""What training reads: the reviewed images split into train and held out (stably, by path),
+as torchvision detection targets with augmentation, batched by orientation and decoded ahead
+of the model on a thread."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from . import masks as M
+from .domain import Category, ImageRecord, ImageStatus, Instance
+from .errors import TrainingError
+from .images import load_image
+from .model import keypoint_slices
+from .threads import run_ahead as _prefetched  # noqa: F401 (the trainer's name for it)
+
+
+def is_holdout(path: str, fraction: float) -> bool:
+    """Stable split: the same image is held out every time, whatever else is in the project."""
+    if fraction <= 0:
+        return False
+    h = int(hashlib.sha1(path.encode("utf-8")).hexdigest()[:8], 16)
+    return (h % 10_000) < fraction * 10_000
+
+
+def split_reviewed(project, holdout: float) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """(train, held out) among the reviewed images; at least one image stays for training."""
+    reviewed = project.images(ImageStatus.REVIEWED)
+    train = [r for r in reviewed if not is_holdout(r.path, holdout)]
+    held = [r for r in reviewed if is_holdout(r.path, holdout)]
+    if not train and held:
+        train, held = held[:1], held[1:]
+    return train, held
+
+
+@dataclass
+class Sample:
+    path: Path
+    instances: list[Instance]
+    width: int = 0
+    height: int = 0
+
+
+class LabelledImages(torch.utils.data.Dataset):
+    """Images and their instances as torchvision detection targets, augmented with transforms v2."""
+
+    def __init__(self, samples: list[Sample], categories: tuple[Category, ...], augment: bool, seed: int):
+        self.samples = samples
+        self.label_of = {c.id: i + 1 for i, c in enumerate(categories)}
+        self.categories = categories
+        self.slices = keypoint_slices(categories)
+        self.num_keypoints = sum(len(c.keypoints) for c in categories)
+        flip = list(range(self.num_keypoints))
+        for lab, sl in self.slices.items():
+            perm = categories[lab - 1].flip_permutation()
+            for j, p in enumerate(perm):
+                flip[sl.start + j] = sl.start + p
+        self.flip_perm = torch.tensor(flip, dtype=torch.long)
+        self.augment = augment
+        self.rng = random.Random(seed)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _colour(self, image: torch.Tensor) -> torch.Tensor:
+        """Colour jitter (brightness, contrast, saturation 0.7-1.3, hue +-0.03, random order)
+        drawn from the dataset's own generator, so a seed gives the same run even while a
+        prefetch thread and the model draw random numbers side by side."""
+        F = v2.functional
+        ops = [(F.adjust_brightness, self.rng.uniform(0.7, 1.3)),
+               (F.adjust_contrast, self.rng.uniform(0.7, 1.3)),
+               (F.adjust_saturation, self.rng.uniform(0.7, 1.3)),
+               (F.adjust_hue, self.rng.uniform(-0.03, 0.03))]
+        self.rng.shuffle(ops)
+        for fn, factor in ops:
+            image = fn(image, factor)
+        return image
+
+    def __getitem__(self, i: int):
+        s = self.samples[i]
+        rgb = load_image(s.path)
+        h, w = rgb.shape[:2]
+        insts = [x for x in s.instances if not x.crowd and x.category_id in self.label_of]
+        masks = np.zeros((len(insts), h, w), dtype=np.uint8)
+        kps = torch.zeros((len(insts), self.num_keypoints, 3), dtype=torch.float32)
+        for j, inst in enumerate(insts):
+            masks[j] = M.decode(inst.mask) if inst.mask is not None else M.decode(M.from_box(inst.box, h, w))
+            sl = self.slices.get(self.label_of[inst.category_id])
+            if sl is not None and inst.keypoints:
+                kps[j, sl] = torch.tensor(inst.keypoints, dtype=torch.float32)[: sl.stop - sl.start]
+        image = tv_tensors.Image(torch.from_numpy(rgb).permute(2, 0, 1))
+        boxes = tv_tensors.BoundingBoxes(torch.tensor([x.box for x in insts], dtype=torch.float32).reshape(-1, 4),
+                                         format="XYXY", canvas_size=(h, w))
+        mask_t = tv_tensors.Mask(torch.from_numpy(masks))
+        n, k = len(insts), self.num_keypoints
+        vis = kps[..., 2]
+        points = tv_tensors.KeyPoints(kps[..., :2].reshape(-1, 2), canvas_size=(h, w))
+        if self.augment:
+            if self.rng.random() < 0.5:
+                # Boxes, masks and keypoints move together; left/right keypoints swap names.
+                flip = v2.functional.horizontal_flip
+                image, boxes, mask_t, points = flip(image), flip(boxes), flip(mask_t), flip(points)
+                xy = points.as_subclass(torch.Tensor).reshape(n, k, 2)[:, self.flip_perm]
+                vis = vis[:, self.flip_perm]
+            else:
+                xy = points.as_subclass(torch.Tensor).reshape(n, k, 2)
+            image = self._colour(image)
+        else:
+            xy = points.as_subclass(torch.Tensor).reshape(n, k, 2)
+        kps = torch.cat([xy, vis[..., None]], dim=-1)
+        labels = torch.tensor([self.label_of[x.category_id] for x in insts], dtype=torch.int64)
+        b = boxes.as_subclass(torch.Tensor)
+        keep = (b[:, 2] - b[:, 0] >= 1) & (b[:, 3] - b[:, 1] >= 1)  # torchvision rejects empty boxes
+        target = {"boxes": b[keep], "labels": labels[keep],
+                  "masks": mask_t.as_subclass(torch.Tensor)[keep]}
+        if self.num_keypoints:
+            target["keypoints"] = kps[keep]
+        return image.as_subclass(torch.Tensor).float().div_(255), target
+
+
+class AspectRatioBatches(torch.utils.data.Sampler):
+    """Batches of images with the same orientation (landscape vs portrait), shuffled per epoch."""
+
+    def __init__(self, groups: list[int], batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.groups, self.batch_size, self.seed = groups, batch_size, seed
+        self.rank, self.world, self.epoch = rank, world, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        rng = random.Random(self.seed + self.epoch)
+        idx = list(range(len(self.groups)))
+        rng.shuffle(idx)
+        batches, open_ = [], {}
+        for i in idx:
+            g = open_.setdefault(self.groups[i], [])
+            g.append(i)
+            if len(g) == self.batch_size:
+                batches.append(g)
+                open_[self.groups[i]] = []
+        batches += [g for g in open_.values() if g]
+        rng.shuffle(batches)
+        # Every rank gets the same number of batches (padding with repeats) so DDP stays in step.
+        per = math.ceil(len(batches) / self.world)
+        batches = (batches * (1 + per * self.world // max(1, len(batches))))[: per * self.world]
+        return batches[self.rank::self.world]
+
+    def __iter__(self):
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+def _collate(batch):
+    return tuple(zip(*batch))
+
+
+def _pinned(batch):
+    """Page-locked copies (on the prefetch thread), so uploads overlap the GPU's work."""
+    images, targets = batch
+    return (tuple(i.pin_memory() for i in images),
+            tuple({k: v.pin_memory() for k, v in t.items()} for t in targets))
+
+
+def _person_instances(project, rec: ImageRecord) -> list[Instance]:
+    return [i for i in project.instances(rec.id) if i.touched_by_person]
+
+
+def collect_samples(project, records: list[ImageRecord]) -> tuple[list[Sample], list[int]]:
+    samples, groups = [], []
+    for r in records:
+        r = project.ensure_size(r)
+        if not r.readable:
+            continue
+        samples.append(Sample(project.abspath(r), _person_instances(project, r), r.width, r.height))
+        groups.append(int(r.width >= r.height))
+    return samples, groups
+
+
+def _coco_samples(project, coco_path: str) -> tuple[list[Sample], list[int]]:
+    """Samples from a COCO file's images under the project's folder (validated, not imported)."""
+    from .coco import plan_import, read_json
+
+    cats, images, _, _ = plan_import(read_json(coco_path), coco_path, project.root)
+    ids = {c.name: c.id for c in project.categories()}
+    missing = sorted({n for im in images.values() for n, _ in im.instances if n not in ids})
+    if missing:
+        raise TrainingError(f"{coco_path}: categories not in the project: {', '.join(missing)}")
+    samples, groups = [], []
+    for im in images.values():
+        samples.append(Sample(project.root / im.path,
+                              [i.with_(category_id=ids[n]) for n, i in im.instances], im.width, im.height))
+        groups.append(int(im.width >= im.height))
+    return samples, groups

@@ -1,0 +1,138 @@
+"""What a run starts from: the model (random, COCO, a checkpoint or a run to resume), the settings
+the profile fills in, and the optimizer and learning rate for where the weights start."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from . import profiles
+from .errors import TrainingError
+from .devices import pick_device
+from .model import CheckpointError, Detector, ModelConfig, build_model, detector_from_checkpoint, load_checkpoint
+from .profiles import Profile
+from .train_config import DEFAULT_BACKBONE, OPTIMIZERS, TrainConfig
+from .train_data import Sample
+
+# bench/RESULTS.md has the runs behind these (bench_e2e.py, 25 reviewed synthetic images).
+FROM_SCRATCH_ADAMW_LR = 1e-3  # for batch 4, scaled by sqrt(batch / 4)
+FROM_SCRATCH_SGD_LR_PER_IMAGE = 0.005
+FINE_TUNE_SGD_LR_PER_IMAGE = 0.01 / 8  # torchvision's reference recipe: 0.02 for 16 images
+FINE_TUNE_ADAMW_LR = 1e-4
+
+
+def prepare_detector(project, cfg: TrainConfig) -> tuple[Detector, dict | None]:
+    """The model to start from, and the checkpoint to resume (if any)."""
+    cats = project.categories()
+    if not cats:
+        raise TrainingError("the project has no categories: label something first")
+    overrides = dict(cfg.model_overrides)
+    resume_ckpt = None
+    if cfg.resume:
+        try:
+            resume_ckpt = load_checkpoint(cfg.resume)
+            det = detector_from_checkpoint(resume_ckpt, tuple(cats), source=cfg.resume,
+                                           strict_categories=True)
+        except CheckpointError as exc:
+            raise TrainingError(str(exc)) from exc
+        return det, resume_ckpt
+    if cfg.weights not in (None, "none", "coco"):
+        try:
+            ckpt = load_checkpoint(cfg.weights)
+        except CheckpointError as exc:
+            raise TrainingError(str(exc)) from exc
+        saved = ModelConfig.from_dict(ckpt["config"])
+        mcfg = replace(saved, min_size=cfg.min_size, max_size=cfg.max_size, **overrides)
+        if cfg.trainable_layers is not None and cfg.trainable_layers != saved.trainable_layers:
+            mcfg = replace(mcfg, trainable_layers=cfg.trainable_layers)
+        try:
+            det = detector_from_checkpoint(ckpt, tuple(cats), source=str(cfg.weights), config=mcfg)
+        except CheckpointError as exc:
+            raise TrainingError(str(exc)) from exc
+        return det, None
+    backbone = cfg.backbone or DEFAULT_BACKBONE
+    pretrained = cfg.weights == "coco" and backbone == DEFAULT_BACKBONE
+    layers = cfg.trainable_layers if cfg.trainable_layers is not None else (3 if pretrained else 5)
+    mcfg = ModelConfig(backbone=backbone, min_size=cfg.min_size, max_size=cfg.max_size,
+                       trainable_layers=layers, **overrides)
+    det = build_model(categories=cats, weights=cfg.weights, config=mcfg)
+    return det, None
+
+
+def apply_profile(cfg: TrainConfig, sizes: list[tuple[int, int]],
+                  samples: list[Sample] = ()) -> tuple[TrainConfig, Profile]:
+    """Fill the settings left open from the profile (device, image sizes); what was set stays.
+
+    Also raises the detections kept per image for dense data: at least 1.5x the most instances
+    in one reviewed image (COCO's 100 would cap recall on crowded images such as nuclei).
+    """
+    from .model import coco_cache_path
+
+    try:
+        objects = [min(i.box[2] - i.box[0], i.box[3] - i.box[1]) for s in samples for i in s.instances]
+        prof = profiles.choose(cfg.profile, pick_device(cfg.device), sizes, objects)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from exc
+    backbone = cfg.backbone
+    if backbone is None and not (cfg.weights == "coco" and coco_cache_path().is_file()):
+        backbone = prof.backbone  # COCO weights at hand keep their ResNet-50 FPN v2
+    min_size = cfg.min_size or prof.min_size
+    prof_overrides = dict(prof.model_overrides)
+    if backbone != "resnet18" or cfg.weights not in (None, "none", "coco"):
+        # The pyramid's width shapes the weights: only a new ResNet-18 model takes the profile's.
+        prof_overrides.pop("fpn_channels", None)
+    overrides = {**prof_overrides, **cfg.model_overrides}
+    most = max((len(s.instances) for s in samples), default=0)
+    if "box_detections_per_img" not in overrides and most * 1.5 > 100:
+        overrides["box_detections_per_img"] = int(math.ceil(most * 1.5))
+    explicit = bool(cfg.iterations or cfg.epochs)
+    iterations = cfg.iterations if explicit else prof.iterations
+    budget = cfg.time_budget_s if (cfg.time_budget_s or explicit) else prof.time_budget_s
+    out = replace(cfg, backbone=backbone, min_size=min_size, iterations=iterations, time_budget_s=budget,
+                  max_size=cfg.max_size or max(min_size, int(min_size * 5 / 3)),
+                  batch_size=cfg.batch_size or prof.batch_size, model_overrides=overrides)
+    rois = overrides.get("box_batch_size_per_image", 512)
+    net = backbone or "the checkpoint's or ResNet-50 FPN v2"
+    prof = replace(prof, reason=f"{prof.reason} -> {net} backbone, {min_size} px, batch {out.batch_size}, "
+                                f"{rois} sampled regions")
+    return out, prof
+
+
+def starts_from_random(cfg: TrainConfig, det: Detector) -> tuple[bool, bool]:
+    """(the weights are random now, the weights go back to a random start).
+
+    The second is true for a checkpoint trained here from random weights, however many rounds
+    ago (checkpoints carry ``from_random_init``); COCO weights and older checkpoints say no.
+    """
+    random_now = bool(det.meta.get("from_scratch")) and cfg.weights in (None, "none", "coco")
+    return random_now, random_now or bool(det.meta.get("from_random_init"))
+
+
+def with_start_defaults(cfg: TrainConfig, det: Detector, resume_ckpt: dict | None = None) -> TrainConfig:
+    """Fill in the optimizer and learning rate left open, from where the weights start.
+
+    Weights that are, or go back to, a random start: AdamW at 1e-3 (batch 4). Over 200 steps on
+    25 reviewed synthetic images it reached unseen segm AP 0.44 against 0.16 for the best SGD
+    rate; continuing such a model on more images, AdamW also beat SGD (0.56 vs 0.44;
+    bench/RESULTS.md). COCO weights: torchvision's reference SGD recipe, 0.01 for batch 8.
+    Resuming keeps the optimizer the run was started with (its state is in the checkpoint).
+    """
+    if cfg.optimizer is not None and cfg.optimizer not in OPTIMIZERS:
+        raise TrainingError(f"unknown optimizer {cfg.optimizer!r} (known: {', '.join(OPTIMIZERS)})")
+    if resume_ckpt is not None:
+        run = resume_ckpt.get("train_config") or {}
+        saved = run.get("optimizer") or "sgd"
+        if cfg.optimizer not in (None, saved):
+            raise TrainingError(f"{cfg.resume}: that run used {saved}; resume it with the same "
+                                f"optimizer (or leave the optimizer unset)")
+        return replace(cfg, optimizer=saved, lr=cfg.lr if cfg.lr is not None else run.get("lr"))
+    random_now, random_start = starts_from_random(cfg, det)
+    batch = cfg.batch_size or 2
+    optimizer = cfg.optimizer or ("adamw" if random_start else "sgd")
+    lr = cfg.lr
+    if lr is None:
+        if optimizer == "adamw":
+            lr = FROM_SCRATCH_ADAMW_LR * math.sqrt(batch / 4) if random_start else FINE_TUNE_ADAMW_LR
+        else:
+            lr = (FROM_SCRATCH_SGD_LR_PER_IMAGE if random_now else FINE_TUNE_SGD_LR_PER_IMAGE) * batch
+    return replace(cfg, optimizer=optimizer, lr=lr)
