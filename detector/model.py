@@ -24,23 +24,20 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.roi_heads import RoIHeads, keypointrcnn_loss
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from .errors import LoupeError
 from .domain import Category
+from .heads import KeypointFocusedRoIHeads, focus_keypoints, in_float32, keypoint_slices  # noqa: F401
 from .pooling import PyramidRoIAlign
 from .train_config import BACKBONES, DEFAULT_BACKBONE, GPU_SIZE
+from .transfer import class_rows_by_name, keypoint_rows_by_name, transfer_weights  # noqa: F401
 
 CHECKPOINT_FORMAT = "loupe-checkpoint"
 CHECKPOINT_VERSION = 1
 # Class-specific layers: rebuilt (rows remapped by name) when the category list changes.
-_PREDICTOR_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.",
-                       "roi_heads.keypoint_predictor.")
-
-
 class CheckpointError(LoupeError):
     """A checkpoint that cannot be used; the message names the file and the problem."""
 
@@ -103,91 +100,6 @@ class Detector:
     @property
     def num_keypoints(self) -> int:
         return sum(len(c.keypoints) for c in self.categories)
-
-
-def keypoint_slices(categories) -> dict[int, slice]:
-    """Label index -> slice of the keypoint head's output belonging to that category."""
-    out, start = {}, 0
-    for i, c in enumerate(categories):
-        if c.keypoints:
-            out[i + 1] = slice(start, start + len(c.keypoints))
-            start += len(c.keypoints)
-    return out
-
-
-class KeypointFocusedRoIHeads(RoIHeads):
-    """torchvision's RoIHeads, except that in training the keypoint head sees only the positive
-    regions of categories that have keypoints (torchvision feeds it every positive region).
-
-    The loss is the same number: regions of other categories carry no visible keypoints, so
-    ``keypointrcnn_loss`` ignores them. The work is not: the keypoint head's convolutions on every
-    positive region were the largest single cost of a CPU training step on the demo.
-    ``keypoint_labels`` (a tensor of model labels) is set by ``focus_keypoints``.
-    """
-
-    keypoint_labels: torch.Tensor | None = None
-
-    def select_training_samples(self, proposals, targets):
-        out = super().select_training_samples(proposals, targets)
-        self._samples = out
-        return out
-
-    def forward(self, features, proposals, image_shapes, targets=None):
-        if not (self.training and self.has_keypoint() and self.keypoint_labels is not None):
-            return super().forward(features, proposals, image_shapes, targets)
-        parts = (self.keypoint_roi_pool, self.keypoint_head, self.keypoint_predictor)
-        self.keypoint_roi_pool = None  # torchvision skips its keypoint branch ...
-        try:
-            result, losses = super().forward(features, proposals, image_shapes, targets)
-        finally:
-            self.keypoint_roi_pool, self.keypoint_head, self.keypoint_predictor = parts
-        sampled, matched_idxs, labels, _ = self._samples  # ... and we run it on the regions that matter
-        del self._samples
-        wanted = self.keypoint_labels.to(labels[0].device)
-        kp_boxes, kp_matched = [], []
-        for boxes, matched, lab in zip(sampled, matched_idxs, labels):
-            pos = torch.where(torch.isin(lab, wanted))[0]
-            kp_boxes.append(boxes[pos])
-            kp_matched.append(matched[pos])
-        feats = self.keypoint_head(self.keypoint_roi_pool(features, kp_boxes, image_shapes))
-        logits = self.keypoint_predictor(feats)
-        losses["loss_keypoint"] = keypointrcnn_loss(logits, kp_boxes, [t["keypoints"] for t in targets], kp_matched)
-        return result, losses
-
-
-def focus_keypoints(model: MaskRCNN, categories: tuple[Category, ...]) -> None:
-    """Train the keypoint head on keypoint categories' regions only (see KeypointFocusedRoIHeads)."""
-    rh = model.roi_heads
-    if rh.has_keypoint():
-        rh.__class__ = KeypointFocusedRoIHeads  # same state, one method more: no copy of the weights
-        rh.keypoint_labels = torch.tensor(sorted(keypoint_slices(categories)), dtype=torch.int64)
-
-
-_FLOAT32_CLASSES: dict[type, type] = {}
-
-
-def _float32_forward(self, *args, **kwargs):
-    """The module's own forward in float32, with autocast off for it (see in_float32)."""
-    dev = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
-    args = tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
-    with torch.autocast(dev, enabled=False):
-        return super(type(self), self).forward(*args, **kwargs)
-
-
-def in_float32(module: nn.Module) -> nn.Module:
-    """Make ``module`` compute in float32 even under autocast; same weights and state-dict keys.
-
-    For the layers whose outputs become coordinates (box deltas decoded against anchors and
-    proposals) or rankings (objectness, class scores): bfloat16 keeps 8 bits of mantissa, so a
-    box corner near x=400 would be rounded to 2 px. These are 1x1 convolutions and small linear
-    layers, so float32 costs next to nothing.
-    """
-    cls = type(module)
-    if cls not in _FLOAT32_CLASSES.values():
-        if cls not in _FLOAT32_CLASSES:
-            _FLOAT32_CLASSES[cls] = type(f"Float32{cls.__name__}", (cls,), {"forward": _float32_forward})
-        module.__class__ = _FLOAT32_CLASSES[cls]
-    return module
 
 
 def _architecture(num_classes: int, num_keypoints: int, cfg: ModelConfig) -> MaskRCNN:
@@ -256,76 +168,6 @@ def _resnet18(cfg: ModelConfig, num_classes: int, anchors: AnchorGenerator, kw: 
 # name -> builder (model, keypoint head widths); the names and labels are in detector/train_config.py
 BACKBONE_BUILDERS = {"resnet50_v2": _resnet50_v2, "resnet18": _resnet18}
 assert set(BACKBONE_BUILDERS) == set(BACKBONES), "detector/train_config.py BACKBONES and the builders differ"
-
-
-def _remap_rows(name: str, src: torch.Tensor, dst: torch.Tensor, rows: dict[int, int]) -> torch.Tensor:
-    """Copy class (or keypoint) rows of a predictor tensor from src to dst: rows maps dst->src."""
-    out = dst.clone()
-    per = 4 if "bbox_pred" in name else 1
-    dim = 1 if "kps_score_lowres.weight" in name else 0
-    for d, s in rows.items():
-        if (s + 1) * per <= src.shape[dim] and (d + 1) * per <= dst.shape[dim]:
-            out.narrow(dim, d * per, per).copy_(src.narrow(dim, s * per, per))
-    return out
-
-
-def transfer_weights(model: nn.Module, src_state: dict[str, torch.Tensor],
-                     class_rows: dict[int, int], keypoint_rows: dict[int, int]) -> dict[str, int]:
-    """Load every shape-compatible tensor; predictor rows only where the names match."""
-    dst = model.state_dict()
-    loaded, remapped, skipped = 0, 0, 0
-    new_state = {}
-    for k, v in dst.items():
-        s = src_state.get(k)
-        if s is None:
-            skipped += 1
-            continue
-        if k.startswith(_PREDICTOR_PREFIXES):
-            rows = keypoint_rows if "keypoint_predictor" in k else class_rows
-            if rows:
-                new_state[k] = _remap_rows(k, s, v, rows)
-                remapped += 1
-            else:
-                skipped += 1
-        elif s.shape == v.shape:
-            new_state[k] = s
-            loaded += 1
-        else:
-            skipped += 1
-    model.load_state_dict(new_state, strict=False)
-    return {"loaded": loaded, "remapped": remapped, "skipped": skipped}
-
-
-def _norm(name: str) -> str:
-    return name.strip().lower().replace("_", " ")
-
-
-def class_rows_by_name(dst: tuple[Category, ...], src_names: list[str]) -> dict[int, int]:
-    """dst label -> src label for categories whose names match (background always 0 -> 0)."""
-    idx = {_norm(n): i for i, n in enumerate(src_names)}
-    rows = {0: 0}
-    for i, c in enumerate(dst):
-        j = idx.get(_norm(c.name))
-        if j is not None:
-            rows[i + 1] = j
-    return rows
-
-
-def keypoint_rows_by_name(dst: tuple[Category, ...], src: tuple[Category, ...]) -> dict[int, int]:
-    """dst keypoint channel -> src channel where (category, keypoint) names match."""
-    src_pos = {}
-    for lab, sl in keypoint_slices(src).items():
-        c = src[lab - 1]
-        for j, kp in enumerate(c.keypoints):
-            src_pos[(_norm(c.name), _norm(kp))] = sl.start + j
-    rows = {}
-    for lab, sl in keypoint_slices(dst).items():
-        c = dst[lab - 1]
-        for j, kp in enumerate(c.keypoints):
-            s = src_pos.get((_norm(c.name), _norm(kp)))
-            if s is not None:
-                rows[sl.start + j] = s
-    return rows
 
 
 def coco_state_dict(which: str = "mask") -> dict[str, torch.Tensor] | None:

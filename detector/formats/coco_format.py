@@ -50,7 +50,7 @@ def id_maps(project, gt: Path | None) -> tuple[dict, dict, str]:
 
 def read_results(path: Path, project, gt: Path | None = None):
     """Validate a results file whole; returns {project path: [(category name, Instance)]}."""
-    from ..coco import _Reader
+    from ..coco_reader import _Reader
     from ..domain import MODEL, Instance
 
     data = read_json(path)

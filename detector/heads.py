@@ -1,0 +1,96 @@
+"""Changes to torchvision's RoI heads that keep its weights and state-dict keys: the keypoint
+head trained on keypoint categories' regions only, and layers kept in float32 under autocast."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.roi_heads import RoIHeads, keypointrcnn_loss
+
+from .domain import Category
+
+
+def keypoint_slices(categories) -> dict[int, slice]:
+    """Label index -> slice of the keypoint head's output belonging to that category."""
+    out, start = {}, 0
+    for i, c in enumerate(categories):
+        if c.keypoints:
+            out[i + 1] = slice(start, start + len(c.keypoints))
+            start += len(c.keypoints)
+    return out
+
+
+class KeypointFocusedRoIHeads(RoIHeads):
+    """torchvision's RoIHeads, except that in training the keypoint head sees only the positive
+    regions of categories that have keypoints (torchvision feeds it every positive region).
+
+    The loss is the same number: regions of other categories carry no visible keypoints, so
+    ``keypointrcnn_loss`` ignores them. The work is not: the keypoint head's convolutions on every
+    positive region were the largest single cost of a CPU training step on the demo.
+    ``keypoint_labels`` (a tensor of model labels) is set by ``focus_keypoints``.
+    """
+
+    keypoint_labels: torch.Tensor | None = None
+
+    def select_training_samples(self, proposals, targets):
+        out = super().select_training_samples(proposals, targets)
+        self._samples = out
+        return out
+
+    def forward(self, features, proposals, image_shapes, targets=None):
+        if not (self.training and self.has_keypoint() and self.keypoint_labels is not None):
+            return super().forward(features, proposals, image_shapes, targets)
+        parts = (self.keypoint_roi_pool, self.keypoint_head, self.keypoint_predictor)
+        self.keypoint_roi_pool = None  # torchvision skips its keypoint branch ...
+        try:
+            result, losses = super().forward(features, proposals, image_shapes, targets)
+        finally:
+            self.keypoint_roi_pool, self.keypoint_head, self.keypoint_predictor = parts
+        sampled, matched_idxs, labels, _ = self._samples  # ... and we run it on the regions that matter
+        del self._samples
+        wanted = self.keypoint_labels.to(labels[0].device)
+        kp_boxes, kp_matched = [], []
+        for boxes, matched, lab in zip(sampled, matched_idxs, labels):
+            pos = torch.where(torch.isin(lab, wanted))[0]
+            kp_boxes.append(boxes[pos])
+            kp_matched.append(matched[pos])
+        feats = self.keypoint_head(self.keypoint_roi_pool(features, kp_boxes, image_shapes))
+        logits = self.keypoint_predictor(feats)
+        losses["loss_keypoint"] = keypointrcnn_loss(logits, kp_boxes, [t["keypoints"] for t in targets], kp_matched)
+        return result, losses
+
+
+def focus_keypoints(model: MaskRCNN, categories: tuple[Category, ...]) -> None:
+    """Train the keypoint head on keypoint categories' regions only (see KeypointFocusedRoIHeads)."""
+    rh = model.roi_heads
+    if rh.has_keypoint():
+        rh.__class__ = KeypointFocusedRoIHeads  # same state, one method more: no copy of the weights
+        rh.keypoint_labels = torch.tensor(sorted(keypoint_slices(categories)), dtype=torch.int64)
+
+
+_FLOAT32_CLASSES: dict[type, type] = {}
+
+
+def _float32_forward(self, *args, **kwargs):
+    """The module's own forward in float32, with autocast off for it (see in_float32)."""
+    dev = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+    args = tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+    with torch.autocast(dev, enabled=False):
+        return super(type(self), self).forward(*args, **kwargs)
+
+
+def in_float32(module: nn.Module) -> nn.Module:
+    """Make ``module`` compute in float32 even under autocast; same weights and state-dict keys.
+
+    For the layers whose outputs become coordinates (box deltas decoded against anchors and
+    proposals) or rankings (objectness, class scores): bfloat16 keeps 8 bits of mantissa, so a
+    box corner near x=400 would be rounded to 2 px. These are 1x1 convolutions and small linear
+    layers, so float32 costs next to nothing.
+    """
+    cls = type(module)
+    if cls not in _FLOAT32_CLASSES.values():
+        if cls not in _FLOAT32_CLASSES:
+            _FLOAT32_CLASSES[cls] = type(f"Float32{cls.__name__}", (cls,), {"forward": _float32_forward})
+        module.__class__ = _FLOAT32_CLASSES[cls]
+    return module
