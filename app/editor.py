@@ -21,7 +21,7 @@ _NUDGE = 1001  # merge key for repeated edits of the same kind
 
 class Editor(QObject):
     changed = Signal()  # the current image's instances or status changed in the store
-    fill_requested = Signal(int, list, list)  # image id, boxes, category ids: ask the model
+    fill_requested = Signal(int, list, list, list)  # image id, boxes, category ids, instance ids
     message = Signal(str)
 
     def __init__(self, canvas: ImageCanvas, parent=None):
@@ -104,7 +104,7 @@ class Editor(QObject):
         if cmd.error:
             return
         self.canvas.select_ids([i.id for i in cmd.stored])
-        self.fill_requested.emit(self.image_id, [list(box)], [cat])
+        self.fill_requested.emit(self.image_id, [list(box)], [cat], [i.id for i in cmd.stored])
 
     def add_polygon(self, points: list) -> None:
         cat = self._need_category()
@@ -126,16 +126,16 @@ class Editor(QObject):
         self._push(AddInstances(self.project, self._refresh, [inst], "New painted mask"))
 
     def apply_fill(self, image_id: int, filled: list[Instance]) -> None:
-        """The model's mask/keypoints for a person's box, if that box is still as drawn."""
+        """The model's mask/keypoints for the person's boxes (by instance id), for each box still
+        as drawn: one moved, resized, painted or deleted meanwhile keeps what the person did."""
         if image_id != self.image_id:
             return
-        current = self._instances()
+        current = {i.id: i for i in self._instances()}
         pairs = []
         for f in filled:
-            match = [i for i in current if i.mask is None and np.allclose(i.box, f.box, atol=0.02)
-                     and i.category_id == f.category_id]
-            if match:
-                before = match[-1]
+            before = current.get(f.id)
+            if (before is not None and before.mask is None and before.category_id == f.category_id
+                    and np.allclose(before.box, f.box, atol=0.02)):
                 kps = f.keypoints if self.categories[before.category_id].keypoints else before.keypoints
                 pairs.append((before, before.with_(mask=f.mask, keypoints=kps)))
         if pairs:
@@ -166,9 +166,8 @@ class Editor(QObject):
             dy = 10 if i.box[3] + 10 <= h else -10
             mask = None
             if i.mask is not None:
-                from .canvas import _shift
 
-                mask = M.encode(_shift(M.decode(i.mask), dx, dy))
+                mask = M.encode(M.shift(M.decode(i.mask), dx, dy))
             kps = tuple((x + dx, y + dy, v) if v else (x, y, v) for x, y, v in i.keypoints)
             copies.append(Instance(i.category_id, (i.box[0] + dx, i.box[1] + dy, i.box[2] + dx,
                                                    i.box[3] + dy), mask, kps, image_id=self.image_id))

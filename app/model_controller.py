@@ -94,8 +94,8 @@ class ModelController:
         elif w.current_image_id is not None:
             self.side.predict_image(w.current_image_id)
 
-    def ask_fill(self, image_id: int, boxes: list, category_ids: list) -> None:
-        if not self.side.fill(image_id, boxes, category_ids):
+    def ask_fill(self, image_id: int, boxes: list, category_ids: list, instance_ids: list) -> None:
+        if not self.side.fill(image_id, boxes, category_ids, instance_ids):
             self.w.say("No model yet: the box stays a plain box (paint its mask with B, or train a model).", 6000)
 
     def predict_all(self) -> None:

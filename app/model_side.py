@@ -32,7 +32,7 @@ class ModelSide(QObject):
     request_load = Signal(str)
     request_warm = Signal()
     request_predict = Signal(int, list)
-    request_fill = Signal(int, int, list, list)
+    request_fill = Signal(int, int, list, list, list)
 
     def __init__(self, project: Callable[[], Project | None], parent=None):
         super().__init__(parent)
@@ -108,12 +108,13 @@ class ModelSide(QObject):
         self._next_request += 1
         self.request_predict.emit(self._next_request, [image_id])
 
-    def fill(self, image_id: int, boxes: list, category_ids: list) -> bool:
-        """Ask the model to fill drawn boxes with masks; False when there is no model."""
+    def fill(self, image_id: int, boxes: list, category_ids: list, instance_ids: list) -> bool:
+        """Ask the model to fill the person's boxes (instances ``instance_ids``) with masks; the
+        answer's instances carry those ids. False when there is no model."""
         if self.info is None:
             return False
         self._next_request += 1
-        self.request_fill.emit(self._next_request, image_id, boxes, category_ids)
+        self.request_fill.emit(self._next_request, image_id, boxes, category_ids, instance_ids)
         return True
 
     def predict_all(self, first: int | None = None) -> bool:

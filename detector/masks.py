@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -233,3 +234,55 @@ def to_polygons(mask: np.ndarray) -> list[list[float]]:
         if len(ring) >= 3:
             polygons.append([float(v) for v in ring.reshape(-1)])
     return polygons
+
+
+def disc(shape: tuple[int, int], points: list[tuple[float, float]], radius: float) -> np.ndarray:
+    """Pixels within ``radius`` of a stroke through ``points`` (a brush stroke), as bool H x W."""
+    h, w = shape
+    out = np.zeros((h, w), dtype=bool)
+    if not points:
+        return out
+    pts = [points[0]]
+    for p in points[1:]:  # fill gaps between mouse samples
+        q = pts[-1]
+        n = int(math.hypot(p[0] - q[0], p[1] - q[1]) / max(1.0, radius / 2)) + 1
+        pts += [(q[0] + (p[0] - q[0]) * t / n, q[1] + (p[1] - q[1]) * t / n) for t in range(1, n + 1)]
+    r = int(math.ceil(radius))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    kernel = (xx ** 2 + yy ** 2) <= radius ** 2
+    for x, y in pts:
+        cx, cy = int(round(x - 0.5)), int(round(y - 0.5))
+        x0, y0 = max(0, cx - r), max(0, cy - r)
+        x1, y1 = min(w, cx + r + 1), min(h, cy + r + 1)
+        if x0 < x1 and y0 < y1:
+            out[y0:y1, x0:x1] |= kernel[y0 - (cy - r):y1 - (cy - r), x0 - (cx - r):x1 - (cx - r)]
+    return out
+
+
+def shift(m: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """``m`` moved by (dx, dy) pixels; what leaves the image is lost, what enters is empty."""
+    out = np.zeros_like(m)
+    h, w = m.shape
+    xs, xd = (0, dx) if dx >= 0 else (-dx, 0)
+    ys, yd = (0, dy) if dy >= 0 else (-dy, 0)
+    cw, ch = w - abs(dx), h - abs(dy)
+    if cw > 0 and ch > 0:
+        out[yd:yd + ch, xd:xd + cw] = m[ys:ys + ch, xs:xs + cw]
+    return out
+
+
+def brush(mask: Rle | None, box: tuple[float, float, float, float], stroke: np.ndarray,
+          erase: bool) -> tuple[Rle, tuple[float, float, float, float]] | None:
+    """An instance's (mask, box) after a brush (or eraser) stroke; a box without a mask counts as
+    filled. None when nothing would be left. Painting only grows the box; erasing fits it."""
+    h, w = stroke.shape
+    old = decode(mask).astype(bool) if mask is not None else decode(from_box(box, h, w)).astype(bool)
+    new = old & ~stroke if erase else old | stroke
+    if not new.any():
+        return None
+    rle = encode(new)
+    if erase:
+        return rle, bbox_xyxy(rle)
+    start = box if mask is None else bbox_xyxy(rle)
+    bx = bbox_xyxy(rle)
+    return rle, (min(start[0], bx[0]), min(start[1], bx[1]), max(start[2], bx[2]), max(start[3], bx[3]))
