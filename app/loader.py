@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
+from PySide6.QtCore import QObject, QThreadPool, Signal
 
 from detector.images import ImageReadError, load_image
+
+from .tasks import Delivery, Task
 
 
 @dataclass(frozen=True)
@@ -20,27 +22,13 @@ class LoadedImage:
     error: str | None = None
 
 
-class _Signals(QObject):
-    done = Signal(object)  # LoadedImage
-
-
-class _LoadTask(QRunnable):
-    def __init__(self, request_id: int, image_id: int, path: Path, signals: _Signals):
-        super().__init__()
-        self.request_id, self.image_id, self.path, self.signals = request_id, image_id, path, signals
-
-    @Slot()
-    def run(self) -> None:
-        try:
-            result = LoadedImage(self.request_id, self.image_id, load_image(self.path))
-        except ImageReadError as exc:
-            result = LoadedImage(self.request_id, self.image_id, None, str(exc))
-        except Exception as exc:  # never let a worker die silently
-            result = LoadedImage(self.request_id, self.image_id, None, f"{self.path}: {exc}")
-        try:
-            self.signals.done.emit(result)
-        except RuntimeError:  # receiver already gone (window closed)
-            pass
+def _load(request_id: int, image_id: int, path: Path) -> LoadedImage:
+    try:
+        return LoadedImage(request_id, image_id, load_image(path))
+    except ImageReadError as exc:
+        return LoadedImage(request_id, image_id, None, str(exc))
+    except Exception as exc:  # never let a worker die silently
+        return LoadedImage(request_id, image_id, None, f"{path}: {exc}")
 
 
 class ImageLoader(QObject):
@@ -52,7 +40,7 @@ class ImageLoader(QObject):
         super().__init__(parent)
         self.pool = QThreadPool(self)
         self.pool.setMaxThreadCount(2)
-        self._signals = _Signals(self)
+        self._signals = Delivery(self)  # LoadedImage
         self._signals.done.connect(self._on_done)
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._pending: set[int] = set()
@@ -68,13 +56,13 @@ class ImageLoader(QObject):
             self._cache.move_to_end(image_id)
             self.loaded.emit(LoadedImage(rid, image_id, self._cache[image_id]))
         else:
-            self.pool.start(_LoadTask(rid, image_id, path, self._signals))
+            self.pool.start(Task(lambda: _load(rid, image_id, path), self._signals.done.emit))
         return rid
 
     def prefetch(self, image_id: int, path: Path) -> None:
         if image_id not in self._cache and image_id not in self._pending:
             self._pending.add(image_id)
-            self.pool.start(_LoadTask(0, image_id, path, self._signals))
+            self.pool.start(Task(lambda: _load(0, image_id, path), self._signals.done.emit))
 
     def cached(self, image_id: int) -> np.ndarray | None:
         return self._cache.get(image_id)

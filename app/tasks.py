@@ -1,7 +1,9 @@
-"""One-off background jobs (COCO import and export) off the GUI thread.
+"""The one shape of background work in the app: a plain function run on a QThreadPool whose
+result (or exception) is handed to a signal's ``emit``, so it reaches the GUI thread queued
+(superqt's worker shape: a runnable paired with a QObject of signals).
 
-A job is a plain function; its return value reaches ``done`` and its exception reaches ``failed``
-on the GUI thread (superqt's worker shape: a runnable paired with a QObject of signals).
+``Task`` is that runnable (image decoding, thumbnails); ``Jobs`` runs one-off jobs in order with
+done / failed / partial callbacks (imports, exports, the starting model).
 """
 
 from __future__ import annotations
@@ -12,25 +14,40 @@ from typing import Any
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
 
 
-class _Signals(QObject):
-    done = Signal(object)
-    failed = Signal(object)  # the exception
-    partial = Signal(object)  # what the job hands over while it runs
+class Task(QRunnable):
+    """Runs ``fn()`` on a pool thread; its result goes to ``deliver``, an exception to ``fail``
+    (both usually a signal's ``emit``). A receiver already gone (window closed) is not an error."""
 
-
-class _Job(QRunnable):
-    def __init__(self, fn: Callable[[], Any], signals: _Signals):
+    def __init__(self, fn: Callable[[], Any], deliver: Callable[[Any], None],
+                 fail: Callable[[BaseException], None] | None = None):
         super().__init__()
-        self.fn, self.signals = fn, signals
+        self.fn, self.deliver, self.fail = fn, deliver, fail
 
     @Slot()
     def run(self) -> None:
         try:
-            result = self.fn()
-        except Exception as exc:  # reported, never a silent thread death
-            self.signals.failed.emit(exc)
-        else:
-            self.signals.done.emit(result)
+            try:
+                result = self.fn()
+            except Exception as exc:  # reported, never a silent thread death
+                if self.fail is None:
+                    raise
+                self.fail(exc)
+            else:
+                self.deliver(result)
+        except RuntimeError:  # the signals' owner was deleted meanwhile
+            pass
+
+
+class Delivery(QObject):
+    """Where a pool's answers land on the GUI thread: one per owner, connected once."""
+
+    done = Signal(object)
+
+
+class _Signals(QObject):
+    done = Signal(object)
+    failed = Signal(object)  # the exception
+    partial = Signal(object)  # what the job hands over while it runs
 
 
 class Jobs(QObject):
@@ -65,7 +82,7 @@ class Jobs(QObject):
 
         signals.done.connect(lambda r: finish(done, r))
         signals.failed.connect(lambda e: finish(failed, e))
-        self.pool.start(_Job(fn, signals))
+        self.pool.start(Task(fn, signals.done.emit, signals.failed.emit))
 
     def shutdown(self) -> None:
         self.pool.clear()

@@ -10,38 +10,26 @@ from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
+from PySide6.QtCore import QObject, QThreadPool, Signal
 from PySide6.QtGui import QIcon, QImage, QPixmap
 
 from detector.images import ImageReadError, load_thumbnail
 
+from .tasks import Delivery, Task
+
 THUMB_SIZE = 48
 
 
-class _Signals(QObject):
-    done = Signal(int, object)  # image id, QImage or None
-
-
-class _ThumbTask(QRunnable):
-    def __init__(self, image_id: int, path: Path, size: int, signals: _Signals):
-        super().__init__()
-        self.image_id, self.path, self.size, self.signals = image_id, path, size, signals
-
-    @Slot()
-    def run(self) -> None:
-        try:
-            rgb = load_thumbnail(self.path, self.size)
-            h, w = rgb.shape[:2]
-            # QImage over the array's buffer, then copied so it owns its pixels.
-            image = QImage(rgb.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()
-        except ImageReadError:  # an unreadable file has no thumbnail (the loader says why)
-            image = None
-        except Exception:  # never let a pool thread die silently; the row just stays plain
-            image = None
-        try:
-            self.signals.done.emit(self.image_id, image)
-        except RuntimeError:  # the list is gone (window closed)
-            pass
+def _thumbnail(path: Path, size: int) -> QImage | None:
+    try:
+        rgb = load_thumbnail(path, size)
+    except ImageReadError:  # an unreadable file has no thumbnail (the loader says why)
+        return None
+    except Exception:  # never let a pool thread die silently; the row just stays plain
+        return None
+    h, w = rgb.shape[:2]
+    # QImage over the array's buffer, then copied so it owns its pixels.
+    return QImage(rgb.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()
 
 
 class ThumbnailCache(QObject):
@@ -54,7 +42,7 @@ class ThumbnailCache(QObject):
         self.size, self.capacity = size, capacity
         self.pool = QThreadPool(self)
         self.pool.setMaxThreadCount(1)  # never competes with the image loader for both cores
-        self._signals = _Signals(self)
+        self._signals = Delivery(self)  # (image id, QImage or None)
         self._signals.done.connect(self._on_done)
         self._icons: OrderedDict[int, QIcon | None] = OrderedDict()
         self._pending: set[int] = set()
@@ -67,7 +55,7 @@ class ThumbnailCache(QObject):
         if image_id not in self._pending:
             self._pending.add(image_id)
             self.requested += 1
-            self.pool.start(_ThumbTask(image_id, path, self.size, self._signals))
+            self.pool.start(Task(lambda: (image_id, _thumbnail(path, self.size)), self._signals.done.emit))
         return None
 
     def forget(self, image_id: int) -> None:
@@ -79,7 +67,8 @@ class ThumbnailCache(QObject):
         self._icons.clear()
         self._pending.clear()
 
-    def _on_done(self, image_id: int, image: QImage | None) -> None:
+    def _on_done(self, answer: tuple[int, QImage | None]) -> None:
+        image_id, image = answer
         if image_id not in self._pending:  # cleared meanwhile (another folder)
             return
         self._pending.discard(image_id)

@@ -127,14 +127,10 @@ class InferenceWorker(QObject):
         t0, done = time.perf_counter(), 0
         try:
             items = [(i, project.abspath(project.image(i))) for i in image_ids]
-            for pred in self.predictor.predict_items(items, request_id=request_id, cancel=cancel):
-                if pred.error:
-                    project.mark_unreadable(pred.image_id, pred.error.split(": ", 1)[-1])
-                else:
-                    project.set_size(pred.image_id, pred.width, pred.height)
-                    stored = project.replace_predictions(pred.image_id, pred.instances, self.identity)
-                    pred = Prediction(request_id, pred.image_id, pred.path, pred.width, pred.height,
-                                      tuple(stored))
+            from detector.inference import store_predictions
+
+            answers = self.predictor.predict_items(items, request_id=request_id, cancel=cancel)
+            for pred in store_predictions(project, answers, self.identity):
                 self.prediction.emit(pred)
                 done += 1
                 rate = done / max(1e-6, time.perf_counter() - t0)
@@ -147,7 +143,7 @@ class InferenceWorker(QObject):
         """Cancel requests up to ``through_request``, also those still queued (any thread)."""
         self.cancelled_through = max(self.cancelled_through, through_request)
 
-    @Slot(int, int, list, list)
+    @Slot(int, int, list, list, list)
     def fill_boxes(self, request_id: int, image_id: int, boxes: list, category_ids: list,
                    instance_ids: list) -> None:
         """Mask and keypoints for a person's boxes from the model's second stage; each answer

@@ -291,6 +291,20 @@ def attach_project_categories(project, det: Detector) -> Detector:
     return det
 
 
+def store_predictions(project, predictions: Iterable[Prediction], identity: str) -> Iterator[Prediction]:
+    """Store each answer as it comes (never over a person's edits; an unreadable image is marked
+    so) and yield it with the instances as stored (ids and all). The one store loop of both
+    ``loupe predict`` and the app's worker."""
+    for pred in predictions:
+        if pred.error:
+            project.mark_unreadable(pred.image_id, pred.error.split(": ", 1)[-1])
+        else:
+            project.set_size(pred.image_id, pred.width, pred.height)
+            stored = project.replace_predictions(pred.image_id, pred.instances, identity)
+            pred = Prediction(pred.request_id, pred.image_id, pred.path, pred.width, pred.height, tuple(stored))
+        yield pred
+
+
 def predict_project(project, weights: str | None = None, device: str | None = None,
                     batch_size: int | None = None, progress: bool = False,
                     shard: tuple[int, int] | None = None, cancel: threading.Event | None = None,
@@ -326,16 +340,13 @@ def predict_project(project, weights: str | None = None, device: str | None = No
     t0 = time.perf_counter()
     try:
         items = [(r.id, project.abspath(r)) for r in todo]
-        for pred in predictor.predict_items(items, cancel=cancel):
+        for pred in store_predictions(project, predictor.predict_items(items, cancel=cancel), identity):
             if pred.error:
                 n_bad += 1
-                project.mark_unreadable(pred.image_id, pred.error.split(": ", 1)[-1])
                 if bar is not None:
                     bar.write(f"skipped {pred.error}")
             else:
-                project.set_size(pred.image_id, pred.width, pred.height)
-                stored = project.replace_predictions(pred.image_id, pred.instances, identity)
-                n_inst += len(stored)
+                n_inst += len(pred.instances)
                 n_img += 1
             if on_prediction is not None:
                 on_prediction(pred)
