@@ -48,7 +48,7 @@ class TrainRunner(QObject):
         self._kinds: set[str] = set()
         self.summary: dict = {}
         args = ["-m", "detector.cli", "train", folder, "--project", db_path, "-o", str(self.output),
-                "--json-events", "--evaluate", *config.for_project(active).to_argv()]
+                "--json-events", "--evaluate", "--no-register", *config.for_project(active).to_argv()]
         if active and Path(active).exists():
             args += ["--compare", active]
         proc = QProcess(self)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -126,6 +127,8 @@ def cmd_train(args) -> int:
     result = train_project(project, cfg, args.output, progress=not args.json_events,
                            json_events=args.json_events, cancel=cancel)
     summary = result.summary()
+    if args.register and os.environ.get("RANK", "0") != "0":
+        args.register = False  # under torchrun one rank registers the model
     if result.ok and (args.evaluate or args.register):
         from .evaluation import held_out_metrics
 
@@ -143,6 +146,8 @@ def cmd_train(args) -> int:
                            {**cfg.to_dict(), "command": "loupe train"}, result.images_seen)
             summary["registered"] = {"version": reg.version.name, "active": reg.promoted,
                                      "ap": reg.ap, "before": reg.before}
+            print(reg.text(then="`loupe predict` re-annotates the images not yet reviewed."),
+                  file=sys.stderr if args.json_events else sys.stdout, flush=True)
     print(json.dumps(summary), flush=True)
     return 0 if result.ok or result.cancelled else 1
 
@@ -227,9 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(t)
     t.add_argument("--evaluate", action="store_true",
                    help="after training, COCO AP on the held-out reviewed images")
-    t.add_argument("--register", action="store_true",
-                   help="add the model to the project's versions and make it active if its held-out AP "
-                        "is not worse than the active model's (the app's rule; implies --evaluate)")
+    t.add_argument("--register", action=argparse.BooleanOptionalAction, default=True,
+                   help="add the model to the project's model versions and make it the active one if its "
+                        "held-out AP is not worse than the active model's, as the app's Train button does "
+                        "(implies --evaluate; default: on, rank 0 only under torchrun)")
     t.add_argument("--compare", default=None, metavar="W",
                    help="with --evaluate, also score this checkpoint on the same images")
     t.add_argument("--json-events", action="store_true", help="stream progress as JSON lines")

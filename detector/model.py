@@ -32,7 +32,7 @@ from .errors import LoupeError
 from .domain import Category
 from .heads import KeypointFocusedRoIHeads, focus_keypoints, in_float32, keypoint_slices  # noqa: F401
 from .pooling import PyramidRoIAlign
-from .train_config import BACKBONES, DEFAULT_BACKBONE, GPU_SIZE
+from .train_config import BACKBONES, DEFAULT_BACKBONE, GPU_SIZE, LIGHT_BACKBONE
 from .transfer import class_rows_by_name, keypoint_rows_by_name, transfer_weights  # noqa: F401
 
 CHECKPOINT_FORMAT = "loupe-checkpoint"
@@ -166,7 +166,7 @@ def _resnet18(cfg: ModelConfig, num_classes: int, anchors: AnchorGenerator, kw: 
 
 
 # name -> builder (model, keypoint head widths); the names and labels are in detector/train_config.py
-BACKBONE_BUILDERS = {"resnet50_v2": _resnet50_v2, "resnet18": _resnet18}
+BACKBONE_BUILDERS = {DEFAULT_BACKBONE: _resnet50_v2, LIGHT_BACKBONE: _resnet18}
 assert set(BACKBONE_BUILDERS) == set(BACKBONES), "detector/train_config.py BACKBONES and the builders differ"
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .train_config import CPU_MAX_SIZE, GPU_SIZE, PROFILES
+from .train_config import CPU_MAX_SIZE, GPU_SIZE, LIGHT_BACKBONE, PROFILES
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def cpu_size(sizes: list[tuple[int, int]], objects: list[float]) -> int:
 
     Scaling by the objects rather than the image holds on both kinds of data seen so far: the
     demo's shapes (~70 px in 240 px images) shrink to 160 px inputs, 2.5x less work per step,
-    while nuclei (~15 px) are enlarged to the 512 cap so they stay detectable.
+    while nuclei (~15 px) are enlarged to the CPU_MAX_SIZE cap so they stay detectable.
     """
     side = short_side(sizes)
     if not side:
@@ -71,11 +71,12 @@ def choose(name: str, device: torch.device, sizes: list[tuple[int, int]],
     if name == "reference":
         return Profile("reference", "as asked: torchvision's detection settings",
                        backbone=None, min_size=CPU_MAX_SIZE, batch_size=2)
-    # cpu-fast: the images' own size (never upscaled past CPU_MAX_SIZE), a light backbone, fewer sampled
-    # regions per image; each halves or more of a CPU step's time (bench/RESULTS.md).
+    # cpu-fast: the images' own size (never upscaled past CPU_MAX_SIZE), a light backbone, fewer
+    # sampled regions per image; each halves or more of a CPU step's time (bench/RESULTS.md).
     size = cpu_size(sizes, objects or [])
     return Profile("cpu-fast", "a CPU: a light backbone and a narrower feature pyramid, images scaled so "
-                               "objects are ~48 px (128-512 px), fewer sampled regions and proposals",
-                   backbone="resnet18", min_size=size, batch_size=2, iterations=300, time_budget_s=150.0,
+                               f"objects are ~{OBJECT_PX} px (128-{CPU_MAX_SIZE} px), fewer sampled regions "
+                               "and proposals",
+                   backbone=LIGHT_BACKBONE, min_size=size, batch_size=2, iterations=300, time_budget_s=150.0,
                    model_overrides={"box_batch_size_per_image": 64, "rpn_batch_size_per_image": 128,
                                     "rpn_post_nms_top_n_train": 1000, "fpn_channels": 128})

@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 
 # Backbones by name, with the label the settings dialog shows; detector/model.py holds a builder
 # for each (it checks at import that the two tables agree).
-BACKBONES = {"resnet50_v2": "ResNet-50 FPN v2", "resnet18": "ResNet-18 FPN (light)"}
-DEFAULT_BACKBONE = "resnet50_v2"
+DEFAULT_BACKBONE = "resnet50_v2"  # torchvision's maskrcnn_resnet50_fpn_v2 layout: COCO weights load
+LIGHT_BACKBONE = "resnet18"  # the CPU profile's
+BACKBONES = {DEFAULT_BACKBONE: "ResNet-50 FPN v2", LIGHT_BACKBONE: "ResNet-18 FPN (light)"}
 GPU_SIZE = 800  # the shorter side COCO models are trained at; the GPU profile's input size
 CPU_MAX_SIZE = 512  # the CPU profile never scales an image's shorter side past this
 OPTIMIZERS = ("sgd", "adamw")

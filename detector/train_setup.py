@@ -11,7 +11,7 @@ from .errors import TrainingError
 from .devices import pick_device
 from .model import CheckpointError, Detector, ModelConfig, build_model, detector_from_checkpoint, load_checkpoint
 from .profiles import Profile
-from .train_config import DEFAULT_BACKBONE, OPTIMIZERS, TrainConfig
+from .train_config import DEFAULT_BACKBONE, LIGHT_BACKBONE, OPTIMIZERS, TrainConfig
 from .train_data import Sample
 
 # bench/RESULTS.md has the runs behind these (bench_e2e.py, 25 reviewed synthetic images).
@@ -78,7 +78,7 @@ def apply_profile(cfg: TrainConfig, sizes: list[tuple[int, int]],
         backbone = prof.backbone  # COCO weights at hand keep their ResNet-50 FPN v2
     min_size = cfg.min_size or prof.min_size
     prof_overrides = dict(prof.model_overrides)
-    if backbone != "resnet18" or cfg.weights not in (None, "none", "coco"):
+    if backbone != LIGHT_BACKBONE or cfg.weights not in (None, "none", "coco"):
         # The pyramid's width shapes the weights: only a new ResNet-18 model takes the profile's.
         prof_overrides.pop("fpn_channels", None)
     overrides = {**prof_overrides, **cfg.model_overrides}
@@ -91,7 +91,7 @@ def apply_profile(cfg: TrainConfig, sizes: list[tuple[int, int]],
     out = replace(cfg, backbone=backbone, min_size=min_size, iterations=iterations, time_budget_s=budget,
                   max_size=cfg.max_size or max(min_size, int(min_size * 5 / 3)),
                   batch_size=cfg.batch_size or prof.batch_size, model_overrides=overrides)
-    rois = overrides.get("box_batch_size_per_image", 512)
+    rois = overrides.get("box_batch_size_per_image", ModelConfig.box_batch_size_per_image)
     net = backbone or "the checkpoint's or ResNet-50 FPN v2"
     prof = replace(prof, reason=f"{prof.reason} -> {net} backbone, {min_size} px, batch {out.batch_size}, "
                                 f"{rois} sampled regions")

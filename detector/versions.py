@@ -31,12 +31,12 @@ class Registered:
     ap: float | None  # the new model's headline AP on the held-out images
     before: float | None  # the active model's on the same images
 
-    def text(self) -> str:
+    def text(self, then: str = "re-annotating the images not yet reviewed.") -> str:
         out = f"{self.version.name}: segm AP {self.ap if self.ap is not None else '—'}"
         if self.before is not None:
             out += f" (before: {self.before})"
         if self.promoted:
-            return out + " — now the active model; re-annotating the images not yet reviewed."
+            return out + f" — now the active model; {then}"
         return out + " — not better than the active model; activate it from Model versions if you prefer it."
 
 

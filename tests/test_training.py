@@ -221,9 +221,10 @@ def test_command_line_train_evaluate_predict(tmp_path):
     p, gt = _labelled(tmp_path / "f", n=3)
     p.close()
     r = _loupe("train", tmp_path / "f", "--weights", "none", "--backbone", "resnet18", "--iterations", 2,
-               "--image-size", 96, "--batch-size", 2, "--json-events", "--register", "-o", tmp_path / "m.pt")
+               "--image-size", 96, "--batch-size", 2, "--json-events", "-o", tmp_path / "m.pt")
     assert r.returncode == 0, r.stderr
-    # --register: the app's promotion rule; nothing was active, so the new model is
+    assert "now the active model; `loupe predict` re-annotates" in r.stderr  # said in words too
+    # registered by default, by the app's promotion rule; nothing was active, so the new model is
     registered = json.loads(r.stdout.strip().splitlines()[-1])["registered"]
     with Project(tmp_path / "f") as p2:
         assert registered["active"] and p2.active_model().path == str((tmp_path / "m.pt").resolve())
@@ -274,6 +275,8 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert ck["world_size"] == 2 and ck["complete"]
     assert ck["images_per_rank"] == [2, 2]  # both ranks trained on their share
     assert not list(tmp_path.glob("ddp.pt.tmp"))
+    with Project(tmp_path / "f") as p2:  # registered once, by rank 0
+        assert [m.path for m in p2.models()] == [str((tmp_path / "ddp.pt").resolve())]
 
 
 @pytest.mark.slow
