@@ -80,7 +80,7 @@ def setup_nuclei(tmp: Path, source: Path, smoke: bool) -> tuple[Path, Path]:
 def train_like_the_button(folder: Path, out: Path, device: str | None, extra: list[str]) -> tuple[float, float, dict]:
     """(seconds to the saved model, seconds to the end with evaluation, the closing summary)."""
     cmd = [sys.executable, "-m", "detector.cli", "train", str(folder), "-o", str(out),
-           "--json-events", "--evaluate", *(["--device", device] if device else []), *extra]
+           "--json-events", "--evaluate", "--no-register", *(["--device", device] if device else []), *extra]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
