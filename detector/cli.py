@@ -110,7 +110,8 @@ def cmd_train(args) -> int:
     import signal
     import threading
 
-    from .train_config import TrainConfig, TrainEvent
+    from .train_config import TrainConfig
+    from .train_hooks import EvalHook
     from .training import train_project
 
     project = _project(args)
@@ -124,21 +125,19 @@ def cmd_train(args) -> int:
     # SIGTERM / Ctrl+C stop at the next step boundary, keeping a resumable checkpoint.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: cancel.set())
-    result = train_project(project, cfg, args.output, progress=not args.json_events,
-                           json_events=args.json_events, cancel=cancel)
-    summary = result.summary()
     if args.register and os.environ.get("RANK", "0") != "0":
         args.register = False  # under torchrun one rank registers the model
-    if result.ok and (args.evaluate or args.register):
-        from .evaluation import held_out_metrics
-
+    evaluate = None
+    if args.evaluate or args.register:
         compare = args.compare or (active.path if args.register and active is not None else None)
-        after, before = held_out_metrics(project, args.output, compare, device=args.device)
-        ev = TrainEvent("eval", result.steps, result.steps, metrics={"after": after, "before": before})
-        if args.json_events:
-            print(ev.to_json(), flush=True)
-        else:
-            print(json.dumps(ev.metrics))
+        evaluate = EvalHook(project, compare, device=args.device)
+    result = train_project(project, cfg, args.output, progress=not args.json_events,
+                           json_events=args.json_events, cancel=cancel, hooks=[evaluate] if evaluate else [])
+    summary = result.summary()
+    if evaluate is not None and evaluate.metrics is not None:
+        after, before = evaluate.metrics["after"], evaluate.metrics["before"]
+        if not args.json_events:
+            print(json.dumps(evaluate.metrics))
         if args.register:
             from .versions import register
 

@@ -23,6 +23,7 @@ from .model import Detector, focus_keypoints, save_checkpoint
 from .train_config import EventKind, Hook, TrainConfig, TrainEvent, TrainResult  # noqa: F401 (re-exported)
 from .train_data import (AspectRatioBatches, LabelledImages, Sample, _coco_samples, _collate,  # noqa: F401
                          _pinned, _prefetched, collect_samples, is_holdout, split_reviewed)
+from .train_hooks import PeriodicCheckpointer
 from .train_setup import (FINE_TUNE_ADAMW_LR, FINE_TUNE_SGD_LR_PER_IMAGE, apply_profile,  # noqa: F401
                           prepare_detector, starts_from_random, with_start_defaults)
 
@@ -46,7 +47,9 @@ class Trainer:
         self.detector, self.samples, self.cfg = detector, samples, cfg
         self.output = Path(output)
         self.on_event = on_event or (lambda e: None)
-        self.hooks = hooks or []
+        # the caller's hooks, then a periodic checkpoint (detector/train_hooks.py)
+        self.hooks = [*(hooks or []), *([PeriodicCheckpointer(cfg.checkpoint_every)] if cfg.checkpoint_every else [])]
+        self.result: TrainResult | None = None  # set when a run finishes (hooks' after_train read it)
         self.cancel = cancel or threading.Event()
         self.extra_meta = extra_meta or {}
         self.rank, self.world, local_rank = dist_info()
@@ -212,18 +215,13 @@ class Trainer:
                     self.emit(ev)
                     for h in self.hooks:
                         h.after_step(self, ev)
-                    if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0 \
-                            and self.step < self.total_steps:
-                        self.save(self.output, complete=False)
-                        self.emit(TrainEvent("checkpoint", self.step, self.total_steps, epoch,
-                                             message=str(self.output)))
                 epoch += 1
             self.images_per_rank = self._gather_counts()
             self.save(self.output, complete=True)
             self.emit(TrainEvent("done", self.step, self.total_steps, epoch, losses=self.last_losses,
                                  message=str(self.output)))
-            result = TrainResult(True, str(self.output), self.step, self.images_seen,
-                                 losses=self.last_losses)
+            self.result = result = TrainResult(True, str(self.output), self.step, self.images_seen,
+                                               losses=self.last_losses)
             return result
         finally:
             if batches is not None:
