@@ -63,7 +63,7 @@ class Actions:
         self.delete = a("Delete", ed.delete_selected, ["Del", "Backspace"], "Delete selected")
         self.duplicate = a("Duplicate", ed.duplicate_selected, "Ctrl+D", "Duplicate selected")
         self.accept = a("Accept", ed.accept_selected, ["Return", "Enter"], "Accept selected")
-        self.accept_all = a("Accept all ≥ slider", lambda: ed.accept_above(w.canvas.min_score),
+        self.accept_all = a("Accept all ≥ slider", lambda: ed.accept_above(w.view.min_score),
                             ["Ctrl+Return", "Ctrl+Enter"], "Accept every prediction above the slider")
         self.keypoint_vis = a("Keypoint visibility", ed.toggle_keypoint, "V",
                               "Cycle the clicked keypoint: visible / occluded / unlabelled")
@@ -175,7 +175,7 @@ class Actions:
         self.alpha_slider.sliderReleased.connect(
             lambda: canvas.set_mask_alpha(self.alpha_slider.value(), self.w.editor.categories))
         lay.addWidget(self.alpha_slider)
-        canvas.min_score = 0.5
+        self.w.view.min_score = 0.5
         return box
 
     def _on_threshold(self, value: int) -> None:
@@ -200,9 +200,9 @@ class Actions:
             self.set_tool(Tool.SELECT)
 
     def brush(self, delta: float) -> None:
-        canvas = self.w.canvas
-        canvas.brush_radius = max(1.0, min(100.0, canvas.brush_radius + delta))
-        self.w.say(f"Brush radius {canvas.brush_radius:.0f} px", 2000)
+        view = self.w.view
+        view.brush_radius = max(1.0, min(100.0, view.brush_radius + delta))
+        self.w.say(f"Brush radius {view.brush_radius:.0f} px", 2000)
 
     # -- recent folders, shortcuts ----------------------------------------------------------------
     def fill_recent(self) -> None:

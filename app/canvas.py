@@ -19,6 +19,7 @@ from detector.domain import Category, Instance
 
 from .canvas_tools import Tool, tool_handlers  # noqa: F401 (Tool is imported from here too)
 from .instance_item import InstanceItem, qimage_from_rgb
+from .view_state import ViewState
 
 HANDLE_PX = 7  # grab distance for handles and keypoints, in screen pixels
 
@@ -36,8 +37,9 @@ class ImageCanvas(QGraphicsView):
     point_clicked = Signal(float, float)  # a click with the keypoint tool
     space_tapped = Signal()  # Space pressed and released without panning: mark reviewed
 
-    def __init__(self, parent=None):
+    def __init__(self, parent=None, view: ViewState | None = None):
         super().__init__(parent)
+        self.view = view if view is not None else ViewState()  # slider, hidden ids, brush: shared
         self.setScene(QGraphicsScene(self))
         self.setRenderHints(QPainter.RenderHint.Antialiasing | QPainter.RenderHint.SmoothPixmapTransform)
         self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorUnderMouse)
@@ -48,12 +50,8 @@ class ImageCanvas(QGraphicsView):
         self.image_size: tuple[int, int] = (0, 0)  # (h, w)
         self.items_by_id: dict[int, InstanceItem] = {}
         self.mask_alpha = 110
-        self.min_score = 0.0
-        self.hidden_ids: set[int] = set()
-        self.hidden_categories: set[int] = set()
         self.tool = Tool.SELECT
         self.tools = tool_handlers()  # Tool -> what its press / move / release do (canvas_tools.py)
-        self.brush_radius = 8.0
         self._panning = False
         self.drag: dict | None = None
         self.polygon: list[tuple[float, float]] = []
@@ -100,19 +98,15 @@ class ImageCanvas(QGraphicsView):
         self.apply_visibility()
         self._on_selection()
 
-    def is_shown(self, inst: Instance) -> bool:
-        if inst.id in self.hidden_ids or inst.category_id in self.hidden_categories:
-            return False
-        return inst.touched_by_person or inst.score is None or inst.score >= self.min_score
-
     def apply_threshold(self, min_score: float) -> None:
         """Hide untouched predictions below ``min_score``; no model run involved."""
-        self.min_score = min_score
+        self.view.min_score = min_score
         self.apply_visibility()
 
     def apply_visibility(self) -> None:
+        """Show what the view state says is shown (after a slider or a tick box changed)."""
         for item in self.items_by_id.values():
-            item.setVisible(self.is_shown(item.instance))
+            item.setVisible(self.view.is_shown(item.instance))
 
     def set_mask_alpha(self, alpha: int, categories: dict[int, Category]) -> None:
         self.mask_alpha = alpha

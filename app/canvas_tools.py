@@ -193,14 +193,14 @@ class PaintTool(CanvasTool):
     @staticmethod
     def _preview(c) -> None:
         path = QPainterPath()
-        r = c.brush_radius
+        r = c.view.brush_radius
         for x, y in c.drag["points"]:
             path.addEllipse(QPointF(x, y), r, r)
         c.overlay.setPath(path.simplified())
 
     def release(self, c, drag) -> None:
         c.remove_overlay()
-        stroke = M.disc(c.image_size, drag["points"], c.brush_radius)
+        stroke = M.disc(c.image_size, drag["points"], c.view.brush_radius)
         sel = c.selected_ids()
         if len(sel) == 1:
             before = c.items_by_id[sel[0]].instance

@@ -28,7 +28,7 @@ class CategoryController:
         """The project's categories, everywhere they are listed."""
         ed = self.w.editor
         self.w.image_list.set_categories(list(ed.categories.values()))
-        self.panel.set_categories(list(ed.categories.values()), self.w.canvas.hidden_categories)
+        self.panel.set_categories(list(ed.categories.values()), self.w.view.hidden_categories)
         if ed.current_category is not None:
             self.panel.set_current(ed.current_category)
 
@@ -62,6 +62,6 @@ class CategoryController:
         self.w.editor.current_category = category_id
 
     def _on_visibility(self, category_id: int, visible: bool) -> None:
-        hidden = self.w.canvas.hidden_categories
+        hidden = self.w.view.hidden_categories
         (hidden.discard if visible else hidden.add)(category_id)
         self.w.canvas.apply_visibility()

@@ -30,13 +30,24 @@ class Editor(QObject):
         self.project: Project | None = None
         self.image_id: int | None = None
         self.categories: dict[int, Category] = {}
-        self.current_category: int | None = None
         self.undo_group = QUndoGroup(self)
         self._stacks: dict[int, QUndoStack] = {}
         canvas.instance_changed.connect(self._on_changed)
         canvas.box_drawn.connect(self.add_box)
         canvas.polygon_drawn.connect(self.add_polygon)
         canvas.mask_painted.connect(self.add_painted)
+
+    @property
+    def view(self):
+        return self.canvas.view  # the view state the canvas draws from (app/view_state.py)
+
+    @property
+    def current_category(self) -> int | None:
+        return self.view.current_category
+
+    @current_category.setter
+    def current_category(self, category_id: int | None) -> None:
+        self.view.current_category = category_id
 
     # -- context ----------------------------------------------------------------------------
     def set_project(self, project: Project) -> None:
@@ -195,7 +206,7 @@ class Editor(QObject):
 
     def accept_above(self, threshold: float) -> None:
         insts = [i for i in self._instances() if not i.accepted and i.changed_by == MODEL
-                 and (i.score or 0) >= threshold and self.canvas.is_shown(i)]
+                 and (i.score or 0) >= threshold and self.view.is_shown(i)]
         self.edit([(i, i.with_(accepted=True)) for i in insts], f"Accept {len(insts)} above {threshold:.2f}")
 
     def mark_reviewed(self, threshold: float) -> None:
@@ -206,8 +217,8 @@ class Editor(QObject):
         st.beginMacro("Mark reviewed")
         insts = self._instances()
         preds = [i for i in insts if i.changed_by == MODEL and not i.accepted]
-        keep = [i for i in preds if (i.score or 0) >= threshold and i.id not in self.canvas.hidden_ids
-                and i.category_id not in self.canvas.hidden_categories]
+        keep = [i for i in preds if (i.score or 0) >= threshold and i.id not in self.view.hidden_ids
+                and i.category_id not in self.view.hidden_categories]
         drop = [i for i in preds if i not in keep]
         if keep:
             st.push(EditInstances(self.project, self._refresh, [(i, i.with_(accepted=True)) for i in keep],

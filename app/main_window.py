@@ -28,6 +28,7 @@ from .loader import ImageLoader, LoadedImage
 from .model_controller import ModelController
 from .pretrained import StartingModel
 from .train_controller import TrainingController
+from .view_state import ViewState
 
 ORDER_KEY = "image_order"  # project meta: "" (file name) or "uncertainty"
 
@@ -44,8 +45,8 @@ class MainWindow(QMainWindow):
         self.resize(1280, 800)
         self.setAcceptDrops(True)
         self.project: Project | None = None
-        self.current_image_id: int | None = None
-        self.canvas = ImageCanvas(self)
+        self.view = ViewState()  # what is on screen and how: every widget reads it from here
+        self.canvas = ImageCanvas(self, self.view)
         self.starting = StartingModel(self, lambda: self.project)
         self.starting.message.connect(self.say)
         central = QWidget()
@@ -102,6 +103,14 @@ class MainWindow(QMainWindow):
         dock.setWidget(widget)
         self.addDockWidget(area, dock)
         return dock
+
+    @property
+    def current_image_id(self) -> int | None:
+        return self.view.image_id
+
+    @current_image_id.setter
+    def current_image_id(self, image_id: int | None) -> None:
+        self.view.image_id = image_id
 
     def say(self, text: str, ms: int = 15000) -> None:
         """A line in the status bar for ``ms`` milliseconds."""
@@ -176,7 +185,7 @@ class MainWindow(QMainWindow):
         if result.request_id != self.loader.latest_request:
             return  # an answer to a request a newer one replaced
         self.editor.set_image(result.image_id)
-        self.canvas.hidden_ids.clear()
+        self.view.hidden_ids.clear()
         self.canvas.set_image(result.rgb)
         self.refresh_instances()
         self.canvas.setFocus()
@@ -188,7 +197,7 @@ class MainWindow(QMainWindow):
             return
         instances = self.project.instances(self.current_image_id)
         self.canvas.set_instances(instances, self.editor.categories)
-        self.instances_panel.set_instances(instances, self.editor.categories, self.canvas.hidden_ids)
+        self.instances_panel.set_instances(instances, self.editor.categories, self.view.hidden_ids)
         self.instances_panel.select_ids(self.canvas.selected_ids())
         self.image_list.model.update_record(self.project.image(self.current_image_id))
 
@@ -205,13 +214,13 @@ class MainWindow(QMainWindow):
         # The next image is chosen before the review moves this one (a filter may hide it, the
         # least-confident order sends it to the end).
         nb = self.image_list.neighbour(self.current_image_id, 1)
-        self.editor.mark_reviewed(self.canvas.min_score)
+        self.editor.mark_reviewed(self.view.min_score)
         if nb is not None:
             self.show_image(nb)
         self.training.autotrain.maybe_start()
 
     def _on_instance_visibility(self, instance_id: int, visible: bool) -> None:
-        (self.canvas.hidden_ids.discard if visible else self.canvas.hidden_ids.add)(instance_id)
+        (self.view.hidden_ids.discard if visible else self.view.hidden_ids.add)(instance_id)
         self.canvas.apply_visibility()
 
     # -- drag and drop, keys, closing -----------------------------------------------------------

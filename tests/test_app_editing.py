@@ -124,7 +124,7 @@ def test_correct_everything_with_undo_redo_and_reopen(qtbot, setup):
     # Paint pixels into the mask with the brush, then erase some.
     canvas.select_ids([inst.id])
     w.acts.set_tool(Tool.BRUSH)
-    canvas.brush_radius = 2
+    canvas.view.brush_radius = 2
     before = M.decode(p.instance(inst.id).mask).astype(bool)
     ys, xs = np.nonzero(~before)
     # a background pixel right next to the box, inside the image

@@ -122,3 +122,21 @@ def test_brush_grows_erase_fits_and_shift_drops_what_leaves_the_image():
     m = np.zeros((4, 4), np.uint8)
     m[0, 0] = m[3, 3] = 1
     assert M.shift(m, 1, 1).tolist() == [[0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+
+
+def test_what_is_hidden_in_the_view_state_is_dropped_on_review(editing):
+    """The canvas and the editor read one ViewState: an instance unticked there is not kept."""
+    ed, canvas, p, image_id = editing
+    cat = ed.current_category
+    p.replace_predictions(image_id, [Instance(cat, (5, 5, 20, 20), score=0.9, source=MODEL, changed_by=MODEL),
+                                     Instance(cat, (40, 5, 60, 20), score=0.8, source=MODEL, changed_by=MODEL)],
+                          "test-model")
+    canvas.set_instances(p.instances(image_id), ed.categories)
+    hidden = next(i for i in p.instances(image_id) if i.score == 0.8)
+    canvas.view.hidden_ids.add(hidden.id)
+    canvas.apply_visibility()
+    assert not canvas.items_by_id[hidden.id].isVisible()
+    canvas.apply_threshold(0.85)
+    assert ed.view is canvas.view and ed.view.min_score == 0.85
+    ed.mark_reviewed(ed.view.min_score)
+    assert [i.score for i in p.instances(image_id)] == [0.9]
