@@ -1,4 +1,6 @@
-"""Starts the Qt application: ``loupe [FOLDER] [--project P]`` (a demo folder when none is given)."""
+"""The ``loupe`` command: ``run`` sends headless subcommands (demo, import, export, predict, rank,
+train, evaluate) to detector.cli and everything else to ``main``, which starts the Qt application:
+``loupe [FOLDER] [--project P]`` (a demo folder when none is given)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,18 @@ import argparse
 import os
 import sys
 from pathlib import Path
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Entry point of ``loupe`` and ``python main.py``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from detector.cli import COMMANDS
+
+    if argv and (argv[0] in COMMANDS or argv[0] in ("-h", "--help")):
+        from detector.cli import main as cli_main
+
+        return cli_main(argv)
+    return main(argv)
 
 
 def demo_folder() -> Path:

@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Headless commands; ``app.launcher`` sends everything else to the GUI."""
+    """Headless commands; ``app.main.run`` sends everything else to the GUI."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.command is None:

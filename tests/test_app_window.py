@@ -97,7 +97,7 @@ def test_the_window_opens_without_importing_torch(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; import app.main_window, app.main, app.launcher; "
+    code = ("import sys; import app.main_window, app.main; "
             "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        cwd=Path(__file__).resolve().parent.parent,
