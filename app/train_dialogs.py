@@ -32,9 +32,9 @@ class TrainingSettingsDialog(QDialog):
         self.optimizer = _combo([("automatic (AdamW from random weights, else SGD)", None)]
                                 + [({"sgd": "SGD", "adamw": "AdamW"}[o], o) for o in OPTIMIZERS], c.optimizer)
         self.batch = _spin(0, 64, c.batch_size, "automatic (4 on a GPU, 2 on a CPU)")
-        self.size = _spin(0, 2048, c.min_size, f"automatic ({GPU_SIZE} on a GPU; on a CPU the images' own, "
+        self.image_size = _spin(0, 2048, c.min_size, f"automatic ({GPU_SIZE} on a GPU; on a CPU the images' own, "
                                                f"up to {CPU_MAX_SIZE})")
-        self.size.setSingleStep(32)
+        self.image_size.setSingleStep(32)
         self.layers = _spin(-1, 5, c.trainable_layers, "automatic", none=-1)
         self.augment = QCheckBox("flips, colour and scale jitter")
         self.augment.setChecked(c.augment)
@@ -56,7 +56,8 @@ class TrainingSettingsDialog(QDialog):
         form = QFormLayout(self)
         for label, widget in (("Iterations", self.iterations), ("Optimizer", self.optimizer),
                               ("Learning rate", self.lr), ("Batch size", self.batch),
-                              ("Image size (shorter side)", self.size), ("Backbone stages to train", self.layers),
+                              ("Image size (shorter side)", self.image_size),
+                              ("Backbone stages to train", self.layers),
                               ("Augmentation", self.augment), ("Device", self.device),
                               ("Starting weights", self.weights), ("Backbone (new models)", self.backbone),
                               ("Auto-training", self.auto_train), ("… after every", self.auto_every)):
@@ -76,7 +77,7 @@ class TrainingSettingsDialog(QDialog):
     def config(self) -> TrainConfig:
         layers = self.layers.value()
         return replace(self._start, iterations=self.iterations.value() or None, lr=self.lr.value() or None,
-                       batch_size=self.batch.value() or None, min_size=self.size.value() or None,
+                       batch_size=self.batch.value() or None, min_size=self.image_size.value() or None,
                        trainable_layers=None if layers < 0 else layers, augment=self.augment.isChecked(),
                        device=_data(self.device), weights=_data(self.weights),
                        backbone=_data(self.backbone), optimizer=_data(self.optimizer))
