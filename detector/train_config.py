@@ -52,6 +52,7 @@ class TrainConfig:
     max_size: int | None = None  # None: 5/3 of min_size
     trainable_layers: int | None = None  # backbone stages to train (0-5); default 3 pretrained, 5 random
     augment: bool = True
+    copy_paste: float = 0.0  # with augment: probability of pasting another image's objects
     seed: int = 0
     holdout: float = 0.2
     resume: str | None = None
@@ -172,6 +173,9 @@ OPTIONS = (
            type=int, metavar="N"),
     Option("trainable_layers", "--trainable-layers", "backbone stages to train (0-5)", type=int),
     Option("augment", "--no-augment", "no flips, colour or scale jitter", kind="off"),
+    Option("copy_paste", "--copy-paste", "probability that an image gets another reviewed image's objects "
+                                         "pasted over it (Simple Copy-Paste; default %(default)s)",
+           type=float, metavar="P"),
     Option("model_overrides", "--model-option", "a model knob, e.g. anchor_sizes=16,32,64,128,256 "
                                                 "(repeatable)", kind="pairs", metavar="KEY=VALUE"),
 )

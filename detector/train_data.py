@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -52,8 +53,10 @@ class Sample:
 class LabelledImages(torch.utils.data.Dataset):
     """Images and their instances as torchvision detection targets, augmented with transforms v2."""
 
-    def __init__(self, samples: list[Sample], categories: tuple[Category, ...], augment: bool, seed: int):
+    def __init__(self, samples: list[Sample], categories: tuple[Category, ...], augment: bool, seed: int,
+                 copy_paste: float = 0.0):
         self.samples = samples
+        self.copy_paste = copy_paste  # probability of pasting another image's objects (augment only)
         self.label_of = {c.id: i + 1 for i, c in enumerate(categories)}
         self.categories = categories
         self.slices = keypoint_slices(categories)
@@ -84,23 +87,77 @@ class LabelledImages(torch.utils.data.Dataset):
             image = fn(image, factor)
         return image
 
-    def __getitem__(self, i: int):
+    def _read(self, i: int, size: tuple[int, int] | None = None):
+        """(rgb, boxes N x 4, labels N, masks N x H x W bool, keypoints N x K x 3) of sample ``i``,
+        resized to ``size`` (h, w) when given."""
         s = self.samples[i]
         rgb = load_image(s.path)
         h, w = rgb.shape[:2]
         insts = [x for x in s.instances if not x.crowd and x.category_id in self.label_of]
-        masks = np.zeros((len(insts), h, w), dtype=np.uint8)
+        masks = np.zeros((len(insts), h, w), dtype=bool)
         kps = torch.zeros((len(insts), self.num_keypoints, 3), dtype=torch.float32)
         for j, inst in enumerate(insts):
             masks[j] = M.decode(inst.mask) if inst.mask is not None else M.decode(M.from_box(inst.box, h, w))
             sl = self.slices.get(self.label_of[inst.category_id])
             if sl is not None and inst.keypoints:
                 kps[j, sl] = torch.tensor(inst.keypoints, dtype=torch.float32)[: sl.stop - sl.start]
+        boxes = np.array([x.box for x in insts], dtype=np.float32).reshape(-1, 4)
+        labels = [self.label_of[x.category_id] for x in insts]
+        if size is not None and size != (h, w):
+            th, tw = size
+            sx, sy = tw / w, th / h
+            rgb = np.asarray(Image.fromarray(rgb).resize((tw, th), Image.BILINEAR))
+            masks = np.stack([np.asarray(Image.fromarray(m).resize((tw, th), Image.NEAREST)) for m in masks]) \
+                if len(masks) else np.zeros((0, th, tw), dtype=bool)
+            boxes = boxes * np.array([sx, sy, sx, sy], dtype=np.float32)
+            kps[..., 0] *= sx
+            kps[..., 1] *= sy
+        return rgb, boxes, labels, masks, kps
+
+    def _copy_paste(self, i: int, rgb, boxes, labels, masks, kps):
+        """Simple Copy-Paste (Ghiasi et al., CVPR 2021): a random half of another image's objects,
+        with their pixels, pasted over this one. What they cover is cut from the objects under
+        them (an object left with under a fifth of its area is dropped, its box is refit to what
+        is left, keypoints under the paste become unlabelled). More objects, in new company and
+        on new backgrounds, from the same few reviewed images."""
+        j = self.rng.randrange(len(self.samples) - 1)
+        j += j >= i
+        rgb2, boxes2, labels2, masks2, kps2 = self._read(j, rgb.shape[:2])
+        chosen = [k for k in range(len(labels2)) if self.rng.random() < 0.5 and masks2[k].any()]
+        if not chosen:
+            return rgb, boxes, labels, masks, kps
+        alpha = masks2[chosen].any(0)
+        rgb = rgb.copy()
+        rgb[alpha] = rgb2[alpha]
+        area = masks.reshape(len(masks), -1).sum(1)
+        masks = masks & ~alpha
+        left = masks.reshape(len(masks), -1).sum(1)
+        keep = left >= np.maximum(0.2 * area, 1)
+        boxes = boxes.copy()
+        for k in np.nonzero(keep & (left < area))[0]:
+            ys, xs = np.nonzero(masks[k])
+            boxes[k] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        if self.num_keypoints and len(kps):
+            x = kps[..., 0].round().long().clamp(0, rgb.shape[1] - 1)
+            y = kps[..., 1].round().long().clamp(0, rgb.shape[0] - 1)
+            under = torch.from_numpy(alpha)[y, x] & (kps[..., 2] > 0)
+            kps = kps.clone()
+            kps[under] = 0
+        keep_t = torch.from_numpy(keep)
+        return (rgb, np.concatenate([boxes[keep], boxes2[chosen]]),
+                [lab for lab, ok in zip(labels, keep) if ok] + [labels2[k] for k in chosen],
+                np.concatenate([masks[keep], masks2[chosen]]), torch.cat([kps[keep_t], kps2[chosen]]))
+
+    def __getitem__(self, i: int):
+        rgb, boxes_np, labels, masks, kps = self._read(i)
+        if self.augment and self.copy_paste > 0 and len(self.samples) > 1 and self.rng.random() < self.copy_paste:
+            rgb, boxes_np, labels, masks, kps = self._copy_paste(i, rgb, boxes_np, labels, masks, kps)
+        h, w = rgb.shape[:2]
+        masks = masks.astype(np.uint8)
         image = tv_tensors.Image(torch.from_numpy(rgb).permute(2, 0, 1))
-        boxes = tv_tensors.BoundingBoxes(torch.tensor([x.box for x in insts], dtype=torch.float32).reshape(-1, 4),
-                                         format="XYXY", canvas_size=(h, w))
+        boxes = tv_tensors.BoundingBoxes(torch.from_numpy(boxes_np).reshape(-1, 4), format="XYXY", canvas_size=(h, w))
         mask_t = tv_tensors.Mask(torch.from_numpy(masks))
-        n, k = len(insts), self.num_keypoints
+        n, k = len(labels), self.num_keypoints
         vis = kps[..., 2]
         points = tv_tensors.KeyPoints(kps[..., :2].reshape(-1, 2), canvas_size=(h, w))
         if self.augment:
@@ -116,7 +173,7 @@ class LabelledImages(torch.utils.data.Dataset):
         else:
             xy = points.as_subclass(torch.Tensor).reshape(n, k, 2)
         kps = torch.cat([xy, vis[..., None]], dim=-1)
-        labels = torch.tensor([self.label_of[x.category_id] for x in insts], dtype=torch.int64)
+        labels = torch.tensor(labels, dtype=torch.int64)
         b = boxes.as_subclass(torch.Tensor)
         keep = (b[:, 2] - b[:, 0] >= 1) & (b[:, 3] - b[:, 1] >= 1)  # torchvision rejects empty boxes
         target = {"boxes": b[keep], "labels": labels[keep],

@@ -77,7 +77,8 @@ class Trainer:
         self.images_per_rank: list[int] = []
         self.last_losses: dict[str, float] = {}
         torch.manual_seed(cfg.seed)
-        self.dataset = LabelledImages(samples, detector.categories, cfg.augment, cfg.seed + self.rank)
+        self.dataset = LabelledImages(samples, detector.categories, cfg.augment, cfg.seed + self.rank,
+                                      cfg.copy_paste)
         self.sampler = AspectRatioBatches(groups, cfg.batch_size, cfg.seed, self.rank, self.world)
         focus_keypoints(detector.model, detector.categories)
         try:

@@ -417,3 +417,42 @@ def test_a_time_budget_looks_again_once_the_step_time_settles(tmp_path, monkeypa
     # step 3: 1 s a step, 10 s left -> 13 steps; step 7: 0.44 s a step since, 8.25 s left -> 25
     assert totals[2] == 13 and totals[6] == 25 and r.steps == 25 and r.ok
     p.close()
+
+
+def test_copy_paste_adds_another_images_objects_and_cuts_what_they_cover(tmp_path):
+    """Simple Copy-Paste: pasted objects arrive with their pixels, masks, boxes and keypoints; an
+    object under the paste loses the covered pixels (its box refit, covered keypoints unlabelled)."""
+    from PIL import Image
+
+    from detector.train_data import LabelledImages, Sample
+
+    kite = Category("kite", "#ffffff", ("a", "b"), id=2)
+    cats = (Category("square", "#ff0000", id=1), kite)
+    for name, colour in (("under.png", 0), ("over.png", 255)):
+        Image.fromarray(np.full((40, 60, 3), colour, np.uint8)).save(tmp_path / name)
+    under = Sample(tmp_path / "under.png", [
+        Instance(1, (0.0, 0.0, 30.0, 20.0), M.from_box((0, 0, 30, 20), 40, 60)),
+        Instance(2, (10.0, 28.0, 30.0, 38.0), M.from_box((10, 28, 30, 38), 40, 60),
+                 ((12.0, 33.0, 2), (25.0, 33.0, 2)))], 60, 40)  # half under the pasted kite
+    over = Sample(tmp_path / "over.png", [
+        Instance(1, (10.0, 0.0, 60.0, 20.0), M.from_box((10, 0, 60, 20), 40, 60)),  # covers 2/3 of the first
+        Instance(2, (0.0, 25.0, 20.0, 40.0), M.from_box((0, 25, 20, 40), 40, 60),
+                 ((5.0, 30.0, 2), (15.0, 35.0, 1)))], 60, 40)
+    ds = LabelledImages([under, over], cats, augment=False, seed=0, copy_paste=1.0)
+    ds.augment = True
+    ds._colour = lambda image: image  # keep the pixels comparable
+    for seed in range(40):  # flips and the half of the objects chosen vary with the seed
+        ds.rng.seed(seed)
+        image, t = ds[0]
+        if len(t["labels"]) == 4:
+            break
+    assert len(t["labels"]) == 4, "both of the other image's objects pasted at least once in 40 draws"
+    boxes = {tuple(b.tolist()) for b in t["boxes"]}
+    masks = t["masks"].bool()
+    pasted = masks[2] | masks[3]
+    assert (image[:, pasted] == 1.0).all() and (image[:, ~pasted] == 0.0).all()  # the pasted pixels
+    assert not (masks[0] & pasted).any() and masks[0].sum() == 10 * 20  # 30x20 minus the covered 20x20
+    assert len(boxes) == 4 and any(b in boxes for b in ((0.0, 0.0, 10.0, 20.0), (50.0, 0.0, 60.0, 20.0)))
+    assert any(b in boxes for b in ((20.0, 28.0, 30.0, 38.0), (30.0, 28.0, 40.0, 38.0)))  # the kite's refit box
+    assert t["keypoints"][1, :, 2].tolist() == [0, 2]  # its keypoint under the paste is unlabelled
+    assert t["keypoints"][3, :, 2].tolist() == [2, 1]  # the pasted kite's come with it
