@@ -58,8 +58,8 @@ def main() -> None:
             t = time.perf_counter()
             train_project(p, TrainConfig(weights="none", iterations=args.pretrain_steps, **base), tmp / "a.pt")
             print(json.dumps({"pretrain_s": round(time.perf_counter() - t, 1)}), flush=True)
-        variants = [("all stages, BN training", None, False), ("3 stages, BN training", 3, False),
-                    ("all stages, BN frozen", None, True), ("3 stages, BN frozen", 3, True)]
+        variants = [("all stages, BN training", 5, False), ("3 stages, BN training", 3, False),
+                    ("all stages, BN frozen", 5, True), ("3 stages, BN frozen (the default)", 3, True)]
         for name, layers, freeze in variants:
             with Project(b_dir, tmp / f"b-{len(name)}-{layers}-{freeze}.db") as p:
                 p.scan()

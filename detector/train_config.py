@@ -50,7 +50,7 @@ class TrainConfig:
     backbone: str | None = None  # default: the checkpoint's, else the profile's or resnet50_v2
     min_size: int | None = None  # None: the profile's
     max_size: int | None = None  # None: 5/3 of min_size
-    trainable_layers: int | None = None  # backbone stages to train (0-5); default 3 pretrained, 5 random
+    trainable_layers: int | None = None  # backbone stages to train (0-5); default 3 from learned weights, 5 random
     augment: bool = True
     copy_paste: float = 0.0  # with augment: probability of pasting another image's objects
     seed: int = 0
@@ -63,7 +63,7 @@ class TrainConfig:
     # Seconds the run may take: after a few steps the step count is set to fit (at least
     # MIN_BUDGET_STEPS, at most ``iterations``). The CPU profile's way of sizing a first model.
     time_budget_s: float | None = None
-    freeze_bn: bool | None = None  # backbone BatchNorm keeps its statistics; None: see with_start_defaults
+    freeze_bn: bool | None = None  # backbone BatchNorm keeps its statistics; None: yes from learned weights
     profile: str = "auto"  # fills what is left None: see detector.profiles
 
     def to_dict(self) -> dict:

@@ -221,3 +221,29 @@ def test_keypoint_head_trains_on_keypoint_categories_only_with_the_same_loss(tmp
     assert seen[1] < seen[0]  # only kites' regions went through the head
     ours["loss_keypoint"].backward()  # and it trains
     assert model.roi_heads.keypoint_predictor.kps_score_lowres.weight.grad.abs().sum() > 0
+
+
+def test_learned_weights_train_three_stages_with_backbone_batchnorm_kept(tmp_path):
+    """bench_transfer.py's finding as the default: from learned weights (a checkpoint, COCO's) the
+    stem and first stage stay and backbone BatchNorm keeps its statistics; random weights train
+    everything; an explicit choice, and a resumed run's, win."""
+    from detector.store import Project
+    from detector.training import TrainConfig, prepare_detector, with_start_defaults
+
+    scratch = build_model(categories=CATEGORIES, weights="none", config=LIGHT)
+    assert scratch.config.trainable_layers == 5
+    assert with_start_defaults(TrainConfig(weights="none"), scratch).freeze_bn is False
+    ckpt = save_checkpoint(tmp_path / "m.pt", scratch, from_random_init=True)
+    with Project(tmp_path) as p:
+        for c in CATEGORIES:
+            p.add_category(c)
+        det, _ = prepare_detector(p, TrainConfig(weights=str(ckpt), backbone="resnet18"))
+        assert det.config.trainable_layers == 3
+        frozen = [n for n, t in det.model.backbone.body.named_parameters() if not t.requires_grad]
+        assert any(n.startswith("layer1.") for n in frozen) and not any(n.startswith("layer2.") for n in frozen)
+        assert with_start_defaults(TrainConfig(weights=str(ckpt)), det).freeze_bn is True
+        det, _ = prepare_detector(p, TrainConfig(weights=str(ckpt), trainable_layers=5))
+        assert det.config.trainable_layers == 5
+    assert with_start_defaults(TrainConfig(weights=str(ckpt), freeze_bn=False), det).freeze_bn is False
+    saved = {"train_config": {"optimizer": "adamw", "lr": 7e-4, "freeze_bn": False}}
+    assert with_start_defaults(TrainConfig(weights="none", resume="run.pt"), scratch, saved).freeze_bn is False
