@@ -10,6 +10,7 @@ as updates of just those records, never as a reload on the GUI thread.
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Callable
 
@@ -95,6 +96,10 @@ class FolderController(QObject):
         if project is not self.project:
             return
         self.image_list.model.append_records(records)
+        # The records live as long as the list: out of the collector's way. Otherwise each full
+        # collection (the folder read allocates enough to set several off) walks all of them,
+        # on whichever thread it falls: 57-146 ms GUI stalls while a new 100k folder was read.
+        gc.freeze()
         self.message.emit(f"{self.image_list.model.rowCount():,} images listed so far…", 0)
         self.show_first()
 

@@ -25,7 +25,6 @@ ID_ROLE = Qt.ItemDataRole.UserRole + 2
 #: "Least confident first": images the model is most unsure about, then those not predicted
 #: yet, then reviewed and unreadable ones (a float, so the proxy sorts in C++ at 100k rows).
 UNSURE_ROLE = Qt.ItemDataRole.UserRole + 3
-FILTER_ROLE = Qt.ItemDataRole.UserRole + 4  # "1" when the row passes the list's filters
 ORDERS = (("File name", ""), ("Least confident first", "uncertainty"))
 
 
@@ -47,7 +46,6 @@ class ImageListModel(QAbstractListModel):
         self.root: Path | None = None  # thumbnails only when the model knows the images root
         self.thumbnails = ThumbnailCache(self)
         self.thumbnails.ready.connect(self._on_thumbnail)
-        self.accepts: Callable[[ImageRecord], bool] | None = None  # set by ImageFilter when filtering
 
     def set_records(self, records: list[ImageRecord], root: Path | None = None) -> None:
         self.beginResetModel()
@@ -119,34 +117,33 @@ class ImageListModel(QAbstractListModel):
             return rec.id
         if role == UNSURE_ROLE:
             return unsure_key(rec)
-        if role == FILTER_ROLE:
-            return "1" if self.accepts is None or self.accepts(rec) else "0"
         return None
 
 
 class ImageFilter(QSortFilterProxyModel):
     """Status, a file-name substring and a set of image ids (what they hold), all at once.
 
-    No Python ``filterAcceptsRow``: with no filter set Qt accepts rows in C++, so a streamed chunk
-    of 5,000 rows costs no call into Python (each such call waits for the GIL while the folder is
-    read on another thread: ~20 ms a chunk). With a filter set, the model answers FILTER_ROLE.
+    Shown only while a filter is set: its ``filterAcceptsRow`` is Python, and each of its calls
+    waits for the GIL while the folder is read on another thread (~20 ms for a streamed chunk of
+    5,000 rows). Unfiltered, the list shows a plain proxy that accepts rows in C++.
     """
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self.status, self.text, self.ids = "", "", None
-        self.setFilterRole(FILTER_ROLE)
 
-    def accepts(self, rec: ImageRecord) -> bool:
+    def filterAcceptsRow(self, row, parent):  # noqa: N802
+        rec = self.sourceModel().records[row]
         return ((not self.status or rec.status.value == self.status)
                 and (not self.text or self.text in rec.path.lower())
                 and (self.ids is None or rec.id in self.ids))
 
+    @property
+    def active(self) -> bool:
+        return bool(self.status or self.text or self.ids is not None)
+
     def refilter(self) -> None:
-        active = bool(self.status or self.text or self.ids is not None)
-        self.sourceModel().accepts = self.accepts if active else None
         self.beginFilterChange()  # Qt 6.9's replacement for invalidateFilter()
-        self.setFilterFixedString("1" if active else "")
         self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
 
 
@@ -158,8 +155,11 @@ class ImageListWidget(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.model = ImageListModel(self)
-        self.proxy = ImageFilter(self)
-        self.proxy.setSourceModel(self.model)
+        self.filtered = ImageFilter(self)  # shown while a filter is set
+        self.plain = QSortFilterProxyModel(self)  # shown otherwise: rows accepted in C++
+        for proxy in (self.filtered, self.plain):
+            proxy.setSortRole(UNSURE_ROLE)
+        self.plain.setSourceModel(self.model)  # the filtered proxy gets it while a filter is set
         # "what it holds" is asked of the project: ids_with(key, image_id=None) -> set of ids
         self.ids_with: Callable[..., set[int]] | None = None
         self.filter = QComboBox()
@@ -177,17 +177,17 @@ class ImageListWidget(QWidget):
         self.search.textChanged.connect(self._on_search)
         self.count = QLabel("")
         self.count.setStyleSheet("color: #9aa0a6;")
-        for sig in (self.proxy.rowsInserted, self.proxy.rowsRemoved, self.proxy.modelReset, self.proxy.layoutChanged):
-            sig.connect(self._count)
+        for proxy in (self.filtered, self.plain):
+            for sig in (proxy.rowsInserted, proxy.rowsRemoved, proxy.modelReset, proxy.layoutChanged):
+                sig.connect(self._count)
         self.order = QComboBox()
         self.order.setToolTip("Least confident first: the images the model is most unsure about "
                               "(its predictions' score entropy) come first, and Next follows them")
         for text, value in ORDERS:
             self.order.addItem(text, value)
         self.order.currentIndexChanged.connect(self._on_order)
-        self.proxy.setSortRole(UNSURE_ROLE)
         self.view = QListView()
-        self.view.setModel(self.proxy)
+        self.view.setModel(self.plain)
         self.view.setUniformItemSizes(True)  # keeps 10,000+ rows fast
         # Lay rows out 1,000 at a time between events: a single-pass layout of 100,000 rows after
         # each streamed chunk held the GUI thread ~70 ms (bench/bench_scale.py).
@@ -209,12 +209,17 @@ class ImageListWidget(QWidget):
         lay.addWidget(self.view)
         lay.addWidget(self.count)
 
+    @property
+    def proxy(self) -> QSortFilterProxyModel:
+        """The proxy on screen: ``filtered`` while a filter is set, else ``plain``."""
+        return self.view.model()
+
     def _on_filter(self) -> None:
-        self.proxy.status = self.filter.currentData() or ""
+        self.filtered.status = self.filter.currentData() or ""
         self._refilter()
 
     def _on_search(self, text: str) -> None:
-        self.proxy.text = text.strip().lower()
+        self.filtered.text = text.strip().lower()
         self._refilter()
 
     def set_categories(self, categories) -> None:
@@ -236,12 +241,12 @@ class ImageListWidget(QWidget):
     def refresh_content(self) -> None:
         """Ask the project again which images hold the chosen content."""
         key = self.content.currentData()
-        self.proxy.ids = None if key is None or self.ids_with is None else self.ids_with(key)
+        self.filtered.ids = None if key is None or self.ids_with is None else self.ids_with(key)
         self._refilter()
 
     def _content_changed(self, image_id: int) -> None:
         """One image's instances changed: only its membership is asked again."""
-        key, ids = self.content.currentData(), self.proxy.ids
+        key, ids = self.content.currentData(), self.filtered.ids
         if key is None or ids is None or self.ids_with is None:
             return
         if self.ids_with(key, image_id):
@@ -250,18 +255,38 @@ class ImageListWidget(QWidget):
             ids.discard(image_id)
 
     def _refilter(self) -> None:
-        self.proxy.refilter()
+        active = self.filtered.active
+        if active and self.filtered.sourceModel() is None:
+            self.filtered.setSourceModel(self.model)
+            self._sort(self.filtered)
+        elif active:
+            self.filtered.refilter()
+        want = self.filtered if active else self.plain
+        if want is not self.view.model():
+            current = self.view.currentIndex()
+            image_id = int(current.data(ID_ROLE)) if current.isValid() else None
+            self.view.setModel(want)  # a new selection model comes with it
+            self.view.selectionModel().currentChanged.connect(self._on_current)
+            if image_id is not None:
+                self.select(image_id)
+        if not active and self.filtered.sourceModel() is not None:
+            self.filtered.setSourceModel(None)  # unseen, it would still filter every streamed row
         self._count()
 
     def _count(self, *_args) -> None:
         shown, total = self.proxy.rowCount(), self.model.rowCount()
         self.count.setText(f"{total:,} images" if shown == total else f"{shown:,} of {total:,} images")
 
-    def _on_order(self) -> None:
+    def _sort(self, proxy: QSortFilterProxyModel) -> None:
         if self.order.currentData():
-            self.proxy.sort(0, Qt.SortOrder.AscendingOrder)
+            proxy.sort(0, Qt.SortOrder.AscendingOrder)
         else:
-            self.proxy.sort(-1)  # the folder's order
+            proxy.sort(-1)  # the folder's order
+
+    def _on_order(self) -> None:
+        for proxy in (self.filtered, self.plain):
+            if proxy.sourceModel() is not None:
+                self._sort(proxy)
         current = self.view.currentIndex()
         if current.isValid():
             self.view.scrollTo(current)
