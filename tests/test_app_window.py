@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import QThread, QTimer, Qt
 
+from app.image_list import ID_ROLE
 from app.main_window import MainWindow
 from detector.coco import import_coco
 from detector.domain import ImageStatus
@@ -50,6 +51,24 @@ def test_status_filter_and_mark_reviewed(window, qtbot, project):
     assert project.image(first.id).status is ImageStatus.REVIEWED
     window.image_list.filter.setCurrentIndex(window.image_list.filter.findData("in review"))
     assert window.image_list.proxy.rowCount() == 0
+
+
+def test_the_list_filters_through_python_only_while_a_filter_is_set(window, qtbot, project):
+    """Unfiltered, the list shows a proxy that accepts rows in C++ (no GIL wait per streamed
+    row); a filter swaps in the filtering proxy, clearing it swaps back, the selection kept."""
+    lst = window.image_list
+    assert lst.proxy is lst.plain and lst.filtered.sourceModel() is None
+    recs = project.images()
+    lst.select(recs[1].id)
+    lst.search.setText(recs[1].path[-6:])
+    assert lst.proxy is lst.filtered and lst.proxy.rowCount() == 1
+    assert int(lst.view.currentIndex().data(ID_ROLE)) == recs[1].id
+    lst.search.setText("")
+    assert lst.proxy is lst.plain and lst.filtered.sourceModel() is None
+    assert lst.proxy.rowCount() == len(recs) and int(lst.view.currentIndex().data(ID_ROLE)) == recs[1].id
+    with qtbot.waitSignal(window.image_shown, timeout=5000):  # the new selection model still drives the window
+        lst.view.setCurrentIndex(lst.proxy.index(2, 0))
+    assert window.current_image_id == int(lst.proxy.index(2, 0).data(ID_ROLE))
 
 
 def test_no_threads_or_timers_left_after_close(qtbot, project):
