@@ -12,6 +12,12 @@ from detector.domain import MODEL, Category, ImageStatus, Instance
 from detector.store import Project
 
 
+def _predict(p, image_id, category_id, *scores):
+    """The model's guesses side by side on the image, with these scores."""
+    p.replace_predictions(image_id, [Instance(category_id, (5 + 35 * k, 5, 20 + 40 * k, 20), score=sc, source=MODEL,
+                                              changed_by=MODEL) for k, sc in enumerate(scores)], "test-model")
+
+
 @pytest.fixture
 def editing(qtbot, tmp_path):
     from PIL import Image
@@ -64,10 +70,7 @@ def test_a_drawn_box_asks_for_its_mask_by_instance_id_and_only_an_untouched_box_
 
 def test_mark_reviewed_keeps_what_is_shown_and_undo_restores_the_predictions(editing):
     ed, canvas, p, image_id = editing
-    cat = ed.current_category
-    p.replace_predictions(image_id, [Instance(cat, (5, 5, 20, 20), score=0.9, source=MODEL, changed_by=MODEL),
-                                     Instance(cat, (40, 5, 60, 20), score=0.2, source=MODEL, changed_by=MODEL)],
-                          "test-model")
+    _predict(p, image_id, ed.current_category, 0.9, 0.2)
     ed.mark_reviewed(0.5)
     (kept,) = p.instances(image_id)
     assert kept.accepted and kept.score == 0.9
@@ -127,10 +130,7 @@ def test_brush_grows_erase_fits_and_shift_drops_what_leaves_the_image():
 def test_what_is_hidden_in_the_view_state_is_dropped_on_review(editing):
     """The canvas and the editor read one ViewState: an instance unticked there is not kept."""
     ed, canvas, p, image_id = editing
-    cat = ed.current_category
-    p.replace_predictions(image_id, [Instance(cat, (5, 5, 20, 20), score=0.9, source=MODEL, changed_by=MODEL),
-                                     Instance(cat, (40, 5, 60, 20), score=0.8, source=MODEL, changed_by=MODEL)],
-                          "test-model")
+    _predict(p, image_id, ed.current_category, 0.9, 0.8)
     canvas.set_instances(p.instances(image_id), ed.categories)
     hidden = next(i for i in p.instances(image_id) if i.score == 0.8)
     canvas.view.hidden_ids.add(hidden.id)
