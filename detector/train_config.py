@@ -53,6 +53,7 @@ class TrainConfig:
     trainable_layers: int | None = None  # backbone stages to train (0-5); default 3 from learned weights, 5 random
     augment: bool = True
     copy_paste: float = 0.0  # with augment: probability of pasting another image's objects
+    ema: float = 0.0  # decay of a moving average of the weights, saved instead of the last ones; 0: off
     seed: int = 0
     holdout: float = 0.2
     resume: str | None = None
@@ -176,6 +177,9 @@ OPTIONS = (
     Option("copy_paste", "--copy-paste", "probability that an image gets another reviewed image's objects "
                                          "pasted over it (Simple Copy-Paste; default %(default)s)",
            type=float, metavar="P"),
+    Option("ema", "--ema", "keep an exponential moving average of the weights with this decay per step "
+                           "(e.g. 0.99) and save it instead of the last weights (default: off)",
+           type=float, metavar="DECAY"),
     Option("model_overrides", "--model-option", "a model knob, e.g. anchor_sizes=16,32,64,128,256 "
                                                 "(repeatable)", kind="pairs", metavar="KEY=VALUE"),
 )

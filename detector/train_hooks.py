@@ -1,9 +1,12 @@
 """Trainer hooks that come with Loupe (detectron2's PeriodicCheckpointer and EvalHook idea):
-a resumable checkpoint every N steps, and the held-out evaluation after a finished run."""
+a resumable checkpoint every N steps, the held-out evaluation after a finished run, and an
+exponential moving average of the weights."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+import torch
 
 from .train_config import Hook, TrainEvent
 
@@ -41,3 +44,32 @@ class EvalHook(Hook):
         after, before = held_out_metrics(self.project, str(trainer.output), self.compare, device=self.device)
         self.metrics = {"after": after, "before": before}
         trainer.emit(TrainEvent("eval", trainer.step, trainer.total_steps, metrics=self.metrics))
+
+
+class WeightAverage(Hook):
+    """An exponential moving average of the weights and BatchNorm statistics (``decay`` per step,
+    ramped up over the first steps as timm's ModelEmaV2 does), put into the model after the last
+    step, so the finished checkpoint holds the average. A cancelled or resumed run keeps the plain
+    weights (the average is not saved in between)."""
+
+    def __init__(self, decay: float):
+        self.decay = decay
+        self.keys: list[str] = []
+        self.avg: list[torch.Tensor] = []
+        self.n = 0
+
+    def before_train(self, trainer: Trainer) -> None:
+        state = trainer.model.state_dict()
+        self.keys = [k for k, v in state.items() if v.is_floating_point()]
+        self.avg = [state[k].detach().float().clone() for k in self.keys]
+        self.n = 0
+
+    @torch.no_grad()
+    def after_step(self, trainer: Trainer, event: TrainEvent) -> None:
+        self.n += 1
+        decay = min(self.decay, (1 + self.n) / (10 + self.n))
+        state = trainer.model.state_dict()
+        torch._foreach_lerp_(self.avg, [state[k].float() for k in self.keys], 1.0 - decay)
+        if trainer.step >= trainer.total_steps:
+            trainer.model.load_state_dict({k: a.to(state[k].dtype) for k, a in zip(self.keys, self.avg)},
+                                          strict=False)

@@ -23,7 +23,7 @@ from .model import Detector, focus_keypoints, save_checkpoint
 from .train_config import EventKind, Hook, TrainConfig, TrainEvent, TrainResult  # noqa: F401 (re-exported)
 from .train_data import (AspectRatioBatches, LabelledImages, Sample, _coco_samples, _collate,  # noqa: F401
                          _pinned, _prefetched, collect_samples, is_holdout, split_reviewed)
-from .train_hooks import PeriodicCheckpointer
+from .train_hooks import PeriodicCheckpointer, WeightAverage
 from .train_setup import (FINE_TUNE_ADAMW_LR, FINE_TUNE_SGD_LR_PER_IMAGE, apply_profile,  # noqa: F401
                           prepare_detector, starts_from_random, with_start_defaults)
 
@@ -47,8 +47,9 @@ class Trainer:
         self.detector, self.samples, self.cfg = detector, samples, cfg
         self.output = Path(output)
         self.on_event = on_event or (lambda e: None)
-        # the caller's hooks, then a periodic checkpoint (detector/train_hooks.py)
-        self.hooks = [*(hooks or []), *([PeriodicCheckpointer(cfg.checkpoint_every)] if cfg.checkpoint_every else [])]
+        # the weight average, the caller's hooks, a periodic checkpoint (detector/train_hooks.py)
+        self.hooks = [*([WeightAverage(cfg.ema)] if cfg.ema else []), *(hooks or []),
+                      *([PeriodicCheckpointer(cfg.checkpoint_every)] if cfg.checkpoint_every else [])]
         self.result: TrainResult | None = None  # set when a run finishes (hooks' after_train read it)
         self.cancel = cancel or threading.Event()
         self.extra_meta = extra_meta or {}

@@ -456,3 +456,29 @@ def test_copy_paste_adds_another_images_objects_and_cuts_what_they_cover(tmp_pat
     assert any(b in boxes for b in ((20.0, 28.0, 30.0, 38.0), (30.0, 28.0, 40.0, 38.0)))  # the kite's refit box
     assert t["keypoints"][1, :, 2].tolist() == [0, 2]  # its keypoint under the paste is unlabelled
     assert t["keypoints"][3, :, 2].tolist() == [2, 1]  # the pasted kite's come with it
+
+
+def test_weight_average_goes_into_the_model_after_the_last_step_only():
+    """--ema: the model keeps training on its own weights; after the last step it holds the
+    running average (ramped decay), BatchNorm statistics included, counters untouched."""
+    from types import SimpleNamespace
+
+    from detector.train_hooks import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False), torch.nn.BatchNorm1d(1))
+    model[0].weight.data.fill_(0.0)
+    trainer = SimpleNamespace(model=model, step=0, total_steps=3)
+    hook = WeightAverage(0.5)
+    hook.before_train(trainer)
+    avg = 0.0
+    for n, value in enumerate([4.0, 8.0, 12.0], start=1):
+        model[0].weight.data.fill_(value)
+        model[1].num_batches_tracked.fill_(n)
+        trainer.step = n
+        hook.after_step(trainer, None)
+        decay = min(0.5, (1 + n) / (10 + n))
+        avg = decay * avg + (1 - decay) * value
+        if n < 3:
+            assert model[0].weight[0, 0].item() == value  # training goes on with its own weights
+    assert model[0].weight[0, 0].item() == pytest.approx(avg) and 0 < avg < 12.0
+    assert model[1].num_batches_tracked.item() == 3
