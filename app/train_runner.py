@@ -26,7 +26,6 @@ class TrainRunner(QObject):
         super().__init__(parent)
         self.proc: QProcess | None = None
         self._buf = b""
-        self._last: TrainEvent | None = None
         self._metrics: dict = {}
         self._error = ""
         self._stderr = b""
@@ -44,7 +43,7 @@ class TrainRunner(QObject):
         self.output.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = self.output.with_suffix(".log.jsonl")
         self.log_path.write_text("")
-        self._buf, self._last, self._metrics, self._error, self._stderr = b"", None, {}, "", b""
+        self._buf, self._metrics, self._error, self._stderr = b"", {}, "", b""
         self._kinds: set[str] = set()
         self.summary: dict = {}
         args = ["-m", "detector.cli", "train", folder, "--project", db_path, "-o", str(self.output),
@@ -91,7 +90,6 @@ class TrainRunner(QObject):
                     except json.JSONDecodeError:
                         pass
                     continue
-                self._last = ev
                 self._kinds.add(ev.kind)
                 if ev.kind is EventKind.EVAL:
                     self._metrics = ev.metrics

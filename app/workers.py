@@ -28,7 +28,8 @@ def settle_imports() -> None:
     collector's reach (``gc.freeze``). The import leaves some hundreds of thousands of long-lived
     objects; each full collection walked them all while holding the GIL, and a collection set off
     by a 100,000-image list stalled the GUI thread for ~330 ms (160 ms after this; bench/RESULTS.md).
-    Only what exists now is frozen: later garbage is collected as usual. Idempotent."""
+    Only what exists now is frozen (the image list freezes its records as they stream in,
+    app/folder.py). Idempotent."""
     global _SETTLED
     if not _SETTLED:
         _SETTLED = True
@@ -157,15 +158,15 @@ class InferenceWorker(QObject):
             self.errored.emit("The model does not know this category yet: the box stays a plain "
                               "box until the next training.")
             return
-        boxes, labels = [b for b, _, _ in known], [lab for _, lab, _ in known]
+        boxes, labels, ids = map(list, zip(*known))
         try:
             from detector.images import load_image
 
             project = self._proj()
             rec = project.image(image_id)
             arr = load_image(project.abspath(rec))
-            insts = tuple(inst.with_(id=iid) for inst, (_, _, iid)
-                          in zip(self.predictor.predict_in_boxes(arr, boxes, labels), known))
+            insts = tuple(inst.with_(id=iid) for inst, iid
+                          in zip(self.predictor.predict_in_boxes(arr, boxes, labels), ids))
             self.box_filled.emit(Prediction(request_id, image_id, rec.path, arr.shape[1], arr.shape[0], insts))
         except Exception as exc:
             self._fail(exc)

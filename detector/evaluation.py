@@ -178,13 +178,14 @@ def evaluate_project(project, weights: str, gt: str | None = None, device: str |
     return evaluate_detector(det, items, device)
 
 
-def held_out_metrics(project, checkpoint: str, compare: str | None = None,
-                     device: str | None = None) -> tuple[dict, dict | None]:
+def held_out_metrics(project, checkpoint: str, compare: str | None = None, device: str | None = None,
+                     held: list[str] | None = None) -> tuple[dict, dict | None]:
     """(the new checkpoint's AP, ``compare``'s AP or None), both on the images the new run held
-    out: the numbers the promotion rule (detector.versions.register) compares."""
-    from .model import load_checkpoint
+    out (``held``, else read from the checkpoint): what detector.versions.register compares."""
+    if held is None:
+        from .model import load_checkpoint
 
-    held = load_checkpoint(checkpoint).get("holdout", {}).get("images", [])
+        held = load_checkpoint(checkpoint).get("holdout", {}).get("images", [])
     records = [r for r in (project.image_by_path(p) for p in held) if r is not None]
     after = evaluate_project(project, checkpoint, records=records, device=device)
     before = evaluate_project(project, compare, records=records, device=device) if compare else None

@@ -92,7 +92,13 @@ class TrainConfig:
         return replace(self, weights=weights, backbone=backbone)
 
     def to_argv(self) -> list[str]:
-        """The ``loupe train`` options that rebuild this config (defaults are left out)."""
+        """The ``loupe train`` options that rebuild this config (defaults are left out). A field
+        with no option (momentum, freeze_bn, ...) set to other than its default is refused rather
+        than dropped."""
+        lost = [f.name for f in fields(self) if f.name not in _OPTION_FIELDS
+                and getattr(self, f.name) != _default(f.name)]
+        if lost:
+            raise ValueError(f"no loupe train option carries {', '.join(lost)}")
         out: list[str] = []
         for opt in OPTIONS:
             value = getattr(self, opt.field)
@@ -184,6 +190,7 @@ OPTIONS = (
                                                 "(repeatable)", kind="pairs", metavar="KEY=VALUE"),
 )
 _EXCLUSIVE = ("epochs", "iterations")
+_OPTION_FIELDS = {opt.field for opt in OPTIONS}
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:

@@ -41,7 +41,9 @@ class EvalHook(Hook):
             return
         from .evaluation import held_out_metrics
 
-        after, before = held_out_metrics(self.project, str(trainer.output), self.compare, device=self.device)
+        held = trainer.extra_meta.get("holdout", {}).get("images", [])  # what the checkpoint says too
+        after, before = held_out_metrics(self.project, str(trainer.output), self.compare, device=self.device,
+                                         held=held)
         self.metrics = {"after": after, "before": before}
         trainer.emit(TrainEvent("eval", trainer.step, trainer.total_steps, metrics=self.metrics))
 
@@ -55,21 +57,22 @@ class WeightAverage(Hook):
     def __init__(self, decay: float):
         self.decay = decay
         self.keys: list[str] = []
+        self.live: list[torch.Tensor] = []  # the model's own tensors (state_dict shares their storage)
         self.avg: list[torch.Tensor] = []
         self.n = 0
 
     def before_train(self, trainer: Trainer) -> None:
         state = trainer.model.state_dict()
         self.keys = [k for k, v in state.items() if v.is_floating_point()]
-        self.avg = [state[k].detach().float().clone() for k in self.keys]
+        self.live = [state[k] for k in self.keys]
+        self.avg = [t.detach().float().clone() for t in self.live]
         self.n = 0
 
     @torch.no_grad()
     def after_step(self, trainer: Trainer, event: TrainEvent) -> None:
         self.n += 1
         decay = min(self.decay, (1 + self.n) / (10 + self.n))
-        state = trainer.model.state_dict()
-        torch._foreach_lerp_(self.avg, [state[k].float() for k in self.keys], 1.0 - decay)
+        torch._foreach_lerp_(self.avg, [t.float() for t in self.live], 1.0 - decay)
         if trainer.step >= trainer.total_steps:
-            trainer.model.load_state_dict({k: a.to(state[k].dtype) for k, a in zip(self.keys, self.avg)},
-                                          strict=False)
+            for live, avg in zip(self.live, self.avg):
+                live.copy_(avg)

@@ -1,6 +1,6 @@
 """Model versions: the one rule that decides whether a newly trained model replaces the active one.
 
-The app's Train button, training while labeling and ``loupe train --register`` all go through
+The app's Train button, training while labeling and ``loupe train`` all go through
 ``register``: both models are scored on the same held-out reviewed images (the new run's), and
 the new model becomes active when nothing is active yet, when the active model could not be
 scored, or when its headline AP is not worse.

@@ -108,3 +108,23 @@ def test_rank_lists_the_least_confident_images_first(tmp_path, project):
     assert r.returncode == 0 and "2 images" in r.stdout
     rows = [line.split("\t") for line in (tmp_path / "order.txt").read_text().splitlines()]
     assert rows == [["2.0000", recs[1].path], ["1.0000", recs[2].path]]
+
+
+def test_train_config_round_trips_through_loupe_trains_options():
+    """The app hands the training process ``TrainConfig.to_argv()``; the process rebuilds the same
+    config from loupe train's options (generated from the same fields); nothing is dropped."""
+    from dataclasses import replace
+
+    import pytest
+
+    from detector.cli import build_parser
+    from detector.train_config import TrainConfig
+
+    cfg = TrainConfig(weights="none", iterations=40, batch_size=2, min_size=96, lr=0.002, optimizer="sgd",
+                      backbone="resnet18", augment=False, amp=False, holdout=0.4, seed=1, copy_paste=0.5,
+                      model_overrides={"anchor_sizes": (8, 16, 32, 64, 128), "box_detections_per_img": 20})
+    args = build_parser().parse_args(["train", "F", "-o", "x.pt", *cfg.to_argv()])
+    assert TrainConfig.from_args(args) == cfg
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="freeze_bn"):
+        replace(cfg, freeze_bn=True).to_argv()

@@ -1,5 +1,5 @@
 """The promotion rule (detector/versions.py): one place for the app's Train, training while
-labeling and ``loupe train --register``."""
+labeling and ``loupe train``."""
 
 from detector.store import Project
 from detector.synthetic import generate
