@@ -187,7 +187,8 @@ def main() -> None:
     sec = [row["seconds_per_image"] for row in per_round]
     print(json.dumps({
         "data": args.data, "order": args.order, "measure": args.measure if args.order == "uncertainty" else None,
-        "rounds": args.rounds, "per_round": k, "steps": args.steps or None, "budget_s": args.budget_s or None, "test_images": len(test), "slider": args.slider,
+        "rounds": args.rounds, "per_round": k, "steps": args.steps or None, "budget_s": args.budget_s or None,
+        "test_images": len(test), "slider": args.slider,
         "reviewed_by_round": [row["reviewed"] for row in per_round],
         "seconds_per_image_by_round": sec, "manual_seconds_per_image": round(manual, 1),
         "ratio_after_last_round": round(sec[-1] / manual, 3),

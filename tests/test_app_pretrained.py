@@ -81,7 +81,8 @@ def test_coco_start_through_the_mapping_pre_annotates_mapped_classes_only(open_w
     assert len(dlg.mapping()) == 80 and dlg.mapping()["person"] == "Person"
 
 
-def test_without_the_file_the_banner_offers_the_download_and_says_where(open_window, qtbot, fresh, tmp_path, monkeypatch):
+def test_without_the_file_the_banner_offers_the_download_and_says_where(open_window, qtbot, fresh, tmp_path,
+                                                                        monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     w = open_window(fresh)
     qtbot.waitUntil(lambda: w.starting.ready, timeout=60_000)  # torch comes up on the worker's thread

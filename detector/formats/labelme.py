@@ -82,7 +82,8 @@ def _shape_mask(shape: dict, kind: str, pts: np.ndarray, h: int, w: int, where: 
     full = np.zeros((h, w), np.uint8)
     ch, cw = crop.shape
     full[max(0, y0):min(h, y0 + ch), max(0, x0):min(w, x0 + cw)] = \
-        crop[max(0, -y0):max(0, -y0) + min(h, y0 + ch) - max(0, y0), max(0, -x0):max(0, -x0) + min(w, x0 + cw) - max(0, x0)]
+        crop[max(0, -y0):max(0, -y0) + min(h, y0 + ch) - max(0, y0),
+             max(0, -x0):max(0, -x0) + min(w, x0 + cw) - max(0, x0)]
     return M.encode(full)
 
 
@@ -158,7 +159,8 @@ def _read(path: Path, project) -> Plan:
 
                 mask = M.compress(mu.merge([M.to_pycocotools(m) for m in masks])) if len(masks) > 1 else masks[0]
                 boxes.append(M.bbox_xyxy(mask))
-            box = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+            box = (min(b[0] for b in boxes), min(b[1] for b in boxes),
+                   max(b[2] for b in boxes), max(b[3] for b in boxes))
             points = groups.get(("points", gid), []) if not isinstance(gid, tuple) else []
             for name, _p, _w in points:
                 names = kp_names.setdefault(label, [])
