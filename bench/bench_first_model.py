@@ -144,6 +144,7 @@ def main() -> None:
                 "unseen_images": metrics["images"],
                 "unseen_segm_AP": metrics["segm"]["AP"], "unseen_segm_AP50": metrics["segm"]["AP50"],
                 "unseen_bbox_AP50": metrics["bbox"]["AP50"],
+                **({"unseen_keypoints_AP": metrics["keypoints"]["AP"]} if "keypoints" in metrics else {}),
                 "device": summary.get("start_message", "").split("device ")[-1].split(";")[0],
                 "profile": meta.get("profile"), "backbone": meta["config"]["backbone"],
                 "image_size": cfg.get("min_size"), "batch": cfg.get("batch_size"),

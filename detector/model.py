@@ -59,6 +59,7 @@ class ModelConfig:
     rpn_bg_iou_thresh: float = 0.3  # negative below 0.3
     rpn_batch_size_per_image: int = 256
     box_batch_size_per_image: int = 512
+    box_positive_fraction: float = 0.25  # of the sampled regions at most this share positive
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
     box_detections_per_img: int = 100
@@ -115,6 +116,7 @@ def _architecture(num_classes: int, num_keypoints: int, cfg: ModelConfig) -> Mas
         rpn_fg_iou_thresh=cfg.rpn_fg_iou_thresh, rpn_bg_iou_thresh=cfg.rpn_bg_iou_thresh,
         rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
         box_batch_size_per_image=cfg.box_batch_size_per_image,
+        box_positive_fraction=cfg.box_positive_fraction,
         box_score_thresh=cfg.box_score_thresh, box_nms_thresh=cfg.box_nms_thresh,
         box_detections_per_img=cfg.box_detections_per_img,
         # torchvision's poolers, with the CPU backward spread over the cores (detector/pooling.py)

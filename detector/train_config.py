@@ -53,6 +53,8 @@ class TrainConfig:
     trainable_layers: int | None = None  # backbone stages to train (0-5); default 3 from learned weights, 5 random
     augment: bool = True
     copy_paste: float = 0.0  # with augment: probability of pasting another image's objects
+    keypoint_loss_weight: float | None = None  # of the keypoint loss in the total; None: 0.25 with AdamW, else 1
+    rotate: float = 0.0  # with augment: largest random rotation in degrees (half the images); 0: none
     ema: float = 0.0  # decay of a moving average of the weights, saved instead of the last ones; 0: off
     seed: int = 0
     holdout: float = 0.2
@@ -183,6 +185,13 @@ OPTIONS = (
     Option("copy_paste", "--copy-paste", "probability that an image gets another reviewed image's objects "
                                          "pasted over it (Simple Copy-Paste; default %(default)s)",
            type=float, metavar="P"),
+    Option("keypoint_loss_weight", "--keypoint-loss-weight",
+           "weight of the keypoint loss in the sum the model learns from (default: 0.25 with AdamW, 1 with "
+           "SGD)", type=float,
+           metavar="W"),
+    Option("rotate", "--rotate", "with augmentation, turn half the images by up to DEG degrees either way "
+                                 "(masks, boxes and keypoints with them; default %(default)s)",
+           type=float, metavar="DEG"),
     Option("ema", "--ema", "keep an exponential moving average of the weights with this decay per step "
                            "(e.g. 0.99) and save it instead of the last weights (default: off)",
            type=float, metavar="DECAY"),

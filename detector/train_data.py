@@ -54,9 +54,10 @@ class LabelledImages(torch.utils.data.Dataset):
     """Images and their instances as torchvision detection targets, augmented with transforms v2."""
 
     def __init__(self, samples: list[Sample], categories: tuple[Category, ...], augment: bool, seed: int,
-                 copy_paste: float = 0.0):
+                 copy_paste: float = 0.0, rotate: float = 0.0):
         self.samples = samples
         self.copy_paste = copy_paste  # probability of pasting another image's objects (augment only)
+        self.rotate = rotate  # largest rotation in degrees, drawn for half the images (augment only)
         self.label_of = {c.id: i + 1 for i, c in enumerate(categories)}
         self.categories = categories
         self.slices = keypoint_slices(categories)
@@ -148,6 +149,25 @@ class LabelledImages(torch.utils.data.Dataset):
                 [lab for lab, ok in zip(labels, keep) if ok] + [labels2[k] for k in chosen],
                 np.concatenate([masks[keep], masks2[chosen]]), torch.cat([kps[keep_t], kps2[chosen]]))
 
+    @staticmethod
+    def _rotated(image, mask_t, xy, vis, angle: float):
+        """``image``, its masks and keypoints turned by ``angle`` degrees about the centre (same
+        canvas; the uncovered corners take the image's mean colour). Keypoints turned out of the
+        picture become unlabelled. Boxes are refit to the turned masks by the caller: a box turned
+        with its object would grow by up to 40 %."""
+        F = v2.functional
+        fill = [float(v) for v in image.float().mean((1, 2))]
+        image = F.rotate(image, angle, interpolation=v2.InterpolationMode.BILINEAR, fill=fill)
+        mask_t = F.rotate(mask_t, angle, interpolation=v2.InterpolationMode.NEAREST, fill=0)
+        n, k = xy.shape[:2]
+        if n and k:
+            h, w = image.shape[-2:]
+            points = tv_tensors.KeyPoints(xy.reshape(-1, 2), canvas_size=(h, w))
+            xy = F.rotate(points, angle).as_subclass(torch.Tensor).reshape(n, k, 2)
+            inside = (xy[..., 0] >= 0) & (xy[..., 0] < w) & (xy[..., 1] >= 0) & (xy[..., 1] < h)
+            vis = torch.where(inside, vis, torch.zeros_like(vis))
+        return image, mask_t, xy, vis
+
     def __getitem__(self, i: int):
         rgb, boxes_np, labels, masks, kps = self._read(i)
         if self.augment and self.copy_paste > 0 and len(self.samples) > 1 and self.rng.random() < self.copy_paste:
@@ -169,18 +189,33 @@ class LabelledImages(torch.utils.data.Dataset):
                 vis = vis[:, self.flip_perm]
             else:
                 xy = points.as_subclass(torch.Tensor).reshape(n, k, 2)
+            if self.rotate > 0 and self.rng.random() < 0.5:
+                angle = self.rng.uniform(-self.rotate, self.rotate)
+                image, mask_t, xy, vis = self._rotated(image, mask_t, xy, vis, angle)
+                boxes = None  # refit to the rotated masks below
             image = self._colour(image)
         else:
             xy = points.as_subclass(torch.Tensor).reshape(n, k, 2)
         kps = torch.cat([xy, vis[..., None]], dim=-1)
         labels = torch.tensor(labels, dtype=torch.int64)
-        b = boxes.as_subclass(torch.Tensor)
+        b = _mask_boxes(mask_t.as_subclass(torch.Tensor)) if boxes is None else boxes.as_subclass(torch.Tensor)
         keep = (b[:, 2] - b[:, 0] >= 1) & (b[:, 3] - b[:, 1] >= 1)  # torchvision rejects empty boxes
         target = {"boxes": b[keep], "labels": labels[keep],
                   "masks": mask_t.as_subclass(torch.Tensor)[keep]}
         if self.num_keypoints:
             target["keypoints"] = kps[keep]
         return image.as_subclass(torch.Tensor).float().div_(255), target
+
+
+def _mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight XYXY boxes of N x H x W masks (pixel edges, as the store's boxes); an empty mask gets
+    an empty box, which the caller drops."""
+    out = torch.zeros((len(masks), 4), dtype=torch.float32)
+    for j, m in enumerate(masks):
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        if len(xs):
+            out[j] = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
+    return out
 
 
 class AspectRatioBatches(torch.utils.data.Sampler):

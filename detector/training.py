@@ -79,7 +79,7 @@ class Trainer:
         self.last_losses: dict[str, float] = {}
         torch.manual_seed(cfg.seed)
         self.dataset = LabelledImages(samples, detector.categories, cfg.augment, cfg.seed + self.rank,
-                                      cfg.copy_paste)
+                                      cfg.copy_paste, cfg.rotate)
         self.sampler = AspectRatioBatches(groups, cfg.batch_size, cfg.seed, self.rank, self.world)
         focus_keypoints(detector.model, detector.categories)
         try:
@@ -292,7 +292,9 @@ class Trainer:
                 losses = model(images, targets)
             for h in self.hooks:
                 losses = h.after_loss(self, losses)
-            total = sum(losses.values())
+            kpw = 1.0 if self.cfg.keypoint_loss_weight is None else self.cfg.keypoint_loss_weight
+            # the terms are reported as they are; "loss" is this weighted sum, what the model learns from
+            total = sum(v * kpw if k == "loss_keypoint" else v for k, v in losses.items())
             if not torch.isfinite(total):
                 bad = [k for k, v in losses.items() if not torch.isfinite(v)]
                 raise TrainingError(

@@ -161,20 +161,22 @@ def test_optimizer_and_learning_rate_defaults_depend_on_the_start(tmp_path):
     # Random weights: AdamW at 1e-3 for batch 4, sqrt-scaled with the batch.
     c = with_start_defaults(TrainConfig(weights="none", batch_size=4), scratch)
     assert (c.optimizer, c.lr) == ("adamw", pytest.approx(1e-3))
+    assert c.keypoint_loss_weight == 0.25  # AdamW runs: the keypoint loss at a quarter
     assert with_start_defaults(TrainConfig(weights="none", batch_size=16), scratch).lr == pytest.approx(2e-3)
-    # Asking for SGD from random weights: the from-scratch SGD rate.
+    # Asking for SGD from random weights: the from-scratch SGD rate, torchvision's loss weights.
     c = with_start_defaults(TrainConfig(weights="none", batch_size=4, optimizer="sgd"), scratch)
-    assert (c.optimizer, c.lr) == ("sgd", pytest.approx(0.02))
-    # A user's rate is kept.
+    assert (c.optimizer, c.lr, c.keypoint_loss_weight) == ("sgd", pytest.approx(0.02), 1.0)
+    # A user's rate and weight are kept.
     assert with_start_defaults(TrainConfig(weights="none", lr=0.001), scratch).lr == 0.001
+    assert with_start_defaults(TrainConfig(weights="none", keypoint_loss_weight=2.0), scratch).keypoint_loss_weight == 2
     # Learned weights of unknown origin (COCO, an older checkpoint): torchvision's reference SGD
     # recipe (0.01 for batch 8); AdamW at its fine-tuning rate.
     ckpt = save_checkpoint(tmp_path / "m.pt", scratch)
     loaded = build_model(categories=CATEGORIES, weights=str(ckpt), config=LIGHT)
     c = with_start_defaults(TrainConfig(weights=str(ckpt), batch_size=4), loaded)
-    assert (c.optimizer, c.lr) == ("sgd", pytest.approx(0.005))
+    assert (c.optimizer, c.lr, c.keypoint_loss_weight) == ("sgd", pytest.approx(0.005), 1.0)
     c = with_start_defaults(TrainConfig(weights=str(ckpt), optimizer="adamw"), loaded)
-    assert (c.optimizer, c.lr) == ("adamw", pytest.approx(1e-4))
+    assert (c.optimizer, c.lr, c.keypoint_loss_weight) == ("adamw", pytest.approx(1e-4), 0.25)
     # A model trained here from random weights goes on the way it started, round after round.
     ckpt = save_checkpoint(tmp_path / "r1.pt", scratch, from_random_init=True)
     loaded = build_model(categories=CATEGORIES, weights=str(ckpt), config=LIGHT)
@@ -183,7 +185,10 @@ def test_optimizer_and_learning_rate_defaults_depend_on_the_start(tmp_path):
     # Resuming keeps the run's optimizer; asking for another one is refused with a reason.
     saved = {"train_config": {"optimizer": "adamw", "lr": 7e-4}}
     c = with_start_defaults(TrainConfig(weights="none", resume="run.pt"), scratch, saved)
-    assert (c.optimizer, c.lr) == ("adamw", 7e-4)
+    assert (c.optimizer, c.lr, c.keypoint_loss_weight) == ("adamw", 7e-4, 1.0)  # a run from before the weight
+    saved["train_config"]["keypoint_loss_weight"] = 0.25
+    c = with_start_defaults(TrainConfig(weights="none", resume="run.pt"), scratch, saved)
+    assert c.keypoint_loss_weight == 0.25
     with pytest.raises(TrainingError, match="run.pt: that run used adamw"):
         with_start_defaults(TrainConfig(weights="none", resume="run.pt", optimizer="sgd"), scratch, saved)
     with pytest.raises(TrainingError, match="unknown optimizer 'adam'"):

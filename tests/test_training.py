@@ -482,3 +482,68 @@ def test_weight_average_goes_into_the_model_after_the_last_step_only():
             assert model[0].weight[0, 0].item() == value  # training goes on with its own weights
     assert model[0].weight[0, 0].item() == pytest.approx(avg) and 0 < avg < 12.0
     assert model[1].num_batches_tracked.item() == 3
+
+
+def test_rotation_turns_image_masks_keypoints_together_and_refits_boxes(tmp_path):
+    """--rotate: the pixels, masks and keypoints turn together about the centre, each box is refit
+    tight to its turned mask, and a keypoint turned out of the picture becomes unlabelled."""
+    from PIL import Image
+
+    from detector.train_data import LabelledImages, Sample
+
+    cats = (Category("kite", "#ffffff", ("near", "far"), id=1),)
+    rgb = np.zeros((60, 80, 3), np.uint8)
+    rgb[20:40, 30:50] = 255  # the object: a bright 20x20 square in the middle
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    inst = Instance(1, (30.0, 20.0, 50.0, 40.0), M.from_box((30, 20, 50, 40), 60, 80),
+                    ((31.0, 21.0, 2), (79.5, 0.5, 2)))  # a corner of the square; the picture's corner
+    ds = LabelledImages([Sample(tmp_path / "a.png", [inst], 80, 60)], cats, augment=True, seed=0, rotate=30.0)
+    ds._colour = lambda image: image
+    turned = None
+    for seed in range(40):
+        ds.rng.seed(seed)
+        image, t = ds[0]
+        box = t["boxes"][0].tolist()
+        if box != [30.0, 20.0, 50.0, 40.0]:
+            turned = image, t
+            break
+    assert turned is not None, "half the images are turned: one in 40 draws at least"
+    image, t = turned
+    mask = t["masks"][0].bool()
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    assert t["boxes"][0].tolist() == [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+    assert 20 * 20 * 0.9 < mask.sum() < 20 * 20 * 1.1  # a turned square keeps its area
+    assert (image[:, mask].mean() > 0.9) and (image[:, ~mask].mean() < 0.2)  # pixels turned with the mask
+    (x, y, v), far = t["keypoints"][0].tolist()
+    assert v == 2 and mask[int(y), int(x)]  # the corner keypoint still on its (turned) object
+    assert far[2] == 0  # turned out of the picture: unlabelled
+    assert ((t["boxes"][0][2:] - t["boxes"][0][:2]) > 20).all()  # turned by over a few degrees: a wider box
+
+
+def test_keypoint_loss_weight_scales_what_the_keypoint_head_learns_from(tmp_path):
+    """--keypoint-loss-weight: at 0 the keypoint head gets no gradient (SGD, no decay: its weights
+    never move, however many steps), at 1 it moves; the other heads learn either way, and the
+    reported keypoint loss is the unweighted one."""
+    from detector.model import load_checkpoint
+    from detector.training import train_project
+
+    p, _ = _labelled(tmp_path / "shapes", n=4, seed=5)
+    assert any(c.keypoints for c in p.categories())
+
+    def run(weight, steps):
+        out = tmp_path / f"w{weight}-{steps}.pt"
+        result = train_project(p, cfg(iterations=steps, keypoint_loss_weight=weight, optimizer="sgd", lr=0.01,
+                                      weight_decay=0.0), out)
+        return load_checkpoint(out)["model"], result
+
+    off1, r_off = run(0.0, 1)
+    off3, _ = run(0.0, 3)
+    on1, r_on = run(1.0, 1)
+    kp = [k for k in off1 if k.startswith("roi_heads.keypoint_predictor.")]
+    box = [k for k in off1 if k.startswith("roi_heads.box_predictor.")]
+    assert kp and box
+    assert all(torch.equal(off1[k], off3[k]) for k in kp)
+    assert not all(torch.equal(off1[k], on1[k]) for k in kp)
+    assert not all(torch.equal(off1[k], off3[k]) for k in box)
+    assert r_off.losses["loss_keypoint"] == pytest.approx(r_on.losses["loss_keypoint"], rel=1e-3)
+    p.close()
