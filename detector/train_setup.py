@@ -27,8 +27,8 @@ FINE_TUNE_TRAINABLE_LAYERS = 3
 # The keypoint loss (a softmax over a 56 x 56 heatmap: ~8 at the start, ~2 after a first model's
 # training) outweighs the others (~0.05-1) several times. AdamW scales each weight's step by its
 # own gradient size, so in the shared backbone the summed gradient's direction is what counts and
-# the keypoint loss set it. At a quarter, unseen segm AP50 of the demo's first model went from 0.440
-# to 0.500 (three seeds each, bench/RESULTS.md). SGD runs (learned weights) keep torchvision's 1.
+# the keypoint loss set it. At a quarter, unseen segm AP50 of the demo's first model went from 0.450
+# to 0.487 (means of 4 and 7 runs, bench/RESULTS.md). SGD runs (learned weights) keep torchvision's 1.
 ADAMW_KEYPOINT_LOSS_WEIGHT = 0.25
 
 
