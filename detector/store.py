@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,24 @@ from .store_instances import InstanceTable
 from .store_schema import (_MIGRATIONS, DEFAULT_DBNAME, DEFAULT_DIRNAME, PALETTE, SCHEMA_VERSION,  # noqa: F401
                            ModelVersion, ProjectError, ScanResult, current_user, now)
 
+LOCK_WAIT_S = 30.0  # how long opening a project waits for another process's lock
+
+
+def _when_unlocked(fn):
+    """``fn()``, tried again while the project is locked, for up to LOCK_WAIT_S.
+
+    Another process opening the same project at the same moment (a second torchrun rank; the GUI
+    and ``loupe predict``) may hold it while it sets up the write-ahead log. SQLite then answers
+    "database is locked" at once, without waiting out the busy timeout (a read-only connection
+    cannot help recover the log; a journal-mode change does not wait), so the wait is here."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 class Project(CategoryTable, ImageTable, InstanceTable, ModelTable):
@@ -87,12 +106,20 @@ class Project(CategoryTable, ImageTable, InstanceTable, ModelTable):
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
+            def connect():
+                c = sqlite3.connect(self.db_path, timeout=LOCK_WAIT_S, isolation_level=None,
+                                    check_same_thread=False)
+                try:
+                    c.execute("PRAGMA journal_mode=WAL")
+                    c.execute("PRAGMA synchronous=NORMAL")
+                    c.execute("PRAGMA foreign_keys=ON")
+                except BaseException:
+                    c.close()
+                    raise
+                return c
+
             try:
-                conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None,
-                                       check_same_thread=False)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute("PRAGMA foreign_keys=ON")
+                conn = _when_unlocked(connect)
             except sqlite3.DatabaseError as exc:
                 raise ProjectError(f"{self.db_path}: not a readable Loupe project ({exc})") from exc
             conn.row_factory = sqlite3.Row
@@ -159,11 +186,15 @@ class Project(CategoryTable, ImageTable, InstanceTable, ModelTable):
 
     def _probe(self) -> None:
         """Refuse, without changing a byte, a file that is not a Loupe project or is too new."""
-        try:
-            with sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True) as c:
+        def read():
+            with sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=LOCK_WAIT_S) as c:
                 tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
                 row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() \
                     if "meta" in tables else None
+            return tables, row
+
+        try:
+            tables, row = _when_unlocked(read)
         except sqlite3.DatabaseError as exc:
             raise ProjectError(f"{self.db_path}: not a readable Loupe project ({exc})") from exc
         if row is None and tables - {"meta"}:
@@ -175,9 +206,12 @@ class Project(CategoryTable, ImageTable, InstanceTable, ModelTable):
 
     def _migrate(self) -> None:
         conn = self._conn()
-        try:
+        def meta():
             conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            return conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+
+        try:
+            row = _when_unlocked(meta)
         except sqlite3.DatabaseError as exc:
             raise ProjectError(f"{self.db_path}: not a readable Loupe project ({exc})") from exc
         version = int(row[0]) if row else 0

@@ -173,3 +173,34 @@ def test_the_first_page_and_the_paged_list_in_either_order(project):
     unsure = project.first_images(len(recs), "uncertainty")
     assert [r.id for r in unsure[:2]] == [b.id, c.id] and unsure[-1].id == a.id
     assert [r.path for r in unsure[2:-1]] == sorted(r.path for r in recs[3:])
+
+
+def test_opening_waits_out_another_process_lock_and_refuses_other_errors(monkeypatch):
+    """Two processes opening one project at once (torchrun ranks): SQLite may answer "database is
+    locked" at once while the other sets up its write-ahead log. Opening tries again, for up to
+    LOCK_WAIT_S; any other error, or a lock that outlasts the wait, is raised as it is."""
+
+    from detector import store
+
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise sqlite3.OperationalError("database is locked")
+        return "opened"
+
+    assert store._when_unlocked(flaky) == "opened" and len(calls) == 3
+
+    def broken():
+        calls.append(1)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    calls.clear()
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        store._when_unlocked(broken)
+    assert len(calls) == 1
+
+    monkeypatch.setattr(store, "LOCK_WAIT_S", 0.2)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        store._when_unlocked(lambda: (_ for _ in ()).throw(sqlite3.OperationalError("database is locked")))
