@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision import tv_tensors
+from torchvision.ops import masks_to_boxes
 from torchvision.transforms import v2
 
 from . import masks as M
@@ -151,10 +152,10 @@ class LabelledImages(torch.utils.data.Dataset):
 
     @staticmethod
     def _rotated(image, mask_t, xy, vis, angle: float):
-        """``image``, its masks and keypoints turned by ``angle`` degrees about the centre (same
-        canvas; the uncovered corners take the image's mean colour). Keypoints turned out of the
-        picture become unlabelled. Boxes are refit to the turned masks by the caller: a box turned
-        with its object would grow by up to 40 %."""
+        """(image, boxes, masks, keypoint xy, visibility) turned by ``angle`` degrees about the
+        centre (same canvas; the uncovered corners take the image's mean colour). Boxes are refit
+        to the turned masks (a box turned with its object would grow by up to 40 %); keypoints
+        turned out of the picture become unlabelled."""
         F = v2.functional
         fill = [float(v) for v in image.float().mean((1, 2))]
         image = F.rotate(image, angle, interpolation=v2.InterpolationMode.BILINEAR, fill=fill)
@@ -166,7 +167,7 @@ class LabelledImages(torch.utils.data.Dataset):
             xy = F.rotate(points, angle).as_subclass(torch.Tensor).reshape(n, k, 2)
             inside = (xy[..., 0] >= 0) & (xy[..., 0] < w) & (xy[..., 1] >= 0) & (xy[..., 1] < h)
             vis = torch.where(inside, vis, torch.zeros_like(vis))
-        return image, mask_t, xy, vis
+        return image, _mask_boxes(mask_t.as_subclass(torch.Tensor)), mask_t, xy, vis
 
     def __getitem__(self, i: int):
         rgb, boxes_np, labels, masks, kps = self._read(i)
@@ -191,14 +192,13 @@ class LabelledImages(torch.utils.data.Dataset):
                 xy = points.as_subclass(torch.Tensor).reshape(n, k, 2)
             if self.rotate > 0 and self.rng.random() < 0.5:
                 angle = self.rng.uniform(-self.rotate, self.rotate)
-                image, mask_t, xy, vis = self._rotated(image, mask_t, xy, vis, angle)
-                boxes = None  # refit to the rotated masks below
+                image, boxes, mask_t, xy, vis = self._rotated(image, mask_t, xy, vis, angle)
             image = self._colour(image)
         else:
             xy = points.as_subclass(torch.Tensor).reshape(n, k, 2)
         kps = torch.cat([xy, vis[..., None]], dim=-1)
         labels = torch.tensor(labels, dtype=torch.int64)
-        b = _mask_boxes(mask_t.as_subclass(torch.Tensor)) if boxes is None else boxes.as_subclass(torch.Tensor)
+        b = boxes.as_subclass(torch.Tensor)
         keep = (b[:, 2] - b[:, 0] >= 1) & (b[:, 3] - b[:, 1] >= 1)  # torchvision rejects empty boxes
         target = {"boxes": b[keep], "labels": labels[keep],
                   "masks": mask_t.as_subclass(torch.Tensor)[keep]}
@@ -208,13 +208,12 @@ class LabelledImages(torch.utils.data.Dataset):
 
 
 def _mask_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Tight XYXY boxes of N x H x W masks (pixel edges, as the store's boxes); an empty mask gets
-    an empty box, which the caller drops."""
+    """Tight XYXY boxes of N x H x W masks at pixel edges, as the store's (torchvision's
+    ``masks_to_boxes`` gives pixel centres); an empty mask gets an empty box, which the caller drops."""
     out = torch.zeros((len(masks), 4), dtype=torch.float32)
-    for j, m in enumerate(masks):
-        ys, xs = torch.nonzero(m, as_tuple=True)
-        if len(xs):
-            out[j] = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
+    filled = masks.flatten(1).any(1).bool() if len(masks) else torch.zeros(0, dtype=torch.bool)
+    if filled.any():
+        out[filled] = masks_to_boxes(masks[filled]).float() + torch.tensor([0.0, 0.0, 1.0, 1.0])
     return out
 
 
