@@ -54,6 +54,7 @@ class TrainConfig:
     augment: bool = True
     copy_paste: float = 0.0  # with augment: probability of pasting another image's objects
     keypoint_loss_weight: float | None = None  # of the keypoint loss in the total; None: 0.25 with AdamW, else 1
+    classifier_loss_weight: float | None = None  # of the region classifier's loss; None: 2 with AdamW, else 1
     rotate: float = 0.0  # with augment: largest random rotation in degrees (half the images); 0: none
     ema: float = 0.0  # decay of a moving average of the weights, saved instead of the last ones; 0: off
     seed: int = 0
@@ -68,6 +69,11 @@ class TrainConfig:
     time_budget_s: float | None = None
     freeze_bn: bool | None = None  # backbone BatchNorm keeps its statistics; None: yes from learned weights
     profile: str = "auto"  # fills what is left None: see detector.profiles
+
+    def loss_weights(self) -> dict[str, float]:
+        """Weights of torchvision's loss terms in the sum the model learns from (unnamed: 1)."""
+        return {"loss_keypoint": 1.0 if self.keypoint_loss_weight is None else self.keypoint_loss_weight,
+                "loss_classifier": 1.0 if self.classifier_loss_weight is None else self.classifier_loss_weight}
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -172,6 +178,7 @@ OPTIONS = (
                                    "(default %(default)s)", type=float),
     Option("amp", "--no-amp", "float32 throughout: no mixed precision on a GPU, no bfloat16 on a CPU "
                               "with AMX", kind="off"),
+    Option("weight_decay", "--weight-decay", "weight decay of the optimizer (default %(default)s)", type=float),
     Option("warmup_steps", "--warmup-steps", "linear learning-rate warm-up steps (default %(default)s, at "
                                              "most a fifth of the run)", type=int),
     Option("time_budget_s", "--time-budget", "fit the step count to about S seconds of training (default: "
@@ -189,6 +196,9 @@ OPTIONS = (
            "weight of the keypoint loss in the sum the model learns from (default: 0.25 with AdamW, 1 with "
            "SGD)", type=float,
            metavar="W"),
+    Option("classifier_loss_weight", "--classifier-loss-weight",
+           "weight of the region classifier's loss in that sum (default: 2 with AdamW, 1 with SGD)",
+           type=float, metavar="W"),
     Option("rotate", "--rotate", "with augmentation, turn half the images by up to DEG degrees either way "
                                  "(masks, boxes and keypoints with them; default %(default)s)",
            type=float, metavar="DEG"),

@@ -292,9 +292,9 @@ class Trainer:
                 losses = model(images, targets)
             for h in self.hooks:
                 losses = h.after_loss(self, losses)
-            kpw = 1.0 if self.cfg.keypoint_loss_weight is None else self.cfg.keypoint_loss_weight
             # the terms are reported as they are; "loss" is this weighted sum, what the model learns from
-            total = sum(v * kpw if k == "loss_keypoint" else v for k, v in losses.items())
+            weights = self.cfg.loss_weights()
+            total = sum(v * weights.get(k, 1.0) for k, v in losses.items())
             if not torch.isfinite(total):
                 bad = [k for k, v in losses.items() if not torch.isfinite(v)]
                 raise TrainingError(

@@ -161,14 +161,18 @@ def test_optimizer_and_learning_rate_defaults_depend_on_the_start(tmp_path):
     # Random weights: AdamW at 1e-3 for batch 4, sqrt-scaled with the batch.
     c = with_start_defaults(TrainConfig(weights="none", batch_size=4), scratch)
     assert (c.optimizer, c.lr) == ("adamw", pytest.approx(1e-3))
-    assert c.keypoint_loss_weight == 0.25  # AdamW runs: the keypoint loss at a quarter
+    assert c.keypoint_loss_weight == 0.25  # AdamW runs: the keypoint loss at a quarter ...
+    assert c.loss_weights() == {"loss_keypoint": 0.25, "loss_classifier": 2.0}  # ... the classifier's doubled
     assert with_start_defaults(TrainConfig(weights="none", batch_size=16), scratch).lr == pytest.approx(2e-3)
     # Asking for SGD from random weights: the from-scratch SGD rate, torchvision's loss weights.
     c = with_start_defaults(TrainConfig(weights="none", batch_size=4, optimizer="sgd"), scratch)
     assert (c.optimizer, c.lr, c.keypoint_loss_weight) == ("sgd", pytest.approx(0.02), 1.0)
-    # A user's rate and weight are kept.
+    assert c.classifier_loss_weight == 1.0
+    # A user's rate and weights are kept.
     assert with_start_defaults(TrainConfig(weights="none", lr=0.001), scratch).lr == 0.001
     assert with_start_defaults(TrainConfig(weights="none", keypoint_loss_weight=2.0), scratch).keypoint_loss_weight == 2
+    c = with_start_defaults(TrainConfig(weights="none", classifier_loss_weight=0.5), scratch)
+    assert c.loss_weights() == {"loss_keypoint": 0.25, "loss_classifier": 0.5}
     # Learned weights of unknown origin (COCO, an older checkpoint): torchvision's reference SGD
     # recipe (0.01 for batch 8); AdamW at its fine-tuning rate.
     ckpt = save_checkpoint(tmp_path / "m.pt", scratch)
@@ -186,9 +190,10 @@ def test_optimizer_and_learning_rate_defaults_depend_on_the_start(tmp_path):
     saved = {"train_config": {"optimizer": "adamw", "lr": 7e-4}}
     c = with_start_defaults(TrainConfig(weights="none", resume="run.pt"), scratch, saved)
     assert (c.optimizer, c.lr, c.keypoint_loss_weight) == ("adamw", 7e-4, 1.0)  # a run from before the weight
-    saved["train_config"]["keypoint_loss_weight"] = 0.25
+    assert c.classifier_loss_weight == 1.0  # ... and from before this one
+    saved["train_config"].update(keypoint_loss_weight=0.25, classifier_loss_weight=2.0)
     c = with_start_defaults(TrainConfig(weights="none", resume="run.pt"), scratch, saved)
-    assert c.keypoint_loss_weight == 0.25
+    assert c.loss_weights() == {"loss_keypoint": 0.25, "loss_classifier": 2.0}
     with pytest.raises(TrainingError, match="run.pt: that run used adamw"):
         with_start_defaults(TrainConfig(weights="none", resume="run.pt", optimizer="sgd"), scratch, saved)
     with pytest.raises(TrainingError, match="unknown optimizer 'adam'"):

@@ -520,10 +520,15 @@ def test_rotation_turns_image_masks_keypoints_together_and_refits_boxes(tmp_path
     assert ((t["boxes"][0][2:] - t["boxes"][0][:2]) > 20).all()  # turned by over a few degrees: a wider box
 
 
-def test_keypoint_loss_weight_scales_what_the_keypoint_head_learns_from(tmp_path):
-    """--keypoint-loss-weight: at 0 the keypoint head gets no gradient (SGD, no decay: its weights
-    never move, however many steps), at 1 it moves; the other heads learn either way, and the
-    reported keypoint loss is the unweighted one."""
+@pytest.mark.parametrize("field, loss, layer, other", [
+    ("keypoint_loss_weight", "loss_keypoint", "roi_heads.keypoint_predictor.", "roi_heads.box_predictor."),
+    ("classifier_loss_weight", "loss_classifier", "roi_heads.box_predictor.cls_score.",
+     "roi_heads.box_predictor.bbox_pred."),
+])
+def test_loss_weight_scales_what_its_layer_learns_from(tmp_path, field, loss, layer, other):
+    """--keypoint-loss-weight, --classifier-loss-weight: at 0 the layer that only that loss trains
+    gets no gradient (SGD, no decay: its weights never move, however many steps), at 1 it moves;
+    the other layers learn either way, and the reported loss is the unweighted one."""
     from detector.model import load_checkpoint
     from detector.training import train_project
 
@@ -532,18 +537,18 @@ def test_keypoint_loss_weight_scales_what_the_keypoint_head_learns_from(tmp_path
 
     def run(weight, steps):
         out = tmp_path / f"w{weight}-{steps}.pt"
-        result = train_project(p, cfg(iterations=steps, keypoint_loss_weight=weight, optimizer="sgd", lr=0.01,
-                                      weight_decay=0.0), out)
+        result = train_project(p, cfg(iterations=steps, optimizer="sgd", lr=0.01, weight_decay=0.0,
+                                      **{field: weight}), out)
         return load_checkpoint(out)["model"], result
 
     off1, r_off = run(0.0, 1)
     off3, _ = run(0.0, 3)
     on1, r_on = run(1.0, 1)
-    kp = [k for k in off1 if k.startswith("roi_heads.keypoint_predictor.")]
-    box = [k for k in off1 if k.startswith("roi_heads.box_predictor.")]
-    assert kp and box
-    assert all(torch.equal(off1[k], off3[k]) for k in kp)
-    assert not all(torch.equal(off1[k], on1[k]) for k in kp)
-    assert not all(torch.equal(off1[k], off3[k]) for k in box)
-    assert r_off.losses["loss_keypoint"] == pytest.approx(r_on.losses["loss_keypoint"], rel=1e-3)
+    mine = [k for k in off1 if k.startswith(layer)]
+    theirs = [k for k in off1 if k.startswith(other)]
+    assert mine and theirs
+    assert all(torch.equal(off1[k], off3[k]) for k in mine)
+    assert not all(torch.equal(off1[k], on1[k]) for k in mine)
+    assert not all(torch.equal(off1[k], off3[k]) for k in theirs)
+    assert r_off.losses[loss] == pytest.approx(r_on.losses[loss], rel=1e-3)
     p.close()
