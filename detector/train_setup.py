@@ -32,7 +32,7 @@ FINE_TUNE_TRAINABLE_LAYERS = 3
 ADAMW_KEYPOINT_LOSS_WEIGHT = 0.25
 # The region classifier's loss is the smallest term by the end of a first model's run (~0.06) while
 # the classes are what such a model gets wrong on unseen images (boxes and masks generalise). At
-# twice its weight the demo's first model went from unseen segm AP50 0.477 (9 runs) to 0.496 (5),
+# twice its weight the demo's first model went from unseen segm AP50 0.477 (9 runs) to 0.496 (8),
 # nuclei 0.200 -> 0.217 (3 seeds each): small, within one seed's spread, not worse on either.
 ADAMW_CLASSIFIER_LOSS_WEIGHT = 2.0
 
