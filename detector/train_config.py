@@ -178,7 +178,8 @@ OPTIONS = (
                                    "(default %(default)s)", type=float),
     Option("amp", "--no-amp", "float32 throughout: no mixed precision on a GPU, no bfloat16 on a CPU "
                               "with AMX", kind="off"),
-    Option("weight_decay", "--weight-decay", "weight decay of the optimizer (default %(default)s)", type=float),
+    Option("weight_decay", "--weight-decay", "weight decay of the optimizer (default %(default)s)", type=float,
+           metavar="D"),
     Option("warmup_steps", "--warmup-steps", "linear learning-rate warm-up steps (default %(default)s, at "
                                              "most a fifth of the run)", type=int),
     Option("time_budget_s", "--time-budget", "fit the step count to about S seconds of training (default: "
@@ -197,7 +198,8 @@ OPTIONS = (
            "SGD)", type=float,
            metavar="W"),
     Option("classifier_loss_weight", "--classifier-loss-weight",
-           "weight of the region classifier's loss in that sum (default: 2 with AdamW, 1 with SGD)",
+           "weight of the region classifier's loss in the sum the model learns from (default: 2 with "
+           "AdamW, 1 with SGD)",
            type=float, metavar="W"),
     Option("rotate", "--rotate", "with augmentation, turn half the images by up to DEG degrees either way "
                                  "(masks, boxes and keypoints with them; default %(default)s)",
