@@ -211,7 +211,7 @@ def _mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     """Tight XYXY boxes of N x H x W masks at pixel edges, as the store's (torchvision's
     ``masks_to_boxes`` gives pixel centres); an empty mask gets an empty box, which the caller drops."""
     out = torch.zeros((len(masks), 4), dtype=torch.float32)
-    filled = masks.flatten(1).any(1).bool() if len(masks) else torch.zeros(0, dtype=torch.bool)
+    filled = masks.flatten(1).any(1).bool()  # uint8 masks give uint8
     if filled.any():
         out[filled] = masks_to_boxes(masks[filled]).float() + torch.tensor([0.0, 0.0, 1.0, 1.0])
     return out

@@ -35,6 +35,20 @@ ADAMW_KEYPOINT_LOSS_WEIGHT = 0.25
 # twice its weight the demo's first model went from unseen segm AP50 0.477 (9 runs) to 0.496 (8),
 # nuclei 0.200 -> 0.217 (3 seeds each): small, within one seed's spread, not worse on either.
 ADAMW_CLASSIFIER_LOSS_WEIGHT = 2.0
+# TrainConfig field -> its default for AdamW runs (SGD runs, and runs saved before the field: 1)
+ADAMW_LOSS_WEIGHTS = {"keypoint_loss_weight": ADAMW_KEYPOINT_LOSS_WEIGHT,
+                      "classifier_loss_weight": ADAMW_CLASSIFIER_LOSS_WEIGHT}
+
+
+def _loss_weights(cfg: TrainConfig, fallback: dict) -> dict[str, float]:
+    """The loss weights the user left open (None), taken from ``fallback``, else 1."""
+    out = {}
+    for name in ADAMW_LOSS_WEIGHTS:
+        value = getattr(cfg, name)
+        if value is None:
+            value = fallback.get(name)
+        out[name] = 1.0 if value is None else value
+    return out
 
 
 def prepare_detector(project, cfg: TrainConfig) -> tuple[Detector, dict | None]:
@@ -146,13 +160,9 @@ def with_start_defaults(cfg: TrainConfig, det: Detector, resume_ckpt: dict | Non
         if cfg.optimizer not in (None, saved):
             raise TrainingError(f"{cfg.resume}: that run used {saved}; resume it with the same "
                                 f"optimizer (or leave the optimizer unset)")
-        kpw = cfg.keypoint_loss_weight if cfg.keypoint_loss_weight is not None else run.get("keypoint_loss_weight")
-        clw = cfg.classifier_loss_weight if cfg.classifier_loss_weight is not None \
-            else run.get("classifier_loss_weight")
         return replace(cfg, optimizer=saved, lr=cfg.lr if cfg.lr is not None else run.get("lr"),
                        freeze_bn=cfg.freeze_bn if cfg.freeze_bn is not None else run.get("freeze_bn"),
-                       keypoint_loss_weight=1.0 if kpw is None else kpw,
-                       classifier_loss_weight=1.0 if clw is None else clw)
+                       **_loss_weights(cfg, run))
     random_now, random_start = starts_from_random(cfg, det)
     batch = cfg.batch_size or 2
     optimizer = cfg.optimizer or ("adamw" if random_start else "sgd")
@@ -163,12 +173,5 @@ def with_start_defaults(cfg: TrainConfig, det: Detector, resume_ckpt: dict | Non
         else:
             lr = (FROM_SCRATCH_SGD_LR_PER_IMAGE if random_now else FINE_TUNE_SGD_LR_PER_IMAGE) * batch
     freeze_bn = cfg.freeze_bn if cfg.freeze_bn is not None else not random_now  # learned weights: keep
-    adamw = optimizer == "adamw"
-    kpw = cfg.keypoint_loss_weight
-    if kpw is None:
-        kpw = ADAMW_KEYPOINT_LOSS_WEIGHT if adamw else 1.0
-    clw = cfg.classifier_loss_weight
-    if clw is None:
-        clw = ADAMW_CLASSIFIER_LOSS_WEIGHT if adamw else 1.0
-    return replace(cfg, optimizer=optimizer, lr=lr, freeze_bn=freeze_bn, keypoint_loss_weight=kpw,
-                   classifier_loss_weight=clw)
+    return replace(cfg, optimizer=optimizer, lr=lr, freeze_bn=freeze_bn,
+                   **_loss_weights(cfg, ADAMW_LOSS_WEIGHTS if optimizer == "adamw" else {}))
