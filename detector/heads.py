@@ -1,9 +1,11 @@
-"""Changes to torchvision's RoI heads that keep its weights and state-dict keys: the keypoint
-head trained on keypoint categories' regions only, and layers kept in float32 under autocast."""
+"""Changes to torchvision's RoI heads that keep its weights and state-dict keys: in training, the
+keypoint head on keypoint categories' regions only and optional label smoothing for the region
+classifier; layers kept in float32 under autocast."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.roi_heads import RoIHeads, keypointrcnn_loss
@@ -21,17 +23,22 @@ def keypoint_slices(categories) -> dict[int, slice]:
     return out
 
 
-class KeypointFocusedRoIHeads(RoIHeads):
-    """torchvision's RoIHeads, except that in training the keypoint head sees only the positive
-    regions of categories that have keypoints (torchvision feeds it every positive region).
+class TrainingRoIHeads(RoIHeads):
+    """torchvision's RoIHeads with two training-only changes (inference is torchvision's own):
 
-    The loss is the same number: regions of other categories carry no visible keypoints, so
-    ``keypointrcnn_loss`` ignores them. The work is not: the keypoint head's convolutions on every
-    positive region were the largest single cost of a CPU training step on the demo.
-    ``keypoint_labels`` (a tensor of model labels) is set by ``focus_keypoints``.
+    - the keypoint head sees only the positive regions of categories that have keypoints
+      (torchvision feeds it every positive region). The loss is the same number: regions of
+      other categories carry no visible keypoints, so ``keypointrcnn_loss`` ignores them. The
+      work is not: the keypoint head's convolutions on every positive region were the largest
+      single cost of a CPU training step on the demo. ``keypoint_labels`` (a tensor of model
+      labels) is set by ``prepare_roi_heads``.
+    - ``label_smoothing`` > 0: the region classifier's loss is cross-entropy against targets
+      smoothed by that much (``torch.nn.functional.cross_entropy(label_smoothing=)``) instead of
+      torchvision's hard targets.
     """
 
     keypoint_labels: torch.Tensor | None = None
+    label_smoothing: float = 0.0
 
     def select_training_samples(self, proposals, targets):
         out = super().select_training_samples(proposals, targets)
@@ -39,33 +46,47 @@ class KeypointFocusedRoIHeads(RoIHeads):
         return out
 
     def forward(self, features, proposals, image_shapes, targets=None):
-        if not (self.training and self.has_keypoint() and self.keypoint_labels is not None):
+        focus = self.has_keypoint() and self.keypoint_labels is not None
+        if not (self.training and (focus or self.label_smoothing > 0)):
             return super().forward(features, proposals, image_shapes, targets)
         parts = (self.keypoint_roi_pool, self.keypoint_head, self.keypoint_predictor)
-        self.keypoint_roi_pool = None  # torchvision skips its keypoint branch ...
+        if focus:
+            self.keypoint_roi_pool = None  # torchvision skips its keypoint branch ...
+        logits = []  # the class scores, caught on their way out of the predictor when smoothing
+        hook = (self.box_predictor.register_forward_hook(lambda m, i, out: logits.append(out[0]))
+                if self.label_smoothing > 0 else None)
         try:
             result, losses = super().forward(features, proposals, image_shapes, targets)
         finally:
+            if hook is not None:
+                hook.remove()
             self.keypoint_roi_pool, self.keypoint_head, self.keypoint_predictor = parts
-        sampled, matched_idxs, labels, _ = self._samples  # ... and we run it on the regions that matter
+        sampled, matched_idxs, labels, _ = self._samples
         del self._samples
-        wanted = self.keypoint_labels.to(labels[0].device)
+        if self.label_smoothing > 0:
+            losses["loss_classifier"] = F.cross_entropy(logits[0].float(), torch.cat(labels),
+                                                        label_smoothing=self.label_smoothing)
+        if not focus:
+            return result, losses
+        wanted = self.keypoint_labels.to(labels[0].device)  # ... and we run it on the regions that matter
         kp_boxes, kp_matched = [], []
         for boxes, matched, lab in zip(sampled, matched_idxs, labels):
             pos = torch.where(torch.isin(lab, wanted))[0]
             kp_boxes.append(boxes[pos])
             kp_matched.append(matched[pos])
         feats = self.keypoint_head(self.keypoint_roi_pool(features, kp_boxes, image_shapes))
-        logits = self.keypoint_predictor(feats)
-        losses["loss_keypoint"] = keypointrcnn_loss(logits, kp_boxes, [t["keypoints"] for t in targets], kp_matched)
+        kp_logits = self.keypoint_predictor(feats)
+        losses["loss_keypoint"] = keypointrcnn_loss(kp_logits, kp_boxes, [t["keypoints"] for t in targets],
+                                                    kp_matched)
         return result, losses
 
 
-def focus_keypoints(model: MaskRCNN, categories: tuple[Category, ...]) -> None:
-    """Train the keypoint head on keypoint categories' regions only (see KeypointFocusedRoIHeads)."""
+def prepare_roi_heads(model: MaskRCNN, categories: tuple[Category, ...], label_smoothing: float = 0.0) -> None:
+    """Switch the model's RoI heads to TrainingRoIHeads: same state, no copy of the weights."""
     rh = model.roi_heads
+    rh.__class__ = TrainingRoIHeads
+    rh.label_smoothing = float(label_smoothing)
     if rh.has_keypoint():
-        rh.__class__ = KeypointFocusedRoIHeads  # same state, one method more: no copy of the weights
         rh.keypoint_labels = torch.tensor(sorted(keypoint_slices(categories)), dtype=torch.int64)
 
 

@@ -55,6 +55,7 @@ class TrainConfig:
     copy_paste: float = 0.0  # with augment: probability of pasting another image's objects
     keypoint_loss_weight: float | None = None  # of the keypoint loss in the total; None: 0.25 with AdamW, else 1
     classifier_loss_weight: float | None = None  # of the region classifier's loss; None: 2 with AdamW, else 1
+    label_smoothing: float | None = None  # of the region classifier's targets; None: 0 (a resumed run's own)
     rotate: float = 0.0  # with augment: largest random rotation in degrees (half the images); 0: none
     ema: float = 0.0  # decay of a moving average of the weights, saved instead of the last ones; 0: off
     seed: int = 0
@@ -201,6 +202,9 @@ OPTIONS = (
            "weight of the region classifier's loss in the sum the model learns from (default: 2 with "
            "AdamW, 1 with SGD)",
            type=float, metavar="W"),
+    Option("label_smoothing", "--label-smoothing",
+           "smooth the region classifier's targets by E (cross-entropy's label_smoothing, e.g. 0.1; "
+           "default: 0)", type=float, metavar="E"),
     Option("rotate", "--rotate", "with augmentation, turn half the images by up to DEG degrees either way "
                                  "(masks, boxes and keypoints with them; default %(default)s)",
            type=float, metavar="DEG"),

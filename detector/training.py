@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from .errors import TrainingError
 from .devices import cpu_bf16_fast, dist_info, is_out_of_memory, pick_device  # noqa: F401
-from .model import Detector, focus_keypoints, save_checkpoint
+from .model import Detector, prepare_roi_heads, save_checkpoint
 from .train_config import EventKind, Hook, TrainConfig, TrainEvent, TrainResult  # noqa: F401 (re-exported)
 from .train_data import (AspectRatioBatches, LabelledImages, Sample, _coco_samples, _collate,  # noqa: F401
                          _pinned, _prefetched, collect_samples, is_holdout, split_reviewed)
@@ -81,7 +81,7 @@ class Trainer:
         self.dataset = LabelledImages(samples, detector.categories, cfg.augment, cfg.seed + self.rank,
                                       cfg.copy_paste, cfg.rotate)
         self.sampler = AspectRatioBatches(groups, cfg.batch_size, cfg.seed, self.rank, self.world)
-        focus_keypoints(detector.model, detector.categories)
+        prepare_roi_heads(detector.model, detector.categories, cfg.label_smoothing or 0.0)
         try:
             self.model = detector.model.to(self.device)
         except RuntimeError as exc:

@@ -163,16 +163,18 @@ def test_optimizer_and_learning_rate_defaults_depend_on_the_start(tmp_path):
     assert (c.optimizer, c.lr) == ("adamw", pytest.approx(1e-3))
     assert c.keypoint_loss_weight == 0.25  # AdamW runs: the keypoint loss at a quarter ...
     assert c.loss_weights() == {"loss_keypoint": 0.25, "loss_classifier": 2.0}  # ... the classifier's doubled
+    assert c.label_smoothing == 0.0  # ... its targets not smoothed (measured, left off)
     assert with_start_defaults(TrainConfig(weights="none", batch_size=16), scratch).lr == pytest.approx(2e-3)
     # Asking for SGD from random weights: the from-scratch SGD rate, torchvision's loss weights.
     c = with_start_defaults(TrainConfig(weights="none", batch_size=4, optimizer="sgd"), scratch)
     assert (c.optimizer, c.lr, c.keypoint_loss_weight) == ("sgd", pytest.approx(0.02), 1.0)
-    assert c.classifier_loss_weight == 1.0
+    assert (c.classifier_loss_weight, c.label_smoothing) == (1.0, 0.0)
     # A user's rate and weights are kept.
     assert with_start_defaults(TrainConfig(weights="none", lr=0.001), scratch).lr == 0.001
     assert with_start_defaults(TrainConfig(weights="none", keypoint_loss_weight=2.0), scratch).keypoint_loss_weight == 2
     c = with_start_defaults(TrainConfig(weights="none", classifier_loss_weight=0.5), scratch)
     assert c.loss_weights() == {"loss_keypoint": 0.25, "loss_classifier": 0.5}
+    assert with_start_defaults(TrainConfig(weights="none", label_smoothing=0.1), scratch).label_smoothing == 0.1
     # Learned weights of unknown origin (COCO, an older checkpoint): torchvision's reference SGD
     # recipe (0.01 for batch 8); AdamW at its fine-tuning rate.
     ckpt = save_checkpoint(tmp_path / "m.pt", scratch)
@@ -190,10 +192,11 @@ def test_optimizer_and_learning_rate_defaults_depend_on_the_start(tmp_path):
     saved = {"train_config": {"optimizer": "adamw", "lr": 7e-4}}
     c = with_start_defaults(TrainConfig(weights="none", resume="run.pt"), scratch, saved)
     assert (c.optimizer, c.lr, c.keypoint_loss_weight) == ("adamw", 7e-4, 1.0)  # a run from before the weight
-    assert c.classifier_loss_weight == 1.0  # ... and from before this one
-    saved["train_config"].update(keypoint_loss_weight=0.25, classifier_loss_weight=2.0)
+    assert (c.classifier_loss_weight, c.label_smoothing) == (1.0, 0.0)  # ... and from before these
+    saved["train_config"].update(keypoint_loss_weight=0.25, classifier_loss_weight=2.0, label_smoothing=0.1)
     c = with_start_defaults(TrainConfig(weights="none", resume="run.pt"), scratch, saved)
     assert c.loss_weights() == {"loss_keypoint": 0.25, "loss_classifier": 2.0}
+    assert c.label_smoothing == 0.1
     with pytest.raises(TrainingError, match="run.pt: that run used adamw"):
         with_start_defaults(TrainConfig(weights="none", resume="run.pt", optimizer="sgd"), scratch, saved)
     with pytest.raises(TrainingError, match="unknown optimizer 'adam'"):
@@ -203,7 +206,7 @@ def test_optimizer_and_learning_rate_defaults_depend_on_the_start(tmp_path):
 def test_keypoint_head_trains_on_keypoint_categories_only_with_the_same_loss(tmp_path):
     """The focused keypoint branch: same losses as torchvision's, fewer regions through the head."""
     from detector.coco import import_coco
-    from detector.model import focus_keypoints
+    from detector.model import prepare_roi_heads
     from detector.store import Project
     from detector.synthetic import generate
     from detector.training import LabelledImages, collect_samples
@@ -222,7 +225,7 @@ def test_keypoint_head_trains_on_keypoint_categories_only_with_the_same_loss(tmp
     model.roi_heads.keypoint_head.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
     torch.manual_seed(5)
     ref = model(list(images), list(targets))
-    focus_keypoints(model, cats)
+    prepare_roi_heads(model, cats)
     torch.manual_seed(5)
     ours = model(list(images), list(targets))
     for k in ref:
@@ -231,6 +234,57 @@ def test_keypoint_head_trains_on_keypoint_categories_only_with_the_same_loss(tmp
     assert seen[1] < seen[0]  # only kites' regions went through the head
     ours["loss_keypoint"].backward()  # and it trains
     assert model.roi_heads.keypoint_predictor.kps_score_lowres.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("keypoints", [True, False])
+def test_label_smoothing_changes_the_classifier_loss_only_and_by_its_definition(tmp_path, keypoints):
+    """--label-smoothing E: the region classifier's loss becomes cross-entropy against targets
+    smoothed by E, i.e. (1 - E) * torchvision's loss + E * the mean of -log p over the classes;
+    every other loss, and inference, stay torchvision's. With and without a keypoint head."""
+    from dataclasses import replace
+
+    import torch.nn.functional as F
+
+    from detector.coco import import_coco
+    from detector.model import prepare_roi_heads
+    from detector.store import Project
+    from detector.synthetic import generate
+    from detector.training import LabelledImages, collect_samples
+
+    gt = generate(tmp_path / "f", n_images=2, seed=3, size=(128, 96))
+    with Project(tmp_path / "f") as p:
+        p.scan()
+        import_coco(p, gt)
+        samples, _ = collect_samples(p, p.images())
+        cats = tuple(p.categories())
+    if not keypoints:
+        cats = tuple(replace(c, keypoints=(), skeleton=()) for c in cats)
+    images, targets = zip(*[LabelledImages(samples, cats, False, 0)[i] for i in range(2)])
+    torch.manual_seed(0)
+    model = build_model(categories=cats, weights="none", config=LIGHT).model.train()
+    assert model.roi_heads.has_keypoint() == keypoints
+    logits = []
+    model.roi_heads.box_predictor.register_forward_hook(lambda m, i, o: logits.append(o[0].detach().float()))
+
+    def losses(eps):
+        if eps is not None:
+            prepare_roi_heads(model, cats, eps)
+        torch.manual_seed(5)
+        return {k: float(v) for k, v in model(list(images), list(targets)).items()}
+
+    ref = losses(None)  # torchvision's own heads
+    assert losses(0.0) == pytest.approx(ref, rel=1e-5)
+    eps = 0.3
+    ours = losses(eps)
+    spread = float((-F.log_softmax(logits[-1], dim=1)).mean())
+    assert ours["loss_classifier"] == pytest.approx((1 - eps) * ref["loss_classifier"] + eps * spread, rel=1e-4)
+    assert ours["loss_classifier"] != pytest.approx(ref["loss_classifier"], rel=1e-3)
+    assert {k: v for k, v in ours.items() if k != "loss_classifier"} == pytest.approx(
+        {k: v for k, v in ref.items() if k != "loss_classifier"}, rel=1e-5)
+    model.eval()
+    with torch.no_grad():
+        out = model([images[0]])[0]
+    assert set(out) >= {"boxes", "labels", "scores", "masks"}
 
 
 def test_learned_weights_train_three_stages_with_backbone_batchnorm_kept(tmp_path):
