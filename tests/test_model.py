@@ -203,22 +203,29 @@ def test_optimizer_and_learning_rate_defaults_depend_on_the_start(tmp_path):
         with_start_defaults(TrainConfig(weights="none", optimizer="adam"), scratch)
 
 
-def test_keypoint_head_trains_on_keypoint_categories_only_with_the_same_loss(tmp_path):
-    """The focused keypoint branch: same losses as torchvision's, fewer regions through the head."""
+def _shapes_batch(tmp_path, n: int, seed: int):
+    """(images, targets, categories) of ``n`` small synthetic scenes, as training sees them (no
+    augmentation)."""
     from detector.coco import import_coco
-    from detector.model import prepare_roi_heads
     from detector.store import Project
     from detector.synthetic import generate
     from detector.training import LabelledImages, collect_samples
 
-    gt = generate(tmp_path / "f", n_images=4, seed=1, size=(128, 96))
+    gt = generate(tmp_path / "f", n_images=n, seed=seed, size=(128, 96))
     with Project(tmp_path / "f") as p:
         p.scan()
         import_coco(p, gt)
         samples, _ = collect_samples(p, p.images())
         cats = tuple(p.categories())
-    ds = LabelledImages(samples, cats, False, 0)
-    images, targets = zip(*[ds[i] for i in range(4)])
+    images, targets = zip(*[LabelledImages(samples, cats, False, 0)[i] for i in range(n)])
+    return list(images), list(targets), cats
+
+
+def test_keypoint_head_trains_on_keypoint_categories_only_with_the_same_loss(tmp_path):
+    """The focused keypoint branch: same losses as torchvision's, fewer regions through the head."""
+    from detector.model import prepare_roi_heads
+
+    images, targets, cats = _shapes_batch(tmp_path, n=4, seed=1)
     torch.manual_seed(0)
     model = build_model(categories=cats, weights="none", config=LIGHT).model.train()
     seen = []
@@ -245,21 +252,11 @@ def test_label_smoothing_changes_the_classifier_loss_only_and_by_its_definition(
 
     import torch.nn.functional as F
 
-    from detector.coco import import_coco
     from detector.model import prepare_roi_heads
-    from detector.store import Project
-    from detector.synthetic import generate
-    from detector.training import LabelledImages, collect_samples
 
-    gt = generate(tmp_path / "f", n_images=2, seed=3, size=(128, 96))
-    with Project(tmp_path / "f") as p:
-        p.scan()
-        import_coco(p, gt)
-        samples, _ = collect_samples(p, p.images())
-        cats = tuple(p.categories())
+    images, targets, cats = _shapes_batch(tmp_path, n=2, seed=3)
     if not keypoints:
         cats = tuple(replace(c, keypoints=(), skeleton=()) for c in cats)
-    images, targets = zip(*[LabelledImages(samples, cats, False, 0)[i] for i in range(2)])
     torch.manual_seed(0)
     model = build_model(categories=cats, weights="none", config=LIGHT).model.train()
     assert model.roi_heads.has_keypoint() == keypoints
