@@ -30,7 +30,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from .errors import LoupeError
 from .domain import Category
-from .heads import TrainingRoIHeads, prepare_roi_heads, in_float32, keypoint_slices  # noqa: F401
+from .heads import in_float32, keypoint_slices, prepare_roi_heads  # noqa: F401
 from .pooling import PyramidRoIAlign
 from .train_config import BACKBONES, DEFAULT_BACKBONE, GPU_SIZE, LIGHT_BACKBONE
 from .transfer import class_rows_by_name, keypoint_rows_by_name, transfer_weights  # noqa: F401
