@@ -10,11 +10,13 @@ torchvision's ``MultiScaleRoIAlign``.
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
 from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.poolers import initLevelMapper
 
 _POOL: ThreadPoolExecutor | None = None
 MIN_REGIONS_PER_CHUNK = 16
@@ -65,7 +67,23 @@ def roi_align(features: Tensor, rois: Tensor, output_size: tuple[int, int], spat
 
 
 class PyramidRoIAlign(MultiScaleRoIAlign):
-    """``MultiScaleRoIAlign`` (same levels, scales and sampling) whose CPU backward uses every core."""
+    """``MultiScaleRoIAlign`` (same levels and sampling) whose CPU backward uses every core.
+
+    The levels' scales are the pyramid's strides (1/4 ... 1/32 for the ResNet FPNs here), fixed
+    when built. torchvision infers them on the first call from the feature maps' size against the
+    largest image of that call, and keeps them: a first call with only a small image of a padded
+    batch (a part of a batch split over threads, detector/training.py) rounded stride 4 to 2, and
+    every later region was pooled from the wrong place.
+    """
+
+    def __init__(self, featmap_names: list[str], output_size: int, sampling_ratio: int,
+                 strides: tuple[int, ...] = (4, 8, 16, 32), **kwargs):
+        super().__init__(featmap_names, output_size, sampling_ratio, **kwargs)
+        if len(strides) != len(featmap_names):
+            raise ValueError(f"one stride per pooled level: {featmap_names} and {strides}")
+        self.scales = [1.0 / s for s in strides]
+        self.map_levels = initLevelMapper(int(math.log2(strides[0])), int(math.log2(strides[-1])),
+                                          self.canonical_scale, self.canonical_level)
 
     def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
         feats = [x[k] for k in self.featmap_names]
@@ -75,8 +93,6 @@ class PyramidRoIAlign(MultiScaleRoIAlign):
         # wrapper does on a GPU (the boxes are float32; sampling positions need the precision).
         feats = [f.float() for f in feats]
         boxes = [b.float() for b in boxes]
-        if self.scales is None or self.map_levels is None:
-            super().forward(x, [b[:0] for b in boxes], image_shapes)  # torchvision sets up the levels
         rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(boxes)])
         levels = self.map_levels(boxes)
         out = feats[0].new_zeros((len(rois), feats[0].shape[1], *self.output_size))

@@ -44,3 +44,21 @@ def test_without_gradients_it_is_torchvision_exactly():
     with torch.no_grad():
         assert torch.equal(PyramidRoIAlign(list(feats), 7, 2)(feats, boxes, shapes),
                            MultiScaleRoIAlign(list(feats), 7, 2)(feats, boxes, shapes))
+
+
+def test_the_levels_scales_are_the_strides_whatever_the_first_images():
+    """torchvision infers each level's scale on its first call, from the feature maps against the
+    largest image of that call, and keeps it: a first call with one small image of a padded batch
+    (a part of a batch split over threads) takes stride 4 for 2. Ours are the strides."""
+    feats, boxes, _ = _inputs(3)  # level "0" is 40 x 56: a padded 160 x 224 input at stride 4
+    small = [(90, 120), (80, 110)]  # both images much smaller than the padding
+    boxes = [b.clamp(max=89) for b in boxes]
+    padded = MultiScaleRoIAlign(list(feats), 7, 2)
+    with torch.no_grad():
+        right = padded(feats, boxes, [(160, 224)] * 2)  # set up from a full-size image: 1/4 ... 1/32
+        wrong = MultiScaleRoIAlign(list(feats), 7, 2)(feats, boxes, small)
+        assert not torch.allclose(wrong, right)  # torchvision's inference from the small images
+        ours = PyramidRoIAlign(list(feats), 7, 2)
+        assert ours.scales == [0.25, 0.125, 0.0625, 0.03125]
+        assert torch.equal(ours(feats, boxes, small), right)
+    assert torch.allclose(ours(feats, boxes, small), right)  # and with gradients (our kernel path)
