@@ -4,6 +4,8 @@ classifier; layers kept in float32 under autocast."""
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,30 +41,34 @@ class TrainingRoIHeads(RoIHeads):
 
     keypoint_labels: torch.Tensor | None = None
     label_smoothing: float = 0.0
+    # What one forward passes between its steps lives per thread, never on the module: a CPU
+    # training step runs parts of its batch through this one module on several threads at once
+    # (detector/training.py, step_threads).
+    _local = threading.local()
+
+    @property
+    def keypoint_roi_pool(self):
+        """torchvision's, or None while this thread's forward skips torchvision's keypoint branch."""
+        return None if getattr(self._local, "skip_keypoints", False) else self._modules.get("keypoint_roi_pool")
 
     def select_training_samples(self, proposals, targets):
         out = super().select_training_samples(proposals, targets)
-        self._samples = out
+        self._local.samples = out
         return out
 
     def forward(self, features, proposals, image_shapes, targets=None):
         focus = self.has_keypoint() and self.keypoint_labels is not None
         if not (self.training and (focus or self.label_smoothing > 0)):
             return super().forward(features, proposals, image_shapes, targets)
-        parts = (self.keypoint_roi_pool, self.keypoint_head, self.keypoint_predictor)
-        if focus:
-            self.keypoint_roi_pool = None  # torchvision skips its keypoint branch ...
-        logits = []  # the class scores, caught on their way out of the predictor when smoothing
-        hook = (self.box_predictor.register_forward_hook(lambda m, i, out: logits.append(out[0]))
-                if self.label_smoothing > 0 else None)
+        local = self._local
+        local.skip_keypoints = focus  # torchvision skips its keypoint branch ...
+        local.logits = [] if self.label_smoothing > 0 else None  # caught by _catch_logits
         try:
             result, losses = super().forward(features, proposals, image_shapes, targets)
+            sampled, matched_idxs, labels, _ = local.samples
+            logits = local.logits
         finally:
-            if hook is not None:
-                hook.remove()
-            self.keypoint_roi_pool, self.keypoint_head, self.keypoint_predictor = parts
-        sampled, matched_idxs, labels, _ = self._samples
-        del self._samples
+            local.skip_keypoints, local.logits, local.samples = False, None, None
         if self.label_smoothing > 0:
             losses["loss_classifier"] = F.cross_entropy(logits[0].float(), torch.cat(labels),
                                                         label_smoothing=self.label_smoothing)
@@ -81,11 +87,21 @@ class TrainingRoIHeads(RoIHeads):
         return result, losses
 
 
+def _catch_logits(module, inputs, output) -> None:
+    """Forward hook on the box predictor: the class scores, for the thread whose forward asked."""
+    caught = getattr(TrainingRoIHeads._local, "logits", None)
+    if caught is not None:
+        caught.append(output[0])
+
+
 def prepare_roi_heads(model: MaskRCNN, categories: tuple[Category, ...], label_smoothing: float = 0.0) -> None:
     """Switch the model's RoI heads to TrainingRoIHeads: same state, no copy of the weights."""
     rh = model.roi_heads
     rh.__class__ = TrainingRoIHeads
     rh.label_smoothing = float(label_smoothing)
+    hooks = rh.box_predictor._forward_hooks
+    if label_smoothing > 0 and _catch_logits not in hooks.values():
+        rh.box_predictor.register_forward_hook(_catch_logits)
     if rh.has_keypoint():
         rh.keypoint_labels = torch.tensor(sorted(keypoint_slices(categories)), dtype=torch.int64)
 

@@ -77,6 +77,6 @@ def choose(name: str, device: torch.device, sizes: list[tuple[int, int]],
     return Profile("cpu-fast", "a CPU: a light backbone and a narrower feature pyramid, images scaled so "
                                f"objects are ~{OBJECT_PX} px (128-{CPU_MAX_SIZE} px), fewer sampled regions "
                                "and proposals",
-                   backbone=LIGHT_BACKBONE, min_size=size, batch_size=2, iterations=300, time_budget_s=150.0,
+                   backbone=LIGHT_BACKBONE, min_size=size, batch_size=2, iterations=500, time_budget_s=150.0,
                    model_overrides={"box_batch_size_per_image": 64, "rpn_batch_size_per_image": 128,
                                     "rpn_post_nms_top_n_train": 1000, "fpn_channels": 128})

@@ -69,6 +69,10 @@ class TrainConfig:
     # MIN_BUDGET_STEPS, at most ``iterations``). The CPU profile's way of sizing a first model.
     time_budget_s: float | None = None
     freeze_bn: bool | None = None  # backbone BatchNorm keeps its statistics; None: yes from learned weights
+    # On a CPU: the RPN and RoI heads take a step's images on this many threads at once (the
+    # backbone takes the batch whole); None: one per image, up to the cores; 1: one thread.
+    # A GPU, and DistributedDataParallel, always take the batch whole.
+    step_threads: int | None = None
     profile: str = "auto"  # fills what is left None: see detector.profiles
 
     def loss_weights(self) -> dict[str, float]:
@@ -211,6 +215,11 @@ OPTIONS = (
     Option("ema", "--ema", "keep an exponential moving average of the weights with this decay per step "
                            "(e.g. 0.99) and save it instead of the last weights (default: off)",
            type=float, metavar="DECAY"),
+    Option("step_threads", "--step-threads",
+           "on a CPU, run the RPN and RoI heads of a step's images on N threads at once, each with its "
+           "share of the cores (the backbone takes the batch whole; default: one per image, up to the "
+           "cores; 1: off)",
+           type=int, metavar="N"),
     Option("model_overrides", "--model-option", "a model knob, e.g. anchor_sizes=16,32,64,128,256 "
                                                 "(repeatable)", kind="pairs", metavar="KEY=VALUE"),
 )

@@ -13,13 +13,17 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import torch
 import torch.distributed as dist
 
+from torchvision.models.detection.image_list import ImageList
+
 from .errors import TrainingError
 from .devices import cpu_bf16_fast, dist_info, is_out_of_memory, pick_device  # noqa: F401
 from .model import Detector, prepare_roi_heads, save_checkpoint
+from .step_random import draw_per_step, drawing_from
 from .train_config import EventKind, Hook, TrainConfig, TrainEvent, TrainResult  # noqa: F401 (re-exported)
 from .train_data import (AspectRatioBatches, LabelledImages, Sample, _coco_samples, _collate,  # noqa: F401
                          _pinned, _prefetched, collect_samples, is_holdout, split_reviewed)
@@ -82,6 +86,7 @@ class Trainer:
                                       cfg.copy_paste, cfg.rotate)
         self.sampler = AspectRatioBatches(groups, cfg.batch_size, cfg.seed, self.rank, self.world)
         prepare_roi_heads(detector.model, detector.categories, cfg.label_smoothing or 0.0)
+        draw_per_step(detector.model)
         try:
             self.model = detector.model.to(self.device)
         except RuntimeError as exc:
@@ -96,6 +101,7 @@ class Trainer:
                 if cfg.augment else (s,)
             self.model.transform.max_size = cfg.max_size
         self.ddp = None
+        self._pool: ThreadPoolExecutor | None = None  # the step's threads while run() runs
         if self.distributed:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -128,6 +134,7 @@ class Trainer:
         self.amp = cfg.amp and (cuda or (self.device.type == "cpu" and self.world == 1 and cpu_bf16_fast()))
         self.amp_dtype = torch.float16 if cuda and not torch.cuda.is_bf16_supported() else torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
+        self.step_threads = step_threads(cfg, self.device, self.world)
 
     @property
     def is_main(self) -> bool:
@@ -181,12 +188,15 @@ class Trainer:
                              message=f"training on {len(self.samples)} images, {self.world} process(es)"
                                      f"{backend}, device {self.device}"
                                      + (f" ({precision} autocast)" if self.amp else "")
+                                     + (f", RPN and RoI heads on {self.step_threads} threads"
+                                        if self.step_threads > 1 else "")
                                      + (f"; profile {profile}: {self.extra_meta.get('profile_reason')}"
                                         + (f", {precision} autocast" if self.amp else "") if profile else "")))
         t_last, n_last = time.perf_counter(), 0
         self._t_start = t_last
         result: TrainResult | None = None
         batches = None
+        self.start_step_threads()
         try:
             epoch = self.step // self.steps_per_epoch
             while self.step < self.total_steps:
@@ -228,10 +238,26 @@ class Trainer:
         finally:
             if batches is not None:
                 batches.close()  # stops the prefetch thread, whichever way the loop ended
+            self.stop_step_threads()
             self.model.transform.min_size = (self.cfg.min_size,)
             self.model.eval()
             for h in self.hooks:
                 h.after_train(self)
+
+    def start_step_threads(self) -> None:
+        """With step_threads > 1: the threads that take a batch's parts, each with its share of
+        the cores (run() starts and stops them)."""
+        if self.step_threads > 1 and self._pool is None:
+            self._threads_before = torch.get_num_threads()
+            share = max(1, self._threads_before // self.step_threads)
+            self._pool = ThreadPoolExecutor(self.step_threads, thread_name_prefix="loupe-step",
+                                            initializer=torch.set_num_threads, initargs=(share,))
+
+    def stop_step_threads(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+            torch.set_num_threads(self._threads_before)  # the workers changed the process's default
 
     def _fit_budget(self) -> None:
         """With a time budget: once a few steps are timed, set the step count that fits it; look
@@ -288,21 +314,15 @@ class Trainer:
         images = [i.to(self.device, non_blocking=True) for i in images]
         targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
         try:
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                losses = model(images, targets)
-            for h in self.hooks:
-                losses = h.after_loss(self, losses)
-            # the terms are reported as they are; "loss" is this weighted sum, what the model learns from
-            weights = self.cfg.loss_weights()
-            total = sum(v * weights.get(k, 1.0) for k, v in losses.items())
-            if not torch.isfinite(total):
-                bad = [k for k, v in losses.items() if not torch.isfinite(v)]
-                raise TrainingError(
-                    f"the loss became {float(total.detach())} at step {self.step + 1} ({', '.join(bad)}): "
-                    "training stopped and the previous model is kept. Lower the learning rate "
-                    f"(now {self.optimizer.param_groups[0]['lr']:.2g}) or check the labels.")
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
+            parts = min(self.step_threads, len(images))
+            # the model's random draws: a seed for the whole batch and one a part, drawn here in
+            # order, so a seed gives the same run however the threads interleave (step_random.py)
+            seeds = torch.randint(2 ** 62, (parts + 1,)).tolist()
+            if parts == 1:
+                losses, total = self._forward_backward(model, images, targets, seeds[0])
+            else:
+                losses, total = self._split_heads(images, targets, seeds, self._pool)
             if self.cfg.clip_grad:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
@@ -321,6 +341,79 @@ class Trainer:
         # One device-to-host copy for all the numbers, not one sync per loss term.
         values = torch.stack([v.detach().float() for v in losses.values()] + [total.detach().float()]).tolist()
         self.last_losses = {k: round(v, 5) for k, v in zip([*losses, "loss"], values)}
+
+    def _forward_backward(self, model, images, targets, seed: int):
+        """The whole batch's losses and their weighted sum; its gradient goes into the weights."""
+        with drawing_from(seed), torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            losses = model(images, targets)
+        return self._weighted_backward(losses, 1.0)
+
+    def _split_heads(self, images, targets, seeds: list[int], pool: ThreadPoolExecutor | None):
+        """A step with the batch in ``len(seeds) - 1`` parts (step_threads): the transform and the
+        backbone (its BatchNorm as for the whole batch) on this thread; the RPN and the RoI heads
+        one part a thread on ``pool`` (None: one after the other here), each part's backward
+        stopping at its slice of the features; then the backbone's backward from those slices'
+        gradients. The threads' autocast is their own, so each part sets it."""
+        m, n = self.model, len(images)
+        with drawing_from(seeds[0]), torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            batch, targets = m.transform(images, targets)
+            features = m.backbone(batch.tensors)
+        cuts = [round(k * n / (len(seeds) - 1)) for k in range(len(seeds))]
+        spans = list(zip(cuts, cuts[1:]))
+        slices = [{k: v[a:b].detach().requires_grad_() for k, v in features.items()} for a, b in spans]
+
+        def part(j: int):
+            (a, b), feats = spans[j], slices[j]
+            sub = ImageList(batch.tensors[a:b], batch.image_sizes[a:b])
+            with drawing_from(seeds[j + 1]), torch.autocast(self.device.type, dtype=self.amp_dtype,
+                                                            enabled=self.amp):
+                proposals, rpn_losses = m.rpn(sub, feats, targets[a:b])
+                _, losses = m.roi_heads(feats, proposals, sub.image_sizes, targets[a:b])
+            return self._weighted_backward({**losses, **rpn_losses}, (b - a) / n)
+
+        if pool is None:
+            done = [part(j) for j in range(len(spans))]
+        else:
+            futures = [pool.submit(part, j) for j in range(len(spans))]
+            wait(futures)  # every part ends before an error (the first part's) is raised
+            done = [f.result() for f in futures]
+        keys = list(features)
+        torch.autograd.backward([features[k] for k in keys],
+                                [torch.cat([sl[k].grad if sl[k].grad is not None else torch.zeros_like(sl[k])
+                                            for sl in slices]) for k in keys])
+        shares = [(b - a) / n for a, b in spans]
+        losses = {k: sum(d[0][k].detach().float() * w for d, w in zip(done, shares)) for k in done[0][0]}
+        return losses, sum(d[1].detach().float() * w for d, w in zip(done, shares))
+
+    def _weighted_backward(self, losses: dict, share: float):
+        """The losses (after the hooks) weighted and summed; the sum's gradient, times ``share``
+        (the losses' part of the batch), goes into the weights. Stops the run on a non-finite loss."""
+        for h in self.hooks:
+            losses = h.after_loss(self, losses)
+        # the terms are reported as they are; "loss" is this weighted sum, what the model learns from
+        weights = self.cfg.loss_weights()
+        total = sum(v * weights.get(k, 1.0) for k, v in losses.items())
+        if not torch.isfinite(total):
+            bad = [k for k, v in losses.items() if not torch.isfinite(v)]
+            raise TrainingError(
+                f"the loss became {float(total.detach())} at step {self.step + 1} ({', '.join(bad)}): "
+                "training stopped and the previous model is kept. Lower the learning rate "
+                f"(now {self.optimizer.param_groups[0]['lr']:.2g}) or check the labels.")
+        self.scaler.scale(total * share if share != 1.0 else total).backward()
+        return losses, total
+
+
+def step_threads(cfg: TrainConfig, device: torch.device, world: int) -> int:
+    """How many threads a training step runs its images' RPN and RoI heads on (_split_heads).
+    Only a CPU in a single process: there most of a step is Python and single-threaded work (NMS,
+    tensors too small to split), so a second core made one thread only 15 % faster, and the heads
+    on two threads gave the demo's first model ~1.4x the steps in its time budget
+    (bench/RESULTS.md). A GPU (one stream) and DistributedDataParallel (one forward at a time)
+    take the batch whole. Default: one thread per image of the batch, at most one a core."""
+    if device.type != "cpu" or world > 1:
+        return 1
+    asked = cfg.step_threads if cfg.step_threads is not None else torch.get_num_threads()
+    return max(1, min(asked, cfg.batch_size or 1))
 
 
 def _jsonable(d: dict) -> dict:

@@ -552,3 +552,77 @@ def test_loss_weight_scales_what_its_layer_learns_from(tmp_path, field, loss, la
     assert not all(torch.equal(off1[k], off3[k]) for k in theirs)
     assert r_off.losses[loss] == pytest.approx(r_on.losses[loss], rel=1e-3)
     p.close()
+
+
+def test_a_step_split_over_threads_adds_up_the_gradients_of_its_parts(tmp_path):
+    """step_threads: the backbone takes the whole batch; the RPN and RoI heads take the batch's
+    parts at the same time on the step's threads, through one model, and the gradients (heads
+    and backbone) are those of the parts run one after the other. With keypoints and label
+    smoothing on, whose per-forward state must stay with its thread, and every region sampled so
+    that the random draws cannot differ between the two ways."""
+    from detector.model import ModelConfig
+    from detector.training import LabelledImages, Trainer, TrainConfig, collect_samples
+
+    p, _ = _labelled(tmp_path / "f", n=4, seed=1)
+    samples, groups = collect_samples(p, p.images())
+    cats = tuple(p.categories())
+    p.close()
+    assert any(c.keypoints for c in cats)
+    every = ModelConfig(backbone="resnet18", min_size=96, max_size=128, anchor_sizes=(8, 16, 32, 64, 128),
+                        rpn_batch_size_per_image=10 ** 6, box_batch_size_per_image=10 ** 6)
+    torch.manual_seed(0)
+    det = build_model(categories=cats, weights="none", config=every)
+    cfg_ = TrainConfig(weights="none", backbone="resnet18", batch_size=4, iterations=1, min_size=96,
+                       max_size=128, augment=False, amp=False, clip_grad=0.0, label_smoothing=0.1,
+                       optimizer="adamw", lr=1e-3, step_threads=2)
+    trainer = Trainer(det, samples, groups, cfg_, tmp_path / "m.pt")
+    assert trainer.step_threads == 2
+    model = trainer.model.train()
+    images, targets = zip(*[LabelledImages(samples, cats, False, 0)[i] for i in range(4)])
+    images, targets = list(images), list(targets)
+    ran_on = set()
+    model.roi_heads.box_predictor.register_forward_hook(lambda m, i, o: ran_on.add(threading.current_thread().name))
+
+    def gradients(pool):
+        for q in model.parameters():
+            q.grad = None
+        ran_on.clear()
+        losses, total = trainer._split_heads(images, targets, [6, 7, 8], pool)
+        return ({n: q.grad.clone() for n, q in model.named_parameters() if q.grad is not None},
+                {k: float(v) for k, v in losses.items()})
+
+    expected, expected_losses = gradients(None)  # the parts one after the other, on this thread
+    assert ran_on == {threading.current_thread().name}
+    trainer.start_step_threads()
+    try:
+        got, got_losses = gradients(trainer._pool)
+    finally:
+        trainer.stop_step_threads()
+    assert len(ran_on) == 2 and all(name.startswith("loupe-step") for name in ran_on)
+    assert set(got) == set(expected) and len(got) > 50
+    assert any(n.startswith("backbone.body.") for n in got)  # the backbone learns from the parts' heads
+    for n in expected:  # the same up to the order of float sums (one core a part here, two above)
+        assert float((got[n] - expected[n]).norm()) <= 1e-3 * float(expected[n].norm()) + 1e-7, n
+    assert got_losses == pytest.approx(expected_losses, rel=1e-3)
+    assert expected_losses["loss_keypoint"] > 0
+
+
+def test_step_threads_default_and_limits(tmp_path):
+    """One thread per image, at most one a core, only on a CPU in a single process; the run
+    restores the process's thread count and says how it ran."""
+    from detector.training import TrainConfig, step_threads
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    cores = torch.get_num_threads()
+    assert step_threads(TrainConfig(batch_size=2), cpu, 1) == min(2, cores)
+    assert step_threads(TrainConfig(batch_size=2, step_threads=8), cpu, 1) == 2
+    assert step_threads(TrainConfig(batch_size=4, step_threads=1), cpu, 1) == 1
+    assert step_threads(TrainConfig(batch_size=4, step_threads=3), gpu, 1) == 1
+    assert step_threads(TrainConfig(batch_size=4, step_threads=3), cpu, 2) == 1  # DDP: one forward at a time
+    p, _ = _labelled(tmp_path / "f", n=2)
+    events = []
+    before = torch.get_num_threads()
+    r = train_project(p, cfg(iterations=2, step_threads=2), tmp_path / "m.pt", on_event=events.append)
+    p.close()
+    assert r.ok and torch.get_num_threads() == before
+    assert "RPN and RoI heads on 2 threads" in events[0].message
