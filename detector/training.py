@@ -184,14 +184,15 @@ class Trainer:
         backend = f" ({dist.get_backend()})" if dist.is_initialized() else ""
         profile = self.extra_meta.get("profile")
         precision = str(self.amp_dtype).split(".")[-1]
+        autocast = f"{precision} autocast" if self.amp else ""
+        threads = f"RPN and RoI heads on {self.step_threads} threads" if self.step_threads > 1 else ""
+        how = "".join(f", {x}" for x in (autocast, threads) if x)  # the dock shows it with the profile
         self.emit(TrainEvent("start", self.step, self.total_steps,
                              message=f"training on {len(self.samples)} images, {self.world} process(es)"
                                      f"{backend}, device {self.device}"
-                                     + (f" ({precision} autocast)" if self.amp else "")
-                                     + (f", RPN and RoI heads on {self.step_threads} threads"
-                                        if self.step_threads > 1 else "")
-                                     + (f"; profile {profile}: {self.extra_meta.get('profile_reason')}"
-                                        + (f", {precision} autocast" if self.amp else "") if profile else "")))
+                                     + (f" ({autocast})" if self.amp else "") + (f", {threads}" if threads else "")
+                                     + (f"; profile {profile}: {self.extra_meta.get('profile_reason')}{how}"
+                                        if profile else "")))
         t_last, n_last = time.perf_counter(), 0
         self._t_start = t_last
         result: TrainResult | None = None
