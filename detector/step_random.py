@@ -29,9 +29,10 @@ def _generator() -> torch.Generator | None:
 
 
 @contextmanager
-def drawing_from(seed: int):
-    """This thread's training forward draws from a generator seeded with ``seed`` meanwhile."""
-    _local.generator = torch.Generator().manual_seed(seed)
+def drawing_from(seed: int | None):
+    """This thread's training forward draws from a generator seeded with ``seed`` meanwhile
+    (None: from the process's generators, as torchvision does; a GPU run's way)."""
+    _local.generator = None if seed is None else torch.Generator().manual_seed(seed)
     try:
         yield
     finally:

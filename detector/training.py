@@ -317,9 +317,10 @@ class Trainer:
         try:
             self.optimizer.zero_grad(set_to_none=True)
             parts = min(self.step_threads, len(images))
-            # the model's random draws: a seed for the whole batch and one a part, drawn here in
-            # order, so a seed gives the same run however the threads interleave (step_random.py)
-            seeds = torch.randint(2 ** 62, (parts + 1,)).tolist()
+            # the model's random draws on a CPU: a seed for the whole batch and one a part, drawn
+            # here in order, so a seed gives the same run however the threads interleave
+            # (step_random.py); a GPU draws on the device, as torchvision does
+            seeds = torch.randint(2 ** 62, (parts + 1,)).tolist() if self.device.type == "cpu" else [None]
             if parts == 1:
                 losses, total = self._forward_backward(model, images, targets, seeds[0])
             else:
@@ -343,7 +344,7 @@ class Trainer:
         values = torch.stack([v.detach().float() for v in losses.values()] + [total.detach().float()]).tolist()
         self.last_losses = {k: round(v, 5) for k, v in zip([*losses, "loss"], values)}
 
-    def _forward_backward(self, model, images, targets, seed: int):
+    def _forward_backward(self, model, images, targets, seed: int | None):
         """The whole batch's losses and their weighted sum; its gradient goes into the weights."""
         with drawing_from(seed), torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             losses = model(images, targets)

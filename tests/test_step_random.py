@@ -32,6 +32,9 @@ def test_the_sampler_takes_torchvisions_counts_from_the_steps_generator():
     with drawing_from(6):
         c = _draw(ours, matched)
     assert a == b and a != c  # ... the seed does
+    torch.manual_seed(1)
+    with drawing_from(None):  # a GPU run's: the process's generator, torchvision's draws
+        assert _draw(ours, matched) == ref
     for (pos, neg), (rpos, rneg) in zip(zip(*a), zip(*ref)):
         assert (len(pos), len(neg)) == (len(rpos), len(rneg))
     for m, (pos, neg) in zip(matched, zip(*a)):
