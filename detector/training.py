@@ -190,7 +190,7 @@ class Trainer:
         self.emit(TrainEvent("start", self.step, self.total_steps,
                              message=f"training on {len(self.samples)} images, {self.world} process(es)"
                                      f"{backend}, device {self.device}"
-                                     + (f" ({autocast})" if self.amp else "") + (f", {threads}" if threads else "")
+                                     + (f" ({autocast})" if autocast else "") + (f", {threads}" if threads else "")
                                      + (f"; profile {profile}: {self.extra_meta.get('profile_reason')}{how}"
                                         if profile else "")))
         t_last, n_last = time.perf_counter(), 0
@@ -379,10 +379,8 @@ class Trainer:
             futures = [pool.submit(part, j) for j in range(len(spans))]
             wait(futures)  # every part ends before an error (the first part's) is raised
             done = [f.result() for f in futures]
-        keys = list(features)
-        torch.autograd.backward([features[k] for k in keys],
-                                [torch.cat([sl[k].grad if sl[k].grad is not None else torch.zeros_like(sl[k])
-                                            for sl in slices]) for k in keys])
+        keys = list(features)  # the RPN reads every level, so every slice has a gradient
+        torch.autograd.backward([features[k] for k in keys], [torch.cat([sl[k].grad for sl in slices]) for k in keys])
         shares = [(b - a) / n for a, b in spans]
         losses = {k: sum(d[0][k].detach().float() * w for d, w in zip(done, shares)) for k in done[0][0]}
         return losses, sum(d[1].detach().float() * w for d, w in zip(done, shares))
