@@ -318,6 +318,21 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
+def checkpoint_meta(path: str | os.PathLike) -> dict:
+    """A checkpoint's entries other than the weights and optimizer state, read without loading the
+    weights into memory (memory-mapped; still ``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # the full load (load_checkpoint) names the problem
+        raise CheckpointError(f"{path}: not a readable checkpoint") from exc
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: not a Loupe checkpoint")
+    return {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "scaler")}
+
+
 def detector_from_checkpoint(ckpt: dict, categories: tuple[Category, ...] | None = None, *,
                              source: str = "checkpoint", config: ModelConfig | None = None,
                              strict_categories: bool = False) -> Detector:

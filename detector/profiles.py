@@ -37,46 +37,72 @@ def short_side(sizes: list[tuple[int, int]]) -> int | None:
     return int(statistics.median(sides)) if sides else None
 
 
-OBJECT_PX = 48  # the median object's shorter side, in model-input pixels, that cpu-fast aims at
+OBJECT_PX = 48  # the median object's shorter side, in model-input pixels, that the fast profiles aim at
 
 
-def cpu_size(sizes: list[tuple[int, int]], objects: list[float]) -> int:
-    """The model input's shorter side for the CPU profile: the image scaled so the median labelled
-    object is about OBJECT_PX pixels across (the smallest anchor is 32), between 128 and CPU_MAX_SIZE.
+def fast_size(sizes: list[tuple[int, int]], objects: list[float], cap: int = CPU_MAX_SIZE) -> int:
+    """The model input's shorter side for the fast profiles: the image scaled so the median
+    labelled object is about OBJECT_PX pixels across (the smallest anchor is 32), between 128 and
+    ``cap`` (CPU_MAX_SIZE on a CPU, GPU_SIZE on a GPU).
 
     Scaling by the objects rather than the image holds on both kinds of data seen so far: the
-    demo's shapes (~70 px in 240 px images) shrink to 160 px inputs, 2.5x less work per step,
-    while nuclei (~15 px) are enlarged to the CPU_MAX_SIZE cap so they stay detectable.
+    demo's shapes (~70 px in 240 px images) stay at ~224 px inputs instead of being upscaled to 512,
+    while nuclei (~15 px) are enlarged up to the cap so they stay detectable.
     """
     side = short_side(sizes)
     if not side:
-        return CPU_MAX_SIZE
+        return cap
     if objects:
         obj = statistics.median(objects)
         side = side * OBJECT_PX / max(obj, 1.0)
-    return int(min(CPU_MAX_SIZE, max(128, _round32(side))))
+    return int(min(cap, max(128, _round32(side))))
+
+
+# What makes a fast profile fast (each halved or more a CPU step's time, bench/RESULTS.md): the
+# light backbone with a narrower pyramid, fewer sampled regions and proposals.
+LIGHT_OVERRIDES = {"box_batch_size_per_image": 64, "rpn_batch_size_per_image": 128,
+                   "rpn_post_nms_top_n_train": 1000, "fpn_channels": 128}
+# The gpu-fast run's time budget, counted from reading the data (the model's set-up and the GPU's
+# start are inside it): with the interpreter's start and imports (~4 s) a first model is saved
+# within ~30 s.
+GPU_FAST_BUDGET_S = 22.0
 
 
 def choose(name: str, device: torch.device, sizes: list[tuple[int, int]],
-           objects: list[float] | None = None) -> Profile:
-    """The profile called ``name`` ("auto" picks by device) for images of ``sizes`` (w, h) whose
-    labelled objects have shorter sides ``objects`` (pixels)."""
+           objects: list[float] | None = None, learned: bool = False) -> Profile:
+    """The profile called ``name`` for images of ``sizes`` (w, h) whose labelled objects have
+    shorter sides ``objects`` (pixels). "auto" picks by the device and the start: a CPU always
+    cpu-fast; a GPU the full model (gpu) when the run starts from ``learned`` weights (COCO's, or
+    a checkpoint that does not go back to random weights), else gpu-fast. From random weights the
+    full model was not useful in a GPU's first half-minute (ResNet-50 FPN v2 at 800 px, 100 steps
+    on an H200: unseen segm AP50 0.16 on the demo, 0.07 on nuclei; bench/RESULTS.md), while the
+    light model's first model on a 2-core CPU reached 0.51 on the demo in ~390 steps."""
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r} (known: {', '.join(PROFILES)})")
     if name == "auto":
-        name = "cpu-fast" if device.type == "cpu" else "gpu"
+        if device.type == "cpu":
+            name = "cpu-fast"
+        else:
+            name = "gpu" if learned else "gpu-fast"
     if name == "gpu":
         return Profile("gpu", f"a GPU: the full model at COCO's {GPU_SIZE} px, batch 4, mixed precision",
                        backbone=None, min_size=GPU_SIZE, batch_size=4)
     if name == "reference":
         return Profile("reference", "as asked: torchvision's detection settings",
                        backbone=None, min_size=CPU_MAX_SIZE, batch_size=2)
+    if name == "gpu-fast":
+        size = fast_size(sizes, objects or [], GPU_SIZE)
+        return Profile("gpu-fast", "a GPU and no learned weights to start from: a light backbone and a narrower "
+                                   f"feature pyramid, images scaled so objects are ~{OBJECT_PX} px "
+                                   f"(128-{GPU_SIZE} px), fewer sampled regions and proposals, "
+                                   f"a {GPU_FAST_BUDGET_S:.0f} s run",
+                       backbone=LIGHT_BACKBONE, min_size=size, batch_size=4, iterations=1500,
+                       time_budget_s=GPU_FAST_BUDGET_S, model_overrides=dict(LIGHT_OVERRIDES))
     # cpu-fast: the images' own size (never upscaled past CPU_MAX_SIZE), a light backbone, fewer
     # sampled regions per image; each halves or more of a CPU step's time (bench/RESULTS.md).
-    size = cpu_size(sizes, objects or [])
+    size = fast_size(sizes, objects or [], CPU_MAX_SIZE)
     return Profile("cpu-fast", "a CPU: a light backbone and a narrower feature pyramid, images scaled so "
                                f"objects are ~{OBJECT_PX} px (128-{CPU_MAX_SIZE} px), fewer sampled regions "
                                "and proposals",
                    backbone=LIGHT_BACKBONE, min_size=size, batch_size=2, iterations=500, time_budget_s=150.0,
-                   model_overrides={"box_batch_size_per_image": 64, "rpn_batch_size_per_image": 128,
-                                    "rpn_post_nms_top_n_train": 1000, "fpn_channels": 128})
+                   model_overrides=dict(LIGHT_OVERRIDES))

@@ -27,7 +27,7 @@ BACKBONES = {DEFAULT_BACKBONE: "ResNet-50 FPN v2", LIGHT_BACKBONE: "ResNet-18 FP
 GPU_SIZE = 800  # the shorter side COCO models are trained at; the GPU profile's input size
 CPU_MAX_SIZE = 512  # the CPU profile never scales an image's shorter side past this
 OPTIMIZERS = ("sgd", "adamw")
-PROFILES = ("auto", "gpu", "cpu-fast", "reference")
+PROFILES = ("auto", "gpu", "gpu-fast", "cpu-fast", "reference")
 WEIGHTS_HELP = "checkpoint file, 'coco', 'none' (random) or 'active' (the project's model, else coco)"
 
 
@@ -65,8 +65,9 @@ class TrainConfig:
     checkpoint_every: int = 0
     amp: bool = True
     model_overrides: dict = field(default_factory=dict)  # any ModelConfig field
-    # Seconds the run may take: after a few steps the step count is set to fit (at least
-    # MIN_BUDGET_STEPS, at most ``iterations``). The CPU profile's way of sizing a first model.
+    # Seconds the run may take, from train_project's start (the data and the model's set-up count):
+    # after a few steps the step count is set to fit (at least MIN_BUDGET_STEPS, at most
+    # ``iterations``). The fast profiles' way of sizing a first model.
     time_budget_s: float | None = None
     freeze_bn: bool | None = None  # backbone BatchNorm keeps its statistics; None: yes from learned weights
     # On a CPU: the RPN and RoI heads take a step's images on this many threads at once (the
@@ -167,17 +168,20 @@ OPTIONS = (
     Option("iterations", "--iterations", "optimizer steps (default: the profile's, else 20 epochs, at "
                                          "least 100)", type=int),
     Option("device", "--device", "cpu, cuda, cuda:1, mps (default: the best available)"),
-    Option("profile", "--profile", "what fills the settings left unset: auto picks gpu or cpu-fast by device",
+    Option("profile", "--profile", "what fills the settings left unset: auto picks cpu-fast on a CPU; "
+                                   "on a GPU, gpu from learned weights, gpu-fast from random ones",
            choices=PROFILES),
-    Option("batch_size", "--batch-size", "default: the profile's (gpu 4, cpu 2)", type=int),
+    Option("batch_size", "--batch-size", "default: the profile's (gpu and gpu-fast 4, cpu-fast 2)", type=int),
     Option("lr", "--lr", "default: chosen from the optimizer, the batch size and whether the weights "
                          "start random", type=float),
     Option("optimizer", "--optimizer", "default: AdamW from random weights, SGD (torchvision's recipe) "
                                        "from learned ones", choices=OPTIMIZERS),
-    Option("backbone", "--backbone", "default: the checkpoint's; else the profile's (resnet18 on a CPU "
-                                     "unless COCO weights are cached)", choices=tuple(BACKBONES)),
+    Option("backbone", "--backbone", "default: the checkpoint's; else the profile's (resnet18 for "
+                                     "cpu-fast and gpu-fast, unless COCO weights are cached)",
+           choices=tuple(BACKBONES)),
     Option("min_size", "--image-size", f"shorter side the model sees; default: the profile's (gpu {GPU_SIZE}, "
-                                       f"cpu the images' own up to {CPU_MAX_SIZE})", type=int),
+                                       f"the fast ones: objects ~48 px, up to {CPU_MAX_SIZE} on a CPU, "
+                                       f"{GPU_SIZE} on a GPU)", type=int),
     Option("seed", "--seed", "random seed (default %(default)s)", type=int),
     Option("holdout", "--holdout", "fraction of the reviewed images held out for evaluation "
                                    "(default %(default)s)", type=float),
@@ -187,8 +191,9 @@ OPTIONS = (
            metavar="D"),
     Option("warmup_steps", "--warmup-steps", "linear learning-rate warm-up steps (default %(default)s, at "
                                              "most a fifth of the run)", type=int),
-    Option("time_budget_s", "--time-budget", "fit the step count to about S seconds of training (default: "
-                                             "the profile's; cpu-fast 150)", type=float, metavar="S"),
+    Option("time_budget_s", "--time-budget", "fit the step count so the run (reading the data, setting up the "
+                                             "model, the steps) takes about S seconds (default: the "
+                                             "profile's; cpu-fast 150, gpu-fast 22)", type=float, metavar="S"),
     Option("extra_coco", "--coco", "also train on this COCO file's images"),
     Option("resume", "--resume", "resume from this checkpoint"),
     Option("checkpoint_every", "--checkpoint-every", "also save a resumable checkpoint every N steps",

@@ -9,7 +9,8 @@ from dataclasses import replace
 from . import profiles
 from .errors import TrainingError
 from .devices import pick_device
-from .model import CheckpointError, Detector, ModelConfig, build_model, detector_from_checkpoint, load_checkpoint
+from .model import (CheckpointError, Detector, ModelConfig, build_model, checkpoint_meta, detector_from_checkpoint,
+                    load_checkpoint)
 from .profiles import Profile
 from .train_config import DEFAULT_BACKBONE, LIGHT_BACKBONE, OPTIMIZERS, TrainConfig
 from .train_data import Sample
@@ -97,6 +98,23 @@ def prepare_detector(project, cfg: TrainConfig) -> tuple[Detector, dict | None]:
     return det, None
 
 
+def learned_start(cfg: TrainConfig) -> bool:
+    """Whether the run starts from learned weights: torchvision's COCO weights in the cache (for
+    the ResNet-50 FPN v2 they fit), or a checkpoint (to start from or resume) that does not go back
+    to random weights (``from_random_init``: a first model trained here from random weights, and
+    every round after it, say so). An unreadable checkpoint counts as learned; prepare_detector
+    then refuses it, naming the problem."""
+    from .model import coco_cache_path
+
+    path = cfg.resume or (cfg.weights if cfg.weights not in (None, "none", "coco") else None)
+    if path:
+        try:
+            return not checkpoint_meta(path).get("from_random_init", False)
+        except CheckpointError:
+            return True
+    return cfg.weights == "coco" and cfg.backbone in (None, DEFAULT_BACKBONE) and coco_cache_path().is_file()
+
+
 def apply_profile(cfg: TrainConfig, sizes: list[tuple[int, int]],
                   samples: list[Sample] = ()) -> tuple[TrainConfig, Profile]:
     """Fill the settings left open from the profile (device, image sizes); what was set stays.
@@ -108,7 +126,7 @@ def apply_profile(cfg: TrainConfig, sizes: list[tuple[int, int]],
 
     try:
         objects = [min(i.box[2] - i.box[0], i.box[3] - i.box[1]) for s in samples for i in s.instances]
-        prof = profiles.choose(cfg.profile, pick_device(cfg.device), sizes, objects)
+        prof = profiles.choose(cfg.profile, pick_device(cfg.device), sizes, objects, learned=learned_start(cfg))
     except ValueError as exc:
         raise TrainingError(str(exc)) from exc
     backbone = cfg.backbone

@@ -47,8 +47,11 @@ class Trainer:
     def __init__(self, detector: Detector, samples: list[Sample], groups: list[int], cfg: TrainConfig,
                  output: str | os.PathLike, *, on_event: Callable[[TrainEvent], None] | None = None,
                  hooks: list[Hook] | None = None, cancel: threading.Event | None = None,
-                 extra_meta: dict | None = None):
+                 extra_meta: dict | None = None, started: float | None = None):
         self.detector, self.samples, self.cfg = detector, samples, cfg
+        # when the run was asked for (time.perf_counter()): a time budget counts from there, so the
+        # data, the model's set-up and the device's start are inside it; default: the first step
+        self.started = started
         self.output = Path(output)
         self.on_event = on_event or (lambda e: None)
         # the weight average, the caller's hooks, a periodic checkpoint (detector/train_hooks.py)
@@ -194,7 +197,7 @@ class Trainer:
                                      + (f"; profile {profile}: {self.extra_meta.get('profile_reason')}{how}"
                                         if profile else "")))
         t_last, n_last = time.perf_counter(), 0
-        self._t_start = t_last
+        self._t_start = self.started if self.started is not None else t_last
         result: TrainResult | None = None
         batches = None
         self.start_step_threads()
@@ -426,7 +429,9 @@ def _jsonable(d: dict) -> dict:
 def train_project(project, cfg: TrainConfig, output: str | os.PathLike, *, progress: bool = False,
                   json_events: bool = False, on_event: Callable[[TrainEvent], None] | None = None,
                   hooks: list[Hook] | None = None, cancel: threading.Event | None = None) -> TrainResult:
-    """Fine-tune on the project's reviewed images (minus the held-out split) and write ``output``."""
+    """Fine-tune on the project's reviewed images (minus the held-out split) and write ``output``.
+    A time budget counts from this call: reading the data and building the model are inside it."""
+    started = time.perf_counter()
     train, held = split_reviewed(project, cfg.holdout)
     samples, groups = collect_samples(project, train)
     if cfg.extra_coco:
@@ -467,7 +472,8 @@ def train_project(project, cfg: TrainConfig, output: str | os.PathLike, *, progr
                                               "images": [r.path for r in held]},
                                   "notice": det.notice, "profile": profile.name,
                                   "profile_reason": profile.reason,
-                                  "from_random_init": starts_from_random(cfg, det)[1]})
+                                  "from_random_init": starts_from_random(cfg, det)[1]},
+                      started=started)
     if resume_ckpt is not None:
         trainer.resume_from(resume_ckpt)
     try:

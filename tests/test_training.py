@@ -419,6 +419,33 @@ def test_a_time_budget_looks_again_once_the_step_time_settles(tmp_path, monkeypa
     p.close()
 
 
+def test_a_time_budget_counts_the_runs_set_up(tmp_path, monkeypatch):
+    """The budget is the run's, not the steps': seconds spent reading the data and building the
+    model (a GPU's start) leave fewer steps, so the model is saved when the budget says."""
+    import types
+
+    import detector.training as T
+
+    monkeypatch.setattr(T, "MIN_BUDGET_STEPS", 4)
+    monkeypatch.setattr(T, "CALIBRATION_STEPS", 2)
+    clock = _Clock(until=0, slow=0.5, fast=0.5)
+    monkeypatch.setattr(T, "time", types.SimpleNamespace(perf_counter=clock.perf_counter, time=lambda: 0.0,
+                                                         sleep=lambda s: None))
+    build = T.prepare_detector
+
+    def slow_build(*a, **k):  # 4 s of set-up before the first step
+        clock.t += 4.0
+        return build(*a, **k)
+
+    monkeypatch.setattr(T, "prepare_detector", slow_build)
+    p, _ = _labelled(tmp_path / "f", n=2)
+    r = train_project(p, cfg(iterations=500, time_budget_s=12.0, warmup_steps=2), tmp_path / "m.pt", hooks=[clock])
+    p.close()
+    # step 3: 0.5 s a step, 12 - 5 s left -> 17 steps, ending at 4 + 17 * 0.5 = 12.5 s (25 if the
+    # set-up were free)
+    assert r.ok and r.steps == 17 and clock.t == pytest.approx(12.5)
+
+
 def test_copy_paste_adds_another_images_objects_and_cuts_what_they_cover(tmp_path):
     """Simple Copy-Paste: pasted objects arrive with their pixels, masks, boxes and keypoints; an
     object under the paste loses the covered pixels (its box refit, covered keypoints unlabelled)."""

@@ -1,0 +1,89 @@
+"""Training profiles: which settings a one-click Train fills in, by device, data and start."""
+
+import pytest
+import torch
+
+from detector import profiles, train_setup
+from detector.domain import Category
+from detector.model import ModelConfig, build_model, coco_cache_path, save_checkpoint
+from detector.train_config import CPU_MAX_SIZE, GPU_SIZE, TrainConfig
+from detector.train_setup import apply_profile, learned_start
+
+CPU, GPU = torch.device("cpu"), torch.device("cuda")
+DEMO = [(320, 240)] * 8  # the demo's scenes: shapes of ~70 px
+NUCLEI = [(256, 256)] * 10 + [(520, 696)] * 10  # small nuclei, ~15 px
+
+
+def test_fast_sizes_scale_the_median_object_to_about_48_px_within_the_devices_cap():
+    assert profiles.fast_size(DEMO, [70.0] * 20) == 160  # 240 * 48 / 70, rounded to 32
+    assert profiles.fast_size(NUCLEI, [15.0] * 50) == CPU_MAX_SIZE  # enlarged up to the cap
+    assert profiles.fast_size(NUCLEI, [15.0] * 50, GPU_SIZE) == GPU_SIZE
+    assert profiles.fast_size(NUCLEI, [40.0] * 50, GPU_SIZE) == 480  # 388 * 48 / 40
+    assert profiles.fast_size(DEMO, [500.0]) == 128  # never below 128
+    assert profiles.fast_size([], []) == CPU_MAX_SIZE and profiles.fast_size([], [], GPU_SIZE) == GPU_SIZE
+
+
+def test_auto_picks_by_device_and_by_whether_the_weights_are_learned():
+    cpu = profiles.choose("auto", CPU, DEMO, [70.0])
+    assert (cpu.name, cpu.backbone, cpu.batch_size, cpu.time_budget_s) == ("cpu-fast", "resnet18", 2, 150.0)
+    assert profiles.choose("auto", CPU, DEMO, [70.0], learned=True).name == "cpu-fast"
+    full = profiles.choose("auto", GPU, NUCLEI, [15.0], learned=True)
+    assert (full.name, full.backbone, full.min_size, full.time_budget_s) == ("gpu", None, GPU_SIZE, None)
+    fast = profiles.choose("auto", GPU, NUCLEI, [15.0], learned=False)
+    assert (fast.name, fast.backbone, fast.batch_size) == ("gpu-fast", "resnet18", 4)
+    assert fast.min_size == GPU_SIZE and fast.time_budget_s == profiles.GPU_FAST_BUDGET_S
+    assert fast.model_overrides == profiles.LIGHT_OVERRIDES and "no learned weights" in fast.reason
+    assert profiles.choose("auto", GPU, DEMO, [70.0]).min_size == 160  # small data stays small on a GPU too
+    assert profiles.choose("gpu-fast", CPU, DEMO, [70.0]).name == "gpu-fast"  # asked for by name: any device
+    with pytest.raises(ValueError, match="unknown profile 'fast'"):
+        profiles.choose("fast", CPU, DEMO)
+
+
+def _checkpoint(path, **meta):
+    det = build_model(categories=(Category("a"),), weights="none",
+                      config=ModelConfig(backbone="resnet18", min_size=64, max_size=96))
+    return str(save_checkpoint(path, det, **meta))
+
+
+def test_learned_start_reads_the_cache_and_the_checkpoints_own_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    assert not learned_start(TrainConfig(weights="none"))
+    assert not learned_start(TrainConfig(weights="coco"))  # nothing in torchvision's cache
+    cache = coco_cache_path()
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"weights")
+    assert learned_start(TrainConfig(weights="coco"))
+    assert not learned_start(TrainConfig(weights="coco", backbone="resnet18"))  # COCO's weights do not fit it
+    scratch = _checkpoint(tmp_path / "scratch.pt", from_random_init=True)
+    tuned = _checkpoint(tmp_path / "tuned.pt", from_random_init=False)
+    older = _checkpoint(tmp_path / "older.pt")  # saved before checkpoints said
+    assert not learned_start(TrainConfig(weights=scratch))
+    assert not learned_start(TrainConfig(weights="none", resume=scratch))
+    assert learned_start(TrainConfig(weights=tuned)) and learned_start(TrainConfig(weights=older))
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert learned_start(TrainConfig(weights=str(junk)))  # the real load refuses it, naming the problem
+
+
+def test_a_gpu_run_from_random_weights_gets_the_light_model_and_a_time_budget(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(train_setup, "pick_device", lambda name=None: GPU)
+    out, prof = apply_profile(TrainConfig(weights="none"), NUCLEI)  # no objects known: the images' own size
+    assert prof.name == "gpu-fast" and "resnet18 backbone, 384 px, batch 4, 64 sampled regions" in prof.reason
+    assert (out.backbone, out.min_size, out.batch_size, out.iterations, out.time_budget_s) == \
+        ("resnet18", 384, 4, 1500, profiles.GPU_FAST_BUDGET_S)
+    assert out.model_overrides["fpn_channels"] == 128
+    # what the person set wins; a step count of their own replaces the time budget
+    out, _ = apply_profile(TrainConfig(weights="none", iterations=300, batch_size=8, min_size=640), NUCLEI)
+    assert (out.iterations, out.time_budget_s, out.batch_size, out.min_size) == (300, None, 8, 640)
+    # a later round from a model trained here from random weights stays on the light profile ...
+    scratch = _checkpoint(tmp_path / "scratch.pt", from_random_init=True)
+    out, prof = apply_profile(TrainConfig(weights=scratch), NUCLEI)
+    assert prof.name == "gpu-fast" and out.time_budget_s == profiles.GPU_FAST_BUDGET_S
+    assert "fpn_channels" not in out.model_overrides  # the pyramid's width is the checkpoint's too
+    # ... and COCO weights in the cache get the full model at 800 px
+    cache = coco_cache_path()
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"weights")
+    out, prof = apply_profile(TrainConfig(weights="coco"), NUCLEI)
+    assert (prof.name, out.backbone, out.min_size, out.time_budget_s) == ("gpu", None, GPU_SIZE, None)
