@@ -1,6 +1,6 @@
 """Changes to torchvision's RoI heads that keep its weights and state-dict keys: in training, the
 keypoint head on keypoint categories' regions only and optional label smoothing for the region
-classifier; layers kept in float32 under autocast."""
+classifier; layers kept in float32 under autocast, and anchors made in float32."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.roi_heads import RoIHeads, keypointrcnn_loss
 
 from .domain import Category
@@ -131,3 +132,19 @@ def in_float32(module: nn.Module) -> nn.Module:
             _FLOAT32_CLASSES[cls] = type(f"Float32{cls.__name__}", (cls,), {"forward": _float32_forward})
         module.__class__ = _FLOAT32_CLASSES[cls]
     return module
+
+
+class Float32Anchors(AnchorGenerator):
+    """torchvision's anchor generator, making the anchors in float32 whatever the features' dtype.
+
+    torchvision makes them in the feature maps' dtype: under bfloat16 autocast (a GPU's, or a CPU's
+    with AMX) an anchor corner above x=256 is rounded to a multiple of 2 px, above 512 of 4 px and above
+    1024 (an 800 px input's long side) of 8 px, so a 32 px anchor's box, its IoU with the objects and the
+    regression targets measured from it are off by up to a quarter of its size. No weights: the
+    same state dict as torchvision's.
+    """
+
+    def forward(self, image_list, feature_maps):
+        # only the maps' shapes, dtype and device are read: stand-ins with no storage of their own
+        shapes = [torch.empty((), dtype=torch.float32, device=f.device).expand(f.shape) for f in feature_maps]
+        return super().forward(image_list, shapes)

@@ -30,7 +30,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from .errors import LoupeError
 from .domain import Category
-from .heads import in_float32, keypoint_slices, prepare_roi_heads  # noqa: F401
+from .heads import Float32Anchors, in_float32, keypoint_slices, prepare_roi_heads  # noqa: F401
 from .pooling import PyramidRoIAlign
 from .train_config import BACKBONES, DEFAULT_BACKBONE, GPU_SIZE, LIGHT_BACKBONE
 from .transfer import class_rows_by_name, keypoint_rows_by_name, transfer_weights  # noqa: F401
@@ -105,8 +105,8 @@ class Detector:
 
 def _architecture(num_classes: int, num_keypoints: int, cfg: ModelConfig) -> MaskRCNN:
     """Random-init Mask R-CNN with real BatchNorm (trainable from scratch), keypoint head if K>0."""
-    anchors = AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes),
-                              (tuple(cfg.aspect_ratios),) * len(cfg.anchor_sizes))
+    anchors = Float32Anchors(tuple((s,) for s in cfg.anchor_sizes),
+                             (tuple(cfg.aspect_ratios),) * len(cfg.anchor_sizes))
     kw = dict(
         min_size=cfg.min_size, max_size=cfg.max_size, rpn_anchor_generator=anchors,
         rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,

@@ -308,3 +308,21 @@ def test_learned_weights_train_three_stages_with_backbone_batchnorm_kept(tmp_pat
     assert with_start_defaults(TrainConfig(weights=str(ckpt), freeze_bn=False), det).freeze_bn is False
     saved = {"train_config": {"optimizer": "adamw", "lr": 7e-4, "freeze_bn": False}}
     assert with_start_defaults(TrainConfig(weights="none", resume="run.pt"), scratch, saved).freeze_bn is False
+
+
+def test_anchors_stay_float32_under_bfloat16_autocast():
+    """torchvision makes anchors in the features' dtype: in bfloat16 an 800 px input's corners are
+    rounded to several pixels. Ours are the float32 anchors exactly, whatever the features."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.image_list import ImageList
+
+    gen = build_model(categories=CATEGORIES, weights="none", config=LIGHT).model.rpn.anchor_generator
+    plain = AnchorGenerator(gen.sizes, gen.aspect_ratios)
+    images = ImageList(torch.zeros(2, 3, 800, 1216), [(800, 1216), (800, 1100)])
+    maps = [torch.zeros(2, 8, 800 // s, 1216 // s, dtype=torch.bfloat16) for s in (4, 8, 16, 32, 64)]
+    exact = plain(images, [m.float() for m in maps])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = gen(images, maps)
+    theirs = plain(images, maps)
+    assert len(ours) == 2 and all(a.dtype == torch.float32 and torch.equal(a, b) for a, b in zip(ours, exact))
+    assert float((theirs[0].float() - exact[0]).abs().max()) >= 2.0  # torchvision's own, in bfloat16
