@@ -76,7 +76,8 @@ def choose(name: str, device: torch.device, sizes: list[tuple[int, int]],
     a checkpoint that does not go back to random weights), else gpu-fast. From random weights the
     full model was not useful in a GPU's first half-minute (ResNet-50 FPN v2 at 800 px, 100 steps
     on an H200: unseen segm AP50 0.16 on the demo, 0.07 on nuclei; bench/RESULTS.md), while the
-    light model's first model on a 2-core CPU reached 0.51 on the demo in ~390 steps."""
+    light model reached 0.52 on the demo in ~390 steps of batch 2 (a 2-core CPU) and 0.52-0.55 in
+    300 steps of batch 4."""
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r} (known: {', '.join(PROFILES)})")
     if name == "auto":
