@@ -22,7 +22,7 @@ class TrainingSettingsDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("Training settings")
         self._start = c = config
-        self.iterations = _spin(0, 1_000_000, c.iterations, "automatic (20 epochs, ≥ 100 steps)")
+        self.iterations = _spin(0, 1_000_000, c.iterations, "automatic (as many as fit in the profile's time)")
         self.lr = QDoubleSpinBox()
         self.lr.setDecimals(5)
         self.lr.setRange(0, 1)
@@ -32,8 +32,8 @@ class TrainingSettingsDialog(QDialog):
         self.optimizer = _combo([("automatic (AdamW from random weights, else SGD)", None)]
                                 + [({"sgd": "SGD", "adamw": "AdamW"}[o], o) for o in OPTIMIZERS], c.optimizer)
         self.batch = _spin(0, 64, c.batch_size, "automatic (4 on a GPU, 2 on a CPU)")
-        self.image_size = _spin(0, 2048, c.min_size, f"automatic ({GPU_SIZE} on a GPU; on a CPU the images' own, "
-                                               f"up to {CPU_MAX_SIZE})")
+        self.image_size = _spin(0, 2048, c.min_size, f"automatic (objects ~48 px, up to {CPU_MAX_SIZE} on a CPU, "
+                                               f"{GPU_SIZE} on a GPU)")
         self.image_size.setSingleStep(32)
         self.layers = _spin(-1, 5, c.trainable_layers, "automatic", none=-1)
         self.augment = QCheckBox("flips, colour and scale jitter")

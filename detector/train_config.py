@@ -28,6 +28,10 @@ GPU_SIZE = 800  # the shorter side COCO models are trained at; the GPU profile's
 CPU_MAX_SIZE = 512  # the CPU profile never scales an image's shorter side past this
 OPTIMIZERS = ("sgd", "adamw")
 PROFILES = ("auto", "gpu", "gpu-fast", "cpu-fast", "reference")
+# A run with a time budget and a longer limit (time_budget_max_s) goes past the budget until it has
+# made this many passes over the images: a first model of 8 demo images gets ~100 in its 150 s, one
+# of 17 dense nuclei images 14, and was undertrained (bench/RESULTS.md).
+BUDGET_EPOCHS = 40
 WEIGHTS_HELP = "checkpoint file, 'coco', 'none' (random) or 'active' (the project's model, else coco)"
 
 
@@ -69,6 +73,9 @@ class TrainConfig:
     # after a few steps the step count is set to fit (at least MIN_BUDGET_STEPS, at most
     # ``iterations``). The fast profiles' way of sizing a first model.
     time_budget_s: float | None = None
+    # When the budget leaves fewer than BUDGET_EPOCHS passes over the images (detector.training),
+    # the run may go on to this many seconds: more reviewed images, a longer first model.
+    time_budget_max_s: float | None = None
     freeze_bn: bool | None = None  # backbone BatchNorm keeps its statistics; None: yes from learned weights
     # On a CPU: the RPN and RoI heads take a step's images on this many threads at once (the
     # backbone takes the batch whole); None: one per image, up to the cores; 1: one thread.
@@ -194,6 +201,9 @@ OPTIONS = (
     Option("time_budget_s", "--time-budget", "fit the step count so the run (reading the data, setting up the "
                                              "model, the steps) takes about S seconds (default: the "
                                              "profile's; cpu-fast 150, gpu-fast 22)", type=float, metavar="S"),
+    Option("time_budget_max_s", "--time-budget-max", f"when the time budget leaves fewer than {BUDGET_EPOCHS} "
+                                                     "passes over the reviewed images, go on up to S seconds (default: "
+                                                     "the profile's; cpu-fast 280)", type=float, metavar="S"),
     Option("extra_coco", "--coco", "also train on this COCO file's images"),
     Option("resume", "--resume", "resume from this checkpoint"),
     Option("checkpoint_every", "--checkpoint-every", "also save a resumable checkpoint every N steps",

@@ -143,8 +143,11 @@ def apply_profile(cfg: TrainConfig, sizes: list[tuple[int, int]],
         overrides["box_detections_per_img"] = int(math.ceil(most * 1.5))
     explicit = bool(cfg.iterations or cfg.epochs)
     iterations = cfg.iterations if explicit else prof.iterations
-    budget = cfg.time_budget_s if (cfg.time_budget_s or explicit) else prof.time_budget_s
+    own = bool(cfg.time_budget_s or explicit)  # a length the person set replaces the profile's
+    budget = cfg.time_budget_s if own else prof.time_budget_s
+    budget_max = cfg.time_budget_max_s or (None if own else prof.time_budget_max_s)
     out = replace(cfg, backbone=backbone, min_size=min_size, iterations=iterations, time_budget_s=budget,
+                  time_budget_max_s=budget_max,
                   max_size=cfg.max_size or max(min_size, int(min_size * 5 / 3)),
                   batch_size=cfg.batch_size or prof.batch_size, model_overrides=overrides)
     rois = overrides.get("box_batch_size_per_image", ModelConfig.box_batch_size_per_image)

@@ -24,7 +24,7 @@ from .errors import TrainingError
 from .devices import cpu_bf16_fast, dist_info, is_out_of_memory, pick_device  # noqa: F401
 from .model import Detector, prepare_roi_heads, save_checkpoint
 from .step_random import draw_per_step, drawing_from
-from .train_config import EventKind, Hook, TrainConfig, TrainEvent, TrainResult  # noqa: F401 (re-exported)
+from .train_config import BUDGET_EPOCHS, EventKind, Hook, TrainConfig, TrainEvent, TrainResult  # noqa: F401 (re-exported)
 from .train_data import (AspectRatioBatches, LabelledImages, Sample, _coco_samples, _collate,  # noqa: F401
                          _pinned, _prefetched, collect_samples, is_holdout, split_reviewed)
 from .train_hooks import PeriodicCheckpointer, WeightAverage
@@ -267,7 +267,9 @@ class Trainer:
         """With a time budget: once a few steps are timed, set the step count that fits it; look
         again about 40 % of the way in, when the step time has settled (the first steps pay for
         kernel set-up per input shape: with bfloat16 on a CPU the first fit alone left ~10 % of
-        the budget unused). The learning-rate schedule follows the step count."""
+        the budget unused). With a longer limit (time_budget_max_s) a run short of BUDGET_EPOCHS
+        passes over its images goes on towards them, up to that limit. The learning-rate schedule
+        follows the step count."""
         budget = self.cfg.time_budget_s
         if not budget or (self._budget_fitted and self.step != self._refit_step):
             return
@@ -284,6 +286,10 @@ class Trainer:
             per_step = (now - self._t_refit0) / (self.step - self._s_refit0)
         left = budget - (now - self._t_start)
         fit = self.step + int(max(0.0, left) / max(per_step, 1e-6))
+        longest = self.cfg.time_budget_max_s
+        if longest and fit < BUDGET_EPOCHS * self.steps_per_epoch:
+            more = self.step + int(max(0.0, longest - (now - self._t_start)) / max(per_step, 1e-6))
+            fit = max(fit, min(BUDGET_EPOCHS * self.steps_per_epoch, more))
         if self.world > 1:  # every rank must stop at the same step
             t = torch.tensor([fit], device=self.device if self.device.type == "cuda" else "cpu")
             dist.all_reduce(t, op=dist.ReduceOp.MIN)

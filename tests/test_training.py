@@ -446,6 +446,28 @@ def test_a_time_budget_counts_the_runs_set_up(tmp_path, monkeypatch):
     assert r.ok and r.steps == 17 and clock.t == pytest.approx(12.5)
 
 
+@pytest.mark.parametrize("longest, steps", [(30.0, 20), (8.0, 17)])
+def test_a_run_short_of_its_passes_goes_on_past_the_budget_up_to_the_limit(tmp_path, monkeypatch, longest, steps):
+    """A budget that leaves fewer than BUDGET_EPOCHS passes over the images is stretched towards
+    them, never past time_budget_max_s; which of the two binds decides the length."""
+    import types
+
+    import detector.training as T
+
+    monkeypatch.setattr(T, "MIN_BUDGET_STEPS", 4)
+    monkeypatch.setattr(T, "CALIBRATION_STEPS", 2)
+    monkeypatch.setattr(T, "BUDGET_EPOCHS", 20)  # 2 images, batch 2: 20 steps
+    clock = _Clock(until=0, slow=0.5, fast=0.5)
+    monkeypatch.setattr(T, "time", types.SimpleNamespace(perf_counter=clock.perf_counter, time=lambda: 0.0,
+                                                         sleep=lambda s: None))
+    p, _ = _labelled(tmp_path / "f", n=2)
+    r = train_project(p, cfg(iterations=500, time_budget_s=6.0, time_budget_max_s=longest, warmup_steps=2),
+                      tmp_path / "m.pt", hooks=[clock])
+    p.close()
+    # the budget alone: 13 steps (6 s at 0.5 s); 20 passes: 20 steps, within 30 s; 8 s: 17 steps
+    assert r.ok and r.steps == steps
+
+
 def test_copy_paste_adds_another_images_objects_and_cuts_what_they_cover(tmp_path):
     """Simple Copy-Paste: pasted objects arrive with their pixels, masks, boxes and keypoints; an
     object under the paste loses the covered pixels (its box refit, covered keypoints unlabelled)."""
