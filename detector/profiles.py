@@ -70,7 +70,8 @@ GPU_FAST_BUDGET_S = 22.0
 # cpu-fast's run is 150 s, longer only while it has made fewer than BUDGET_EPOCHS passes over the
 # reviewed images, and never past this: the limit for real data is 300 s. The demo's 8
 # images get ~100 passes in 150 s and stop there; nuclei's 17 dense images got 14 passes, and going
-# on to 280 s gave unseen segm AP50 0.30 / NUC1 against 0.21 / 0.22 (bench/RESULTS.md).
+# on (215-241 steps, 272-286 s) gave unseen segm AP50 0.301 / 0.300 / 0.298 against 0.208 / 0.221 /
+# 0.221 at 150 s (seeds 0-2, bench/RESULTS.md).
 CPU_FAST_BUDGET_MAX_S = 280.0
 
 
