@@ -100,18 +100,15 @@ def choose(name: str, device: torch.device, sizes: list[tuple[int, int]],
                        backbone=None, min_size=CPU_MAX_SIZE, batch_size=2)
     if name == "gpu-fast":
         size = fast_size(sizes, objects or [], GPU_SIZE)
-        return Profile("gpu-fast", "a GPU and no learned weights to start from: a light backbone and a narrower "
-                                   f"feature pyramid, images scaled so objects are ~{OBJECT_PX} px "
-                                   f"(128-{GPU_SIZE} px), fewer sampled regions and proposals, "
-                                   f"a {GPU_FAST_BUDGET_S:.0f} s run",
+        return Profile("gpu-fast", f"a GPU, no learned weights: a light model, objects scaled to ~{OBJECT_PX} px "
+                                   f"(128-{GPU_SIZE} px), fewer sampled regions, a {GPU_FAST_BUDGET_S:.0f} s run",
                        backbone=LIGHT_BACKBONE, min_size=size, batch_size=4, iterations=1500,
                        time_budget_s=GPU_FAST_BUDGET_S, model_overrides=dict(LIGHT_OVERRIDES))
     # cpu-fast: the images' own size (never upscaled past CPU_MAX_SIZE), a light backbone, fewer
     # sampled regions per image; each halves or more of a CPU step's time (bench/RESULTS.md).
     size = fast_size(sizes, objects or [], CPU_MAX_SIZE)
-    return Profile("cpu-fast", "a CPU: a light backbone and a narrower feature pyramid, images scaled so "
-                               f"objects are ~{OBJECT_PX} px (128-{CPU_MAX_SIZE} px), fewer sampled regions "
-                               f"and proposals, a 150 s run (up to {CPU_FAST_BUDGET_MAX_S:.0f} s while short of "
+    return Profile("cpu-fast", f"a CPU: a light model, objects scaled to ~{OBJECT_PX} px (128-{CPU_MAX_SIZE} px), "
+                               f"fewer sampled regions, a 150 s run (up to {CPU_FAST_BUDGET_MAX_S:.0f} s below "
                                f"{BUDGET_EPOCHS} passes over the images)",
                    backbone=LIGHT_BACKBONE, min_size=size, batch_size=2, iterations=500, time_budget_s=150.0,
                    time_budget_max_s=CPU_FAST_BUDGET_MAX_S, model_overrides=dict(LIGHT_OVERRIDES))
