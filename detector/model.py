@@ -330,6 +330,11 @@ def checkpoint_meta(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path}: not a readable checkpoint") from exc
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not a Loupe checkpoint")
+    return _meta(ckpt)
+
+
+def _meta(ckpt: dict) -> dict:
+    """A checkpoint's entries other than the weights and the optimizer's state."""
     return {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "scaler")}
 
 
@@ -376,6 +381,5 @@ def detector_from_checkpoint(ckpt: dict, categories: tuple[Category, ...] | None
             raise CheckpointError(f"{source}: no weights fit a {cfg.backbone} model")
         notice = (f"Loaded {source}; categories changed, class-specific layers rebuilt "
                   f"(kept rows for matching names)")
-    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "scaler")}
-    return Detector(model, cats, cfg, notice, meta)
+    return Detector(model, cats, cfg, notice, _meta(ckpt))
 

@@ -122,16 +122,14 @@ def apply_profile(cfg: TrainConfig, sizes: list[tuple[int, int]],
     Also raises the detections kept per image for dense data: at least 1.5x the most instances
     in one reviewed image (COCO's 100 would cap recall on crowded images such as nuclei).
     """
-    from .model import coco_cache_path
-
+    learned = learned_start(cfg)
     try:
         objects = [min(i.box[2] - i.box[0], i.box[3] - i.box[1]) for s in samples for i in s.instances]
-        prof = profiles.choose(cfg.profile, pick_device(cfg.device), sizes, objects, learned=learned_start(cfg))
+        prof = profiles.choose(cfg.profile, pick_device(cfg.device), sizes, objects, learned=learned)
     except ValueError as exc:
         raise TrainingError(str(exc)) from exc
-    backbone = cfg.backbone
-    if backbone is None and not (cfg.weights == "coco" and coco_cache_path().is_file()):
-        backbone = prof.backbone  # COCO weights at hand keep their ResNet-50 FPN v2
+    # learned weights keep their network: COCO's ResNet-50 FPN v2, a checkpoint's own
+    backbone = cfg.backbone if cfg.backbone is not None or learned else prof.backbone
     min_size = cfg.min_size or prof.min_size
     prof_overrides = dict(prof.model_overrides)
     if backbone != LIGHT_BACKBONE or cfg.weights not in (None, "none", "coco"):

@@ -286,10 +286,10 @@ class Trainer:
             per_step = (now - self._t_refit0) / (self.step - self._s_refit0)
         left = budget - (now - self._t_start)
         fit = self.step + int(max(0.0, left) / max(per_step, 1e-6))
-        longest = self.cfg.time_budget_max_s
-        if longest and fit < BUDGET_EPOCHS * self.steps_per_epoch:
+        longest, passes = self.cfg.time_budget_max_s, BUDGET_EPOCHS * self.steps_per_epoch
+        if longest and fit < passes:  # short of its passes: towards them, within the longer limit
             more = self.step + int(max(0.0, longest - (now - self._t_start)) / max(per_step, 1e-6))
-            fit = max(fit, min(BUDGET_EPOCHS * self.steps_per_epoch, more))
+            fit = max(fit, min(passes, more))
         if self.world > 1:  # every rank must stop at the same step
             t = torch.tensor([fit], device=self.device if self.device.type == "cuda" else "cpu")
             dist.all_reduce(t, op=dist.ReduceOp.MIN)

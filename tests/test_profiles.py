@@ -81,6 +81,9 @@ def test_a_gpu_run_from_random_weights_gets_the_light_model_and_a_time_budget(tm
     out, prof = apply_profile(TrainConfig(weights=scratch), NUCLEI)
     assert prof.name == "gpu-fast" and out.time_budget_s == profiles.GPU_FAST_BUDGET_S
     assert "fpn_channels" not in out.model_overrides  # the pyramid's width is the checkpoint's too
+    tuned = _checkpoint(tmp_path / "tuned.pt", from_random_init=False)
+    out, prof = apply_profile(TrainConfig(weights=tuned), NUCLEI)
+    assert (prof.name, out.backbone, out.min_size) == ("gpu", None, GPU_SIZE)  # learned: its own network
     # ... and COCO weights in the cache get the full model at 800 px
     cache = coco_cache_path()
     cache.parent.mkdir(parents=True)
