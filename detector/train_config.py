@@ -81,6 +81,10 @@ class TrainConfig:
     # backbone takes the batch whole); None: one per image, up to the cores; 1: one thread.
     # A GPU, and DistributedDataParallel, always take the batch whole.
     step_threads: int | None = None
+    # Processes that read, decode and augment the images (DataLoader workers); None: on a GPU one
+    # per two cores up to 8 (one thread fed a GPU ~4 nuclei steps a second), on a CPU none (the
+    # prefetch thread alone: the step needs the cores).
+    data_workers: int | None = None
     profile: str = "auto"  # fills what is left None: see detector.profiles
 
     def loss_weights(self) -> dict[str, float]:
@@ -235,6 +239,9 @@ OPTIONS = (
            "share of the cores (the backbone takes the batch whole; default: one per image, up to the "
            "cores; 1: off)",
            type=int, metavar="N"),
+    Option("data_workers", "--data-workers",
+           "processes that read and augment the images (default: on a GPU one per two cores, up to 8; "
+           "on a CPU 0, a thread)", type=int, metavar="N"),
     Option("model_overrides", "--model-option", "a model knob, e.g. anchor_sizes=16,32,64,128,256 "
                                                 "(repeatable)", kind="pairs", metavar="KEY=VALUE"),
 )

@@ -25,8 +25,9 @@ from .devices import cpu_bf16_fast, dist_info, is_out_of_memory, pick_device  # 
 from .model import Detector, prepare_roi_heads, save_checkpoint
 from .step_random import draw_per_step, drawing_from
 from .train_config import BUDGET_EPOCHS, EventKind, Hook, TrainConfig, TrainEvent, TrainResult  # noqa: F401 (re-exported)
-from .train_data import (AspectRatioBatches, LabelledImages, Sample, _coco_samples, _collate,  # noqa: F401
-                         _pinned, _prefetched, collect_samples, is_holdout, split_reviewed)
+from .train_data import (AspectRatioBatches, LabelledImages, RunBatches, Sample, _coco_samples,  # noqa: F401
+                         _collate, _pinned, _prefetched, collect_samples, data_loader, data_workers, is_holdout,
+                         split_reviewed)
 from .train_hooks import PeriodicCheckpointer, WeightAverage
 from .train_setup import (FINE_TUNE_ADAMW_LR, FINE_TUNE_SGD_LR_PER_IMAGE, apply_profile,  # noqa: F401
                           prepare_detector, starts_from_random, with_start_defaults)
@@ -138,6 +139,7 @@ class Trainer:
         self.amp_dtype = torch.float16 if cuda and not torch.cuda.is_bf16_supported() else torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
         self.step_threads = step_threads(cfg, self.device, self.world)
+        self.data_workers = data_workers(cfg.data_workers, self.device, self.world)
 
     @property
     def is_main(self) -> bool:
@@ -180,8 +182,8 @@ class Trainer:
             for m in self.model.backbone.modules():
                 if isinstance(m, torch.nn.BatchNorm2d):
                     m.eval()
-        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler,
-                                             collate_fn=_collate, num_workers=0)
+        first_epoch = self.step // self.steps_per_epoch
+        loader = data_loader(self.dataset, RunBatches(self.sampler, first_epoch), self.data_workers)
         for h in self.hooks:
             h.before_train(self)
         backend = f" ({dist.get_backend()})" if dist.is_initialized() else ""
@@ -199,39 +201,41 @@ class Trainer:
         t_last, n_last = time.perf_counter(), 0
         self._t_start = self.started if self.started is not None else t_last
         result: TrainResult | None = None
+        # Worker processes fork here, on this thread, before the prefetch and step threads start.
+        loaded = iter(loader)
         batches = None
         self.start_step_threads()
         try:
-            epoch = self.step // self.steps_per_epoch
-            while self.step < self.total_steps:
-                self.sampler.set_epoch(epoch)
-                batches = _prefetched(loader, prepare=_pinned if self.device.type == "cuda" else None)
-                for images, targets in batches:
-                    if self.step >= self.total_steps:
-                        break
-                    if self._cancelled():
-                        self.save(self.output, complete=False)
-                        self.emit(TrainEvent("cancelled", self.step, self.total_steps, epoch,
-                                             message="cancelled; progress saved, resumable"))
-                        result = TrainResult(False, str(self.output), self.step, self.images_seen,
-                                             cancelled=True, message="cancelled",
-                                             losses=self.last_losses)
-                        return result
-                    self._one_step(model, images, targets)
-                    self._fit_budget()
-                    self.local_images += len(images)
-                    self.images_seen += len(images) * self.world
-                    n_last += len(images) * self.world
-                    now = time.perf_counter()
-                    ips = n_last / max(1e-6, now - t_last)
-                    t_last, n_last = now, 0
-                    ev = TrainEvent("step", self.step, self.total_steps, epoch,
-                                    self.optimizer.param_groups[0]["lr"], dict(self.last_losses),
-                                    round(ips, 3))
-                    self.emit(ev)
-                    for h in self.hooks:
-                        h.after_step(self, ev)
-                epoch += 1
+            epoch, taken = first_epoch, 0
+            batches = _prefetched(loaded, prepare=_pinned if self.device.type == "cuda" else None)
+            for images, targets in batches:
+                if self.step >= self.total_steps:
+                    break
+                epoch = first_epoch + taken // self.steps_per_epoch
+                taken += 1
+                if self._cancelled():
+                    self.save(self.output, complete=False)
+                    self.emit(TrainEvent("cancelled", self.step, self.total_steps, epoch,
+                                         message="cancelled; progress saved, resumable"))
+                    result = TrainResult(False, str(self.output), self.step, self.images_seen,
+                                         cancelled=True, message="cancelled",
+                                         losses=self.last_losses)
+                    return result
+                self._one_step(model, images, targets)
+                self._fit_budget()
+                self.local_images += len(images)
+                self.images_seen += len(images) * self.world
+                n_last += len(images) * self.world
+                now = time.perf_counter()
+                ips = n_last / max(1e-6, now - t_last)
+                t_last, n_last = now, 0
+                ev = TrainEvent("step", self.step, self.total_steps, epoch,
+                                self.optimizer.param_groups[0]["lr"], dict(self.last_losses),
+                                round(ips, 3))
+                self.emit(ev)
+                for h in self.hooks:
+                    h.after_step(self, ev)
+            epoch = first_epoch + math.ceil(taken / self.steps_per_epoch)
             self.images_per_rank = self._gather_counts()
             self.save(self.output, complete=True)
             self.emit(TrainEvent("done", self.step, self.total_steps, epoch, losses=self.last_losses,

@@ -63,7 +63,12 @@ def test_checkpoint_from_the_gpu_predicts_the_same_on_the_cpu(gpu_trained):
         twin = max(on_gpu, key=lambda g: _iou(M.decode(g.mask), M.decode(inst.mask)))
         assert twin.category_id == inst.category_id
         assert np.allclose(twin.box, inst.box, atol=1.0)
-        assert _iou(M.decode(twin.mask), M.decode(inst.mask)) > 0.95
+        # The GPU's convolutions run in TF32 (cuDNN's default): a soft edge's pixels near 0.5 may
+        # flip (the H200 run of 2026-11-27 had one 27 x 16 px mask at IoU 0.93, its box identical),
+        # so the masks must agree everywhere but along the edge.
+        cpu_mask, gpu_mask = M.decode(inst.mask).astype(bool), M.decode(twin.mask).astype(bool)
+        assert _iou(gpu_mask, cpu_mask) > 0.8
+        assert _off_edge(cpu_mask, gpu_mask) <= 0.02 * cpu_mask.sum()
 
 
 def test_device_paste_equals_cpu_paste_on_the_gpu(gpu_trained):
@@ -130,6 +135,19 @@ def fresh_reopen(folder):
     p = Project(folder)
     p.scan()
     return p
+
+
+def _grow(m: np.ndarray) -> np.ndarray:
+    """``m`` dilated by one pixel (3 x 3)."""
+    p = np.pad(m, 1)
+    h, w = m.shape
+    return np.any([p[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], axis=0)
+
+
+def _off_edge(a: np.ndarray, b: np.ndarray) -> int:
+    """Pixels where masks ``a`` and ``b`` differ more than one pixel away from ``a``'s edge."""
+    band = _grow(a) & _grow(~a)
+    return int(((a != b) & ~band).sum())
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
