@@ -1,6 +1,6 @@
 """The GPU suite: every CUDA check and GPU figure in one call, written as JSON lines as it goes.
 
-    python bench/gpu_suite.py OUTDIR [--smoke] [--budget-s 450] [--only a,b] [--nuclei DIR]
+    python bench/gpu_suite.py OUTDIR [--smoke [--jobs 2]] [--budget-s 450] [--only a,b] [--nuclei DIR]
 
 Steps run in order of importance; each has its own timeout, and none starts once the budget is
 spent (it is recorded as skipped), so a lent device's short lease always brings figures back.
