@@ -292,7 +292,7 @@ def data_loader(dataset: LabelledImages, batches: RunBatches, workers: int) -> t
         ctx = mp.get_context("fork")
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=_collate, num_workers=workers,
                                        worker_init_fn=seed_worker if workers else None,
-                                       multiprocessing_context=ctx, persistent_workers=False)
+                                       multiprocessing_context=ctx)
 
 
 def data_workers(asked: int | None, device: torch.device, world: int) -> int:
@@ -304,7 +304,7 @@ def data_workers(asked: int | None, device: torch.device, world: int) -> int:
     if device.type != "cuda":
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
-    return max(1, min(8, cores // (2 * max(1, world))))
+    return max(1, min(8, cores // (2 * world)))
 
 
 def _collate(batch):

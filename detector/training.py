@@ -207,11 +207,12 @@ class Trainer:
         self.start_step_threads()
         try:
             epoch, taken = first_epoch, 0
+            per_pass = len(self.sampler)  # batches in one pass (orientation groups may add part-batches)
             batches = _prefetched(loaded, prepare=_pinned if self.device.type == "cuda" else None)
             for images, targets in batches:
                 if self.step >= self.total_steps:
                     break
-                epoch = first_epoch + taken // self.steps_per_epoch
+                epoch = first_epoch + taken // per_pass
                 taken += 1
                 if self._cancelled():
                     self.save(self.output, complete=False)
@@ -235,7 +236,7 @@ class Trainer:
                 self.emit(ev)
                 for h in self.hooks:
                     h.after_step(self, ev)
-            epoch = first_epoch + math.ceil(taken / self.steps_per_epoch)
+            epoch = first_epoch + math.ceil(taken / per_pass)
             self.images_per_rank = self._gather_counts()
             self.save(self.output, complete=True)
             self.emit(TrainEvent("done", self.step, self.total_steps, epoch, losses=self.last_losses,
