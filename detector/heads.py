@@ -1,10 +1,12 @@
 """Changes to torchvision's RoI heads that keep its weights and state-dict keys: in training, the
 keypoint head on keypoint categories' regions only and optional label smoothing for the region
-classifier; layers kept in float32 under autocast, and anchors made in float32."""
+classifier; layers kept in float32 under autocast, anchors made in float32, and an RPN that can
+skip the stride-4 level."""
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,7 @@ from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.roi_heads import RoIHeads, keypointrcnn_loss
+from torchvision.models.detection.rpn import RegionProposalNetwork
 
 from .domain import Category
 
@@ -148,3 +151,16 @@ class Float32Anchors(AnchorGenerator):
         # only the maps' shapes, dtype and device are read: stand-ins with no storage of their own
         shapes = [torch.empty((), dtype=torch.float32, device=f.device).expand(f.shape) for f in feature_maps]
         return super().forward(image_list, shapes)
+
+
+class CoarseRPN(RegionProposalNetwork):
+    """torchvision's RPN over every pyramid level but the finest (stride 4): the same head and
+    weights, anchors from the next level up (strides 8-64). The RoI heads still pool from stride 4.
+
+    The stride-4 map holds three quarters of the pyramid's positions, so its share of the RPN's
+    3x3 convolution, objectness ranking and anchor matching goes with it.
+    """
+
+    def forward(self, images, features, targets=None):
+        first = next(iter(features))
+        return super().forward(images, OrderedDict((k, v) for k, v in features.items() if k != first), targets)

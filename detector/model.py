@@ -30,7 +30,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from .errors import LoupeError
 from .domain import Category
-from .heads import Float32Anchors, in_float32, keypoint_slices, prepare_roi_heads  # noqa: F401
+from .heads import CoarseRPN, Float32Anchors, in_float32, keypoint_slices, prepare_roi_heads  # noqa: F401
 from .pooling import PyramidRoIAlign
 from .train_config import BACKBONES, DEFAULT_BACKBONE, GPU_SIZE, LIGHT_BACKBONE
 from .transfer import class_rows_by_name, keypoint_rows_by_name, transfer_weights  # noqa: F401
@@ -65,6 +65,10 @@ class ModelConfig:
     box_detections_per_img: int = 100
     trainable_layers: int = 5
     fpn_channels: int = 256  # feature pyramid width (resnet18 only); 128 is the CPU profile's
+    # The stride-4 level (P2) is a CPU step's largest part: its 3x3 pyramid output convolution and
+    # the RPN's 3x3 convolution there each cost about as much as the trunk's whole stride-4 stage.
+    rpn_stride4: bool = True  # False: the RPN proposes from strides 8-64 only (anchor_sizes[:4])
+    fpn_stride4_conv: bool = True  # False: P2 is the merged lateral + top-down map, no 3x3 after
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -105,8 +109,8 @@ class Detector:
 
 def _architecture(num_classes: int, num_keypoints: int, cfg: ModelConfig) -> MaskRCNN:
     """Random-init Mask R-CNN with real BatchNorm (trainable from scratch), keypoint head if K>0."""
-    anchors = Float32Anchors(tuple((s,) for s in cfg.anchor_sizes),
-                             (tuple(cfg.aspect_ratios),) * len(cfg.anchor_sizes))
+    rpn_sizes = cfg.anchor_sizes if cfg.rpn_stride4 else cfg.anchor_sizes[:4]
+    anchors = Float32Anchors(tuple((s,) for s in rpn_sizes), (tuple(cfg.aspect_ratios),) * len(rpn_sizes))
     kw = dict(
         min_size=cfg.min_size, max_size=cfg.max_size, rpn_anchor_generator=anchors,
         rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
@@ -129,6 +133,10 @@ def _architecture(num_classes: int, num_keypoints: int, cfg: ModelConfig) -> Mas
     if build is None:
         raise ValueError(f"unknown backbone {cfg.backbone!r} (known: {', '.join(BACKBONES)})")
     model, kp_layers = build(cfg, num_classes, anchors, kw)
+    if not cfg.rpn_stride4:
+        model.rpn.__class__ = CoarseRPN
+    if not cfg.fpn_stride4_conv:
+        model.backbone.fpn.layer_blocks[0] = nn.Identity()
     if num_keypoints:
         rh = model.roi_heads
         rh.keypoint_roi_pool = PyramidRoIAlign(["0", "1", "2", "3"], 14, 2)

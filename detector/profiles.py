@@ -41,10 +41,17 @@ def short_side(sizes: list[tuple[int, int]]) -> int | None:
 OBJECT_PX = 48  # the median object's shorter side, in model-input pixels, that the fast profiles aim at
 
 
-def fast_size(sizes: list[tuple[int, int]], objects: list[float], cap: int = CPU_MAX_SIZE) -> int:
+# On a CPU that trains in float32 (no bfloat16 matrix units: most laptops) a step is compute-bound
+# and its cost follows the pixels: objects at ~32 px (the smallest anchor) there. bench/RESULTS.md
+# ("A CPU without AMX") has the runs: the demo's first model kept its AP50 in ~60 % of the time.
+FLOAT32_CPU_OBJECT_PX = 32
+
+
+def fast_size(sizes: list[tuple[int, int]], objects: list[float], cap: int = CPU_MAX_SIZE,
+              object_px: int = OBJECT_PX) -> int:
     """The model input's shorter side for the fast profiles: the image scaled so the median
-    labelled object is about OBJECT_PX pixels across (the smallest anchor is 32), between 128 and
-    ``cap`` (CPU_MAX_SIZE on a CPU, GPU_SIZE on a GPU).
+    labelled object is about ``object_px`` pixels across (the smallest anchor is 32), between 128
+    and ``cap`` (CPU_MAX_SIZE on a CPU, GPU_SIZE on a GPU).
 
     Scaling by the objects rather than the image holds on both kinds of data seen so far: the
     demo's shapes (~70 px in 240 px images) stay at ~224 px inputs instead of being upscaled to 512,
@@ -55,7 +62,7 @@ def fast_size(sizes: list[tuple[int, int]], objects: list[float], cap: int = CPU
         return cap
     if objects:
         obj = statistics.median(objects)
-        side = side * OBJECT_PX / max(obj, 1.0)
+        side = side * object_px / max(obj, 1.0)
     return int(min(cap, max(128, _round32(side))))
 
 
@@ -76,9 +83,11 @@ CPU_FAST_BUDGET_MAX_S = 280.0
 
 
 def choose(name: str, device: torch.device, sizes: list[tuple[int, int]],
-           objects: list[float] | None = None, learned: bool = False) -> Profile:
+           objects: list[float] | None = None, learned: bool = False, float32_cpu: bool = False) -> Profile:
     """The profile called ``name`` for images of ``sizes`` (w, h) whose labelled objects have
-    shorter sides ``objects`` (pixels). "auto" picks by the device and the start: a CPU always
+    shorter sides ``objects`` (pixels); ``float32_cpu``: the CPU trains in float32 (no bfloat16
+    matrix units, or autocast turned off), so cpu-fast spends fewer pixels and an RPN without the
+    stride-4 level. "auto" picks by the device and the start: a CPU always
     cpu-fast; a GPU the full model (gpu) when the run starts from ``learned`` weights (COCO's, or
     a checkpoint that does not go back to random weights), else gpu-fast. From random weights the
     full model was not useful in a GPU's first half-minute (ResNet-50 FPN v2 at 800 px, 100 steps
@@ -106,9 +115,13 @@ def choose(name: str, device: torch.device, sizes: list[tuple[int, int]],
                        time_budget_s=GPU_FAST_BUDGET_S, model_overrides=dict(LIGHT_OVERRIDES))
     # cpu-fast: the images' own size (never upscaled past CPU_MAX_SIZE), a light backbone, fewer
     # sampled regions per image; each halves or more of a CPU step's time (bench/RESULTS.md).
-    size = fast_size(sizes, objects or [], CPU_MAX_SIZE)
-    return Profile("cpu-fast", f"a CPU: a light model, objects scaled to ~{OBJECT_PX} px (128-{CPU_MAX_SIZE} px), "
-                               f"fewer sampled regions, a 150 s run (up to {CPU_FAST_BUDGET_MAX_S:.0f} s below "
-                               f"{BUDGET_EPOCHS} passes over the images)",
+    obj_px = FLOAT32_CPU_OBJECT_PX if float32_cpu else OBJECT_PX
+    size = fast_size(sizes, objects or [], CPU_MAX_SIZE, obj_px)
+    kind = "a CPU in float32" if float32_cpu else "a CPU"
+    rpn = ", proposals from strides 8-64" if float32_cpu else ""
+    return Profile("cpu-fast", f"{kind}: a light model, objects scaled to ~{obj_px} px (128-{CPU_MAX_SIZE} px), "
+                               f"fewer sampled regions{rpn}, a 150 s run (up to {CPU_FAST_BUDGET_MAX_S:.0f} s "
+                               f"below {BUDGET_EPOCHS} passes over the images)",
                    backbone=LIGHT_BACKBONE, min_size=size, batch_size=2, iterations=500, time_budget_s=150.0,
-                   time_budget_max_s=CPU_FAST_BUDGET_MAX_S, model_overrides=dict(LIGHT_OVERRIDES))
+                   time_budget_max_s=CPU_FAST_BUDGET_MAX_S,
+                   model_overrides={**LIGHT_OVERRIDES, **({"rpn_stride4": False} if float32_cpu else {})})

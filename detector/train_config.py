@@ -264,7 +264,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_model_options(pairs: list[str] | None) -> dict:
-    """``KEY=VALUE`` pairs for ModelConfig fields (numbers and comma lists parsed)."""
+    """``KEY=VALUE`` pairs for ModelConfig fields (numbers, comma lists and true/false parsed)."""
     from .model import ModelConfig
 
     known = ModelConfig.__dataclass_fields__
@@ -273,6 +273,13 @@ def parse_model_options(pairs: list[str] | None) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or key not in known:
             raise ValueError(f"--model-option {pair!r}: expected KEY=VALUE with KEY one of {', '.join(known)}")
+        if isinstance(known[key].default, bool):
+            flag = {"true": True, "1": True, "yes": True, "on": True,
+                    "false": False, "0": False, "no": False, "off": False}.get(value.strip().lower())
+            if flag is None:
+                raise ValueError(f"--model-option {pair!r}: {key} is true or false")
+            out[key] = flag
+            continue
         parts = [v for v in value.split(",") if v]
         try:
             nums = [float(v) if any(c in v for c in ".e") else int(v) for v in parts]

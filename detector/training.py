@@ -393,8 +393,10 @@ class Trainer:
             futures = [pool.submit(part, j) for j in range(len(spans))]
             wait(futures)  # every part ends before an error (the first part's) is raised
             done = [f.result() for f in futures]
-        keys = list(features)  # the RPN reads every level, so every slice has a gradient
-        torch.autograd.backward([features[k] for k in keys], [torch.cat([sl[k].grad for sl in slices]) for k in keys])
+        # a level no part read (the RPN may skip stride 4; a part may pool nothing there) has no gradient
+        grads = {k: [sl[k].grad if sl[k].grad is not None else torch.zeros_like(sl[k]) for sl in slices]
+                 for k in features}
+        torch.autograd.backward(list(features.values()), [torch.cat(grads[k]) for k in features])
         shares = [(b - a) / n for a, b in spans]
         losses = {k: sum(d[0][k].detach().float() * w for d, w in zip(done, shares)) for k in done[0][0]}
         return losses, sum(d[1].detach().float() * w for d, w in zip(done, shares))

@@ -326,3 +326,47 @@ def test_anchors_stay_float32_under_bfloat16_autocast():
     theirs = plain(images, maps)
     assert len(ours) == 2 and all(a.dtype == torch.float32 and torch.equal(a, b) for a, b in zip(ours, exact))
     assert float((theirs[0].float() - exact[0]).abs().max()) >= 2.0  # torchvision's own, in bfloat16
+
+
+def test_a_coarse_rpn_and_a_stride_4_level_without_its_3x3_train_and_survive_a_checkpoint(tmp_path):
+    """rpn_stride4=False: the RPN's anchors come from strides 8-64 only (its head and weights as
+    before), while the RoI heads still pool from stride 4; fpn_stride4_conv=False: P2 has no 3x3
+    output convolution. Both train, and a checkpoint rebuilds the same architecture."""
+    from dataclasses import replace
+
+    from detector.heads import CoarseRPN
+
+    images, targets, cats = _shapes_batch(tmp_path, n=2, seed=1)
+    cfg = replace(LIGHT, rpn_stride4=False, fpn_stride4_conv=False)
+    det = build_model(categories=cats, weights="none", config=cfg)
+    m = det.model.train()
+    base = set(build_model(categories=cats, weights="none", config=LIGHT).model.state_dict())
+    gone = base - set(m.state_dict())
+    assert "backbone.fpn.layer_blocks.0.0.weight" in gone
+    assert all(k.startswith("backbone.fpn.layer_blocks.0.") for k in gone)
+    assert set(m.state_dict()) <= base and isinstance(m.rpn, CoarseRPN)
+    seen = {}
+    m.rpn.anchor_generator.register_forward_hook(lambda mod, i, o: seen.update(batch=i[0], maps=i[1], anchors=o))
+    pooled = []
+    m.roi_heads.box_roi_pool.register_forward_hook(lambda mod, i, o: pooled.append(set(i[0])))
+    losses = m(list(images), list(targets))
+    width = seen["batch"].tensors.shape[-1]
+    assert [round(width / f.shape[-1]) for f in seen["maps"]] == [8, 16, 32, 64]
+    assert len(seen["anchors"][0]) == 3 * sum(f.shape[-2] * f.shape[-1] for f in seen["maps"])
+    assert "0" in pooled[0]  # the heads still see stride 4
+    sum(losses.values()).backward()
+    assert m.backbone.fpn.inner_blocks[0][0].weight.grad.abs().sum() > 0  # P2 learns through the heads
+    assert m.rpn.head.conv[0][0].weight.grad.abs().sum() > 0
+    again = detector_from_checkpoint(load_checkpoint(save_checkpoint(tmp_path / "m.pt", det)))
+    assert isinstance(again.model.rpn, CoarseRPN) and not again.config.fpn_stride4_conv
+    a, b = _outputs(det), _outputs(again)
+    assert torch.equal(a["boxes"], b["boxes"])
+
+
+def test_model_options_parse_true_and_false():
+    from detector.train_config import parse_model_options
+
+    assert parse_model_options(["rpn_stride4=false", "fpn_stride4_conv=1"]) == {"rpn_stride4": False,
+                                                                             "fpn_stride4_conv": True}
+    with pytest.raises(ValueError, match="true or false"):
+        parse_model_options(["rpn_stride4=maybe"])

@@ -102,3 +102,23 @@ def test_cpu_fast_may_go_on_past_its_budget_unless_the_person_set_a_length(monke
         assert out.time_budget_max_s is None, own
     out, _ = apply_profile(TrainConfig(weights="none", time_budget_max_s=200.0), DEMO)
     assert (out.time_budget_s, out.time_budget_max_s) == (150.0, 200.0)
+
+
+def test_a_cpu_that_trains_in_float32_gets_fewer_pixels_and_an_rpn_from_stride_8(monkeypatch):
+    """Without bfloat16 units a CPU step's cost follows the pixels: objects at ~32 px, not 48, and
+    no RPN at stride 4. A CPU with AMX keeps the profile measured there, unless autocast is off."""
+    f32 = profiles.choose("auto", CPU, DEMO, [70.0], float32_cpu=True)
+    amx = profiles.choose("auto", CPU, DEMO, [70.0])
+    assert (f32.min_size, amx.min_size) == (128, 160)  # 240 * 32 / 70 -> 110, never below 128
+    assert profiles.choose("auto", CPU, DEMO, [51.0], float32_cpu=True).min_size == 160  # the demo's real median
+    assert f32.model_overrides == {**profiles.LIGHT_OVERRIDES, "rpn_stride4": False} and "float32" in f32.reason
+    assert amx.model_overrides == profiles.LIGHT_OVERRIDES and "stride" not in amx.reason
+    assert profiles.choose("auto", CPU, NUCLEI, [15.0], float32_cpu=True).min_size == CPU_MAX_SIZE
+    assert profiles.choose("auto", GPU, DEMO, [70.0], float32_cpu=True).model_overrides == profiles.LIGHT_OVERRIDES
+    monkeypatch.setattr(train_setup, "pick_device", lambda name=None: CPU)
+    for bf16, amp, coarse in ((False, True, True), (True, True, False), (True, False, True)):
+        monkeypatch.setattr(train_setup, "cpu_bf16_fast", lambda bf16=bf16: bf16)
+        out, prof = apply_profile(TrainConfig(weights="none", amp=amp), DEMO)
+        assert (out.model_overrides.get("rpn_stride4") is False) == coarse, (bf16, amp)
+    out, _ = apply_profile(TrainConfig(weights="none", model_overrides={"rpn_stride4": True}), DEMO)
+    assert out.model_overrides["rpn_stride4"] is True  # what the person set wins
