@@ -12,6 +12,7 @@
    the imports no Qt+torch app can avoid.
 
     python bench/bench_gui.py [--images 24] [--size 640x480] [--backbone resnet18] [--device cpu]
+                              [--detections 100]
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--launch-repeats", type=int, default=3)
     ap.add_argument("--train-steps", type=int, default=20)
+    ap.add_argument("--detections", type=int, default=100, help="kept per image (a random model fills them all)")
     args = ap.parse_args()
     w, h = (int(v) for v in args.size.split("x"))
     app = QApplication.instance() or QApplication([])
@@ -120,7 +122,8 @@ def main() -> None:
         gt = generate(folder, n_images=args.images, seed=11, size=(w, h))
         torch.manual_seed(0)
         det = build_model(categories=CATEGORIES, weights="none",
-                          config=ModelConfig(backbone=args.backbone, min_size=h, max_size=w))
+                          config=ModelConfig(backbone=args.backbone, min_size=h, max_size=w,
+                                             box_detections_per_img=args.detections))
         ckpt = save_checkpoint(Path(tmp) / "m.pt", det)
         with Project(folder) as p:
             p.scan()

@@ -15,7 +15,7 @@
    grid; RoI Align samples bilinearly); mask and box AP on unseen images.
 
     python bench/bench_ladder.py [--device cpu] [--images 2] [--size 480] [--proposals 2000]
-                                 [--train-steps 200] [--smoke] [--no-speed] [--no-pooling]
+                                 [--train-steps 200] [--detections 100] [--smoke] [--no-speed] [--no-pooling]
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def speed_ladder(args, device, tmp: Path) -> dict:
     generate(folder, n_images=args.images, seed=21, size=(w, h))
     torch.manual_seed(0)
     cfg = ModelConfig(backbone=args.backbone, min_size=h, max_size=w, rpn_pre_nms_top_n_test=args.proposals,
-                      rpn_post_nms_top_n_test=args.proposals)
+                      rpn_post_nms_top_n_test=args.proposals, box_detections_per_img=args.detections)
     det = build_model(categories=CATEGORIES, weights="none", config=cfg)
     pred = Predictor(det, device, batch_size=1)
     model = pred.model
@@ -163,7 +163,8 @@ def pooling_comparison(args, device, tmp: Path) -> list[dict]:
     for pooling in ("roi_align", "roi_pool"):
         torch.manual_seed(args.seed)
         mcfg = ModelConfig(backbone="resnet18", min_size=size, max_size=size * 2,
-                           anchor_sizes=(8, 16, 32, 64, 128), box_batch_size_per_image=128)
+                           anchor_sizes=(8, 16, 32, 64, 128), box_batch_size_per_image=128,
+                           box_detections_per_img=args.detections)
         det = build_model(categories=CATEGORIES, weights="none", config=mcfg)
         if pooling == "roi_pool":
             use_roi_pool(det.model)
@@ -200,13 +201,14 @@ def main() -> None:
     ap.add_argument("--rcnn-regions", type=int, default=64, help="regions timed per image on a CPU")
     ap.add_argument("--train-steps", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--detections", type=int, default=100, help="kept per image (COCO's 100)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--no-pooling", action="store_true")
     args = ap.parse_args()
     if args.smoke:
         args.images, args.size, args.proposals, args.rcnn_regions = 1, 96, 50, 8
-        args.backbone, args.train_steps = "resnet18", 2
+        args.backbone, args.train_steps, args.detections = "resnet18", 2, 10
     device = pick_device(args.device)
     with tempfile.TemporaryDirectory() as tmp_:
         if not args.no_speed:

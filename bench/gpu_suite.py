@@ -47,7 +47,7 @@ def steps(smoke: bool, nuclei: str, tmp: Path) -> list[tuple[str, list[str], int
             ("torchrun", _torchrun(tmp, smoke=True), 180),
             ("ladder", b + ["bench/bench_ladder.py", "--smoke", *dev], 120),
             ("gui", b + ["bench/bench_gui.py", "--images", "8", "--size", "96x72", "--launch-repeats", "1",
-                         "--train-steps", "1", *dev], 240),
+                         "--train-steps", "1", "--detections", "10", *dev], 240),
         ]
     dev = ["--device", "cuda"]
     big = ["--backbone", "resnet50_v2"]

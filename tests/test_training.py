@@ -656,7 +656,8 @@ def test_a_step_split_over_threads_adds_up_the_gradients_of_its_parts(tmp_path):
     p.close()
     assert any(c.keypoints for c in cats)
     every = ModelConfig(backbone="resnet18", min_size=96, max_size=128, anchor_sizes=(8, 16, 32, 64, 128),
-                        rpn_batch_size_per_image=10 ** 6, box_batch_size_per_image=10 ** 6)
+                        rpn_batch_size_per_image=10 ** 6, box_batch_size_per_image=10 ** 6,
+                        rpn_pre_nms_top_n_train=150, rpn_post_nms_top_n_train=60)  # few regions, all of them
     torch.manual_seed(0)
     det = build_model(categories=cats, weights="none", config=every)
     cfg_ = TrainConfig(weights="none", backbone="resnet18", batch_size=4, iterations=1, min_size=96,
