@@ -65,10 +65,9 @@ class ModelConfig:
     box_detections_per_img: int = 100
     trainable_layers: int = 5
     fpn_channels: int = 256  # feature pyramid width (resnet18 only); 128 is the CPU profile's
-    # The stride-4 level (P2) is a CPU step's largest part: its 3x3 pyramid output convolution and
-    # the RPN's 3x3 convolution there each cost about as much as the trunk's whole stride-4 stage.
+    # The stride-4 level is a float32 CPU step's largest part: the RPN's 3x3 convolution there costs
+    # about as much as the trunk's whole stride-4 stage (bench/RESULTS.md, "A CPU without AMX").
     rpn_stride4: bool = True  # False: the RPN proposes from strides 8-64 only (anchor_sizes[:4])
-    fpn_stride4_conv: bool = True  # False: P2 is the merged lateral + top-down map, no 3x3 after
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -135,8 +134,6 @@ def _architecture(num_classes: int, num_keypoints: int, cfg: ModelConfig) -> Mas
     model, kp_layers = build(cfg, num_classes, anchors, kw)
     if not cfg.rpn_stride4:
         model.rpn.__class__ = CoarseRPN
-    if not cfg.fpn_stride4_conv:
-        model.backbone.fpn.layer_blocks[0] = nn.Identity()
     if num_keypoints:
         rh = model.roi_heads
         rh.keypoint_roi_pool = PyramidRoIAlign(["0", "1", "2", "3"], 14, 2)
