@@ -110,7 +110,7 @@ def test_a_cpu_that_trains_in_float32_gets_fewer_pixels_and_an_rpn_from_stride_8
     f32 = profiles.choose("auto", CPU, DEMO, [70.0], float32_cpu=True)
     amx = profiles.choose("auto", CPU, DEMO, [70.0])
     assert (f32.min_size, amx.min_size) == (128, 160)  # 240 * 32 / 70 -> 110, never below 128
-    assert profiles.choose("auto", CPU, DEMO, [51.0], float32_cpu=True).min_size == 160  # the demo's real median
+    assert profiles.choose("auto", CPU, DEMO, [51.0], float32_cpu=True).min_size == 160  # 240 * 32 / 51 -> 151
     assert f32.model_overrides == {**profiles.LIGHT_OVERRIDES, "rpn_stride4": False} and "float32" in f32.reason
     assert amx.model_overrides == profiles.LIGHT_OVERRIDES and "stride" not in amx.reason
     assert profiles.choose("auto", CPU, NUCLEI, [15.0], float32_cpu=True).min_size == CPU_MAX_SIZE
