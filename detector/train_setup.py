@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from . import profiles
 from .errors import TrainingError
-from .devices import cpu_bf16_fast, dist_info, pick_device
+from .devices import cpu_autocast, dist_info, pick_device
 from .model import (CheckpointError, Detector, ModelConfig, build_model, checkpoint_meta, detector_from_checkpoint,
                     load_checkpoint)
 from .profiles import Profile
@@ -126,8 +126,7 @@ def apply_profile(cfg: TrainConfig, sizes: list[tuple[int, int]],
     try:
         objects = [min(i.box[2] - i.box[0], i.box[3] - i.box[1]) for s in samples for i in s.instances]
         device = pick_device(cfg.device)
-        # as detector.training decides: bfloat16 autocast on a CPU with AMX, one process, unless turned off
-        float32_cpu = device.type == "cpu" and not (cfg.amp and cpu_bf16_fast() and dist_info()[1] == 1)
+        float32_cpu = device.type == "cpu" and not cpu_autocast(cfg.amp, dist_info()[1])
         prof = profiles.choose(cfg.profile, device, sizes, objects, learned=learned, float32_cpu=float32_cpu)
     except ValueError as exc:
         raise TrainingError(str(exc)) from exc

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torchvision.models.detection.image_list import ImageList
 
 from .errors import TrainingError
-from .devices import cpu_bf16_fast, dist_info, is_out_of_memory, pick_device  # noqa: F401
+from .devices import cpu_autocast, dist_info, is_out_of_memory, pick_device  # noqa: F401
 from .model import Detector, prepare_roi_heads, save_checkpoint
 from .step_random import draw_per_step, drawing_from
 from .train_config import BUDGET_EPOCHS, EventKind, Hook, TrainConfig, TrainEvent, TrainResult  # noqa: F401 (re-exported)
@@ -131,11 +131,8 @@ class Trainer:
         cuda = self.device.type == "cuda"
         # A GPU: bfloat16 where it has it (Ampere and later): float32's range, so no loss scaling
         # and no overflow from random initial weights; float16 with a GradScaler elsewhere.
-        # A CPU with bfloat16 matrix units (AMX): bfloat16 autocast (see cpu_bf16_fast), in one
-        # process only: a two-process gloo run on the CPU had a rank abort (SIGABRT) in 2 of ~4
-        # full test runs once bfloat16 was on, cause not found; CPU DDP is for tests and small
-        # jobs, GPUs have their own autocast.
-        self.amp = cfg.amp and (cuda or (self.device.type == "cpu" and self.world == 1 and cpu_bf16_fast()))
+        # A CPU with bfloat16 matrix units (AMX): bfloat16 autocast in one process (cpu_autocast).
+        self.amp = (cfg.amp and cuda) or (self.device.type == "cpu" and cpu_autocast(cfg.amp, self.world))
         self.amp_dtype = torch.float16 if cuda and not torch.cuda.is_bf16_supported() else torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
         self.step_threads = step_threads(cfg, self.device, self.world)

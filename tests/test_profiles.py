@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from detector import profiles, train_setup
+from detector import devices, profiles, train_setup
 from detector.domain import Category
 from detector.model import ModelConfig, build_model, coco_cache_path, save_checkpoint
 from detector.train_config import CPU_MAX_SIZE, GPU_SIZE, TrainConfig
@@ -117,7 +117,7 @@ def test_a_cpu_that_trains_in_float32_gets_fewer_pixels_and_an_rpn_from_stride_8
     assert profiles.choose("auto", GPU, DEMO, [70.0], float32_cpu=True).model_overrides == profiles.LIGHT_OVERRIDES
     monkeypatch.setattr(train_setup, "pick_device", lambda name=None: CPU)
     for bf16, amp, coarse in ((False, True, True), (True, True, False), (True, False, True)):
-        monkeypatch.setattr(train_setup, "cpu_bf16_fast", lambda bf16=bf16: bf16)
+        monkeypatch.setattr(devices, "cpu_bf16_fast", lambda bf16=bf16: bf16)
         out, prof = apply_profile(TrainConfig(weights="none", amp=amp), DEMO)
         assert (out.model_overrides.get("rpn_stride4") is False) == coarse, (bf16, amp)
     out, _ = apply_profile(TrainConfig(weights="none", model_overrides={"rpn_stride4": True}), DEMO)

@@ -405,9 +405,9 @@ class _Precision(Hook):
 def test_cpu_bfloat16_training_where_the_cpu_has_amx_and_float32_when_asked(tmp_path, monkeypatch):
     """On a CPU with bfloat16 matrix units training runs under bfloat16 autocast and the losses
     stay finite; ``amp=False`` (``loupe train --no-amp``) and ``LOUPE_CPU_BF16=0`` keep float32."""
-    import detector.training as T
+    import detector.devices as D
 
-    monkeypatch.setattr(T, "cpu_bf16_fast", lambda: True)
+    monkeypatch.setattr(D, "cpu_bf16_fast", lambda: True)
     p, _ = _labelled(tmp_path / "f", n=2)
     for amp, want in ((True, True), (False, False)):
         hook, events = _Precision(), []
@@ -419,7 +419,7 @@ def test_cpu_bfloat16_training_where_the_cpu_has_amx_and_float32_when_asked(tmp_
     p.close()
     monkeypatch.undo()
     monkeypatch.setenv("LOUPE_CPU_BF16", "0")
-    assert T.cpu_bf16_fast() is False
+    assert D.cpu_bf16_fast() is False and D.cpu_autocast(True, 1) is False
 
 
 class _Clock(Hook):
