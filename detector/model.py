@@ -34,6 +34,7 @@ from .heads import CoarseRPN, Float32Anchors, in_float32, keypoint_slices, prepa
 from .pooling import PyramidRoIAlign
 from .train_config import BACKBONES, DEFAULT_BACKBONE, GPU_SIZE, LIGHT_BACKBONE
 from .transfer import class_rows_by_name, keypoint_rows_by_name, transfer_weights  # noqa: F401
+from .trunk import load_trunk, offline
 
 CHECKPOINT_FORMAT = "loupe-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -181,6 +182,8 @@ def coco_state_dict(which: str = "mask") -> dict[str, torch.Tensor] | None:
     """torchvision's COCO weights from its cache (downloaded there if possible), else None."""
     w = (MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1 if which == "mask"
          else KeypointRCNN_ResNet50_FPN_Weights.COCO_V1)
+    if offline() and not coco_cache_path(which).is_file():
+        return None
     try:
         return w.get_state_dict(progress=False, check_hash=False)
     except Exception:  # offline, or a broken cache file: fall back to the next option
@@ -194,13 +197,14 @@ def coco_cache_path(which: str = "mask") -> Path:
 
 
 def build_model(*, categories: list[Category] | tuple[Category, ...], weights: str | os.PathLike | None = "coco",
-                config: ModelConfig | None = None) -> Detector:
+                config: ModelConfig | None = None, trunk: tuple[dict | None, str] | None = None) -> Detector:
     """Build a Detector for ``categories``.
 
     ``weights``: a Loupe checkpoint path; ``"coco"`` for torchvision's COCO weights when they are
     in its cache or downloadable (mapped onto categories whose names match COCO's); ``None`` or
     ``"none"`` for random initialisation. Whatever cannot be had falls back to the next option,
-    and ``Detector.notice`` says so.
+    and ``Detector.notice`` says so. ``trunk``: for the light backbone with ``"coco"``, the
+    (ImageNet weights or None, where from or why not) of ``detector.trunk.trunk_state_dict``.
     """
     categories = tuple(categories)
     if not categories:
@@ -213,12 +217,21 @@ def build_model(*, categories: list[Category] | tuple[Category, ...], weights: s
     model = _architecture(len(categories) + 1, nk, cfg)
     notice = ""
     pretrained = False
+    meta: dict = {"weights": str(weights)}
     if weights == "coco":
         if cfg.backbone != DEFAULT_BACKBONE:
-            cached = coco_cache_path().is_file()
-            notice = (f"Random initial weights ({cfg.backbone}): "
-                      + ("torchvision's COCO weights fit ResNet-50 FPN v2 only" if cached else
-                         "no COCO weights in torchvision's cache") + ". Review a few images and train.")
+            sd, where = trunk or (None, "")
+            if sd is not None:
+                load_trunk(model.backbone.body, sd)
+                meta["trunk"] = where
+                notice = (f"The {BACKBONES[cfg.backbone]} trunk starts from {where}; the pyramid and heads "
+                          "from random weights. Review a few images and train.")
+            else:
+                cached = coco_cache_path().is_file()
+                notice = (f"Random initial weights ({cfg.backbone}): "
+                          + ("torchvision's COCO weights fit ResNet-50 FPN v2 only" if cached else
+                             "no COCO weights in torchvision's cache") + (f"; {where}" if where else "")
+                          + ". Review a few images and train.")
         else:
             sd = coco_state_dict("mask")
             if sd is None:
@@ -238,7 +251,8 @@ def build_model(*, categories: list[Category] | tuple[Category, ...], weights: s
     else:
         notice = "Random initial weights (as asked): review a few images and train."
     # ``from_scratch``: no learned weights at all; the trainer picks its from-scratch defaults.
-    return Detector(model, categories, cfg, notice, {"weights": str(weights), "from_scratch": not pretrained})
+    # ``trunk``: where a light model's trunk came from (ImageNet); the rest of it is random.
+    return Detector(model, categories, cfg, notice, {**meta, "from_scratch": not pretrained})
 
 
 def _coco_keypoints(model: MaskRCNN, categories: tuple[Category, ...]) -> str:

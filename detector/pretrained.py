@@ -84,12 +84,14 @@ def offline_help(which: str = "mask") -> str:
 
 def download(url: str, dest: Path, *, progress: Callable[[int, int], None] | None = None,
              cancel: threading.Event | None = None, chunk: int = 1 << 20,
-             opener: Callable[..., object] = urllib.request.urlopen) -> Path:
+             opener: Callable[..., object] = urllib.request.urlopen, offline_text: str | None = None,
+             timeout: float = 30.0) -> Path:
     """Fetch ``url`` to ``dest``, resuming ``dest.partial``; hash-checked before it is renamed.
 
     ``progress(done_bytes, total_bytes)`` is called after each chunk (total 0 when unknown).
     Cancelling keeps the partial file for the next try. A file whose hash does not match is
-    deleted and the error says so.
+    deleted and the error says so. ``offline_text``: what the error tells a person without internet
+    to do (default: where COCO's file goes); ``timeout``: seconds to wait for the server.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -97,9 +99,9 @@ def download(url: str, dest: Path, *, progress: Callable[[int, int], None] | Non
     have = part.stat().st_size if part.exists() else 0
     req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
-        resp = opener(req, timeout=30)
+        resp = opener(req, timeout=timeout)
     except OSError as exc:
-        raise WeightsError(f"{url}: cannot download ({exc}). {offline_help()}") from exc
+        raise WeightsError(f"{url}: cannot download ({exc}). {offline_text or offline_help()}") from exc
     with resp:
         status = getattr(resp, "status", 200)
         if have and status != 206:  # the server ignored the range: start again

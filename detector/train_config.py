@@ -41,6 +41,9 @@ class TrainConfig:
     choose" (detector.profiles, detector.training.with_start_defaults)."""
 
     weights: str | None = "coco"  # checkpoint path, "coco", "none" or "active"
+    # With weights "coco" and the light backbone (ResNet-18): its trunk from torchvision's ImageNet
+    # weights ("imagenet": the cache, else a download), from a file, or random ("none"); detector.trunk
+    trunk: str = "imagenet"
     epochs: int | None = None
     iterations: int | None = None  # default: 20 epochs' worth, at least 100 steps
     batch_size: int | None = None  # None: the profile's
@@ -175,6 +178,9 @@ class Option:
 
 OPTIONS = (
     Option("weights", "--weights", WEIGHTS_HELP),
+    Option("trunk", "--trunk", "the light model's ResNet-18 trunk, when no checkpoint or COCO weights start the "
+                               "run: 'imagenet' (torchvision's ImageNet weights from its cache, else downloaded; "
+                               "default), a file of them, or 'none' (random)", metavar="imagenet|FILE|none"),
     Option("epochs", "--epochs", "passes over the reviewed images (or --iterations)", type=int),
     Option("iterations", "--iterations", "optimizer steps (default: the profile's, else 20 epochs, at "
                                          "least 100)", type=int),

@@ -14,6 +14,7 @@ from .model import (CheckpointError, Detector, ModelConfig, build_model, checkpo
 from .profiles import Profile
 from .train_config import DEFAULT_BACKBONE, LIGHT_BACKBONE, OPTIMIZERS, TrainConfig
 from .train_data import Sample
+from .trunk import IMAGENET, NO_TRUNK, TRUNK_MB, trunk_cache_path, trunk_state_dict
 
 # bench/RESULTS.md has the runs behind these (bench_e2e.py, 25 reviewed synthetic images).
 FROM_SCRATCH_ADAMW_LR = 1e-3  # for batch 4, scaled by sqrt(batch / 4)
@@ -90,11 +91,15 @@ def prepare_detector(project, cfg: TrainConfig) -> tuple[Detector, dict | None]:
         return det, None
     backbone = cfg.backbone or DEFAULT_BACKBONE
     pretrained = cfg.weights == "coco" and backbone == DEFAULT_BACKBONE
+    # The light model's trunk from ImageNet (detector.trunk): fine-tuned like learned weights
+    # (torchvision's recipe for a pretrained backbone: the stem and first stage stay, and so do
+    # the trunk's BatchNorm statistics), while the pyramid and heads learn from random weights.
+    trunk = trunk_state_dict(cfg.trunk) if cfg.weights == "coco" and backbone == LIGHT_BACKBONE else None
     layers = cfg.trainable_layers if cfg.trainable_layers is not None else \
-        (FINE_TUNE_TRAINABLE_LAYERS if pretrained else 5)
+        (FINE_TUNE_TRAINABLE_LAYERS if pretrained or (trunk and trunk[0]) else 5)
     mcfg = ModelConfig(backbone=backbone, min_size=cfg.min_size, max_size=cfg.max_size,
                        trainable_layers=layers, **overrides)
-    det = build_model(categories=cats, weights=cfg.weights, config=mcfg)
+    det = build_model(categories=cats, weights=cfg.weights, config=mcfg, trunk=trunk)
     return det, None
 
 
@@ -157,6 +162,18 @@ def apply_profile(cfg: TrainConfig, sizes: list[tuple[int, int]],
     return out, prof
 
 
+def trunk_clause(cfg: TrainConfig, det: Detector) -> str:
+    """What the dock's profile line says about a new light model's trunk: from ImageNet, or
+    random and which file would change that (the run's notice has the address)."""
+    if det.meta.get("trunk"):
+        return ", trunk from ImageNet weights" if cfg.trunk == IMAGENET else f", trunk from {cfg.trunk}"
+    if det.config.backbone != LIGHT_BACKBONE or cfg.weights != "coco" or cfg.resume:
+        return ""
+    if cfg.trunk == NO_TRUNK:
+        return ", random trunk (as asked)"
+    return f", random trunk: no ImageNet weights ({trunk_cache_path().name}, {TRUNK_MB} MB) in torchvision's cache"
+
+
 def starts_from_random(cfg: TrainConfig, det: Detector) -> tuple[bool, bool]:
     """(the weights are random now, the weights go back to a random start).
 
@@ -200,6 +217,7 @@ def with_start_defaults(cfg: TrainConfig, det: Detector, resume_ckpt: dict | Non
             lr = FROM_SCRATCH_ADAMW_LR * math.sqrt(batch / 4) if random_start else FINE_TUNE_ADAMW_LR
         else:
             lr = (FROM_SCRATCH_SGD_LR_PER_IMAGE if random_now else FINE_TUNE_SGD_LR_PER_IMAGE) * batch
-    freeze_bn = cfg.freeze_bn if cfg.freeze_bn is not None else not random_now  # learned weights: keep
+    # learned weights keep their statistics (an ImageNet trunk its own: Trainer.frozen_bn_scope)
+    freeze_bn = cfg.freeze_bn if cfg.freeze_bn is not None else (not random_now or bool(det.meta.get("trunk")))
     return replace(cfg, optimizer=optimizer, lr=lr, freeze_bn=freeze_bn,
                    **_loss_settings(cfg, ADAMW_LOSS_SETTINGS if optimizer == "adamw" else {}))

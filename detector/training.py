@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
@@ -30,7 +31,7 @@ from .train_data import (AspectRatioBatches, LabelledImages, RunBatches, Sample,
                          split_reviewed)
 from .train_hooks import PeriodicCheckpointer, WeightAverage
 from .train_setup import (FINE_TUNE_ADAMW_LR, FINE_TUNE_SGD_LR_PER_IMAGE, apply_profile,  # noqa: F401
-                          prepare_detector, starts_from_random, with_start_defaults)
+                          prepare_detector, starts_from_random, trunk_clause, with_start_defaults)
 
 LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg",
               "loss_mask", "loss_keypoint")
@@ -90,6 +91,9 @@ class Trainer:
                                       cfg.copy_paste, cfg.rotate)
         self.sampler = AspectRatioBatches(groups, cfg.batch_size, cfg.seed, self.rank, self.world)
         prepare_roi_heads(detector.model, detector.categories, cfg.label_smoothing or 0.0)
+        # With freeze_bn, whose BatchNorm statistics stay: an ImageNet trunk's (the pyramid's are
+        # random and must learn theirs), else the whole backbone's (COCO's, a checkpoint's).
+        self.frozen_bn_scope = detector.model.backbone.body if detector.meta.get("trunk") else detector.model.backbone
         draw_per_step(detector.model)
         try:
             self.model = detector.model.to(self.device)
@@ -176,7 +180,7 @@ class Trainer:
         model = self.ddp or self.model
         model.train()
         if self.cfg.freeze_bn:  # statistics learned before stay; batches of 2-4 would make them noisy
-            for m in self.model.backbone.modules():
+            for m in self.frozen_bn_scope.modules():
                 if isinstance(m, torch.nn.BatchNorm2d):
                     m.eval()
         first_epoch = self.step // self.steps_per_epoch
@@ -456,6 +460,7 @@ def train_project(project, cfg: TrainConfig, output: str | os.PathLike, *, progr
     torch.manual_seed(cfg.seed)  # the seed covers random initial weights too, not only the run
     det, resume_ckpt = prepare_detector(project, cfg)
     cfg = with_start_defaults(cfg, det, resume_ckpt)
+    profile = replace(profile, reason=profile.reason + trunk_clause(cfg, det))
     bar = None
     if progress:
         from tqdm import tqdm
@@ -482,7 +487,8 @@ def train_project(project, cfg: TrainConfig, output: str | os.PathLike, *, progr
                                               "images": [r.path for r in held]},
                                   "notice": det.notice, "profile": profile.name,
                                   "profile_reason": profile.reason,
-                                  "from_random_init": starts_from_random(cfg, det)[1]},
+                                  "from_random_init": starts_from_random(cfg, det)[1],
+                                  **({"trunk": det.meta["trunk"]} if det.meta.get("trunk") else {})},
                       started=started)
     if resume_ckpt is not None:
         trainer.resume_from(resume_ckpt)

@@ -1,10 +1,15 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# Hermetic weights: nothing is downloaded, and torchvision's cache is an empty folder of the
+# suite's own (tests that want COCO or ImageNet files write them there), whatever this machine has.
+os.environ["LOUPE_OFFLINE"] = "1"
+os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="loupe-test-torch-")
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
