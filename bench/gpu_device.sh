@@ -11,7 +11,8 @@ for f in /tmp/loupe/site/_syslibs/*; do
   ldconfig -p | grep -q "^[[:space:]]*$name " || cp "$f" /tmp/loupe/lib/
 done
 echo "system libraries brought: $(ls /tmp/loupe/lib | tr '\n' ' ')"
-export PYTHONPATH=/tmp/loupe/site LD_LIBRARY_PATH=/tmp/loupe/lib:${LD_LIBRARY_PATH:-} PYTHON=python3
+# LOUPE_OFFLINE: the device reaches nothing outside, so no run waits on a download (detector/trunk.py)
+export PYTHONPATH=/tmp/loupe/site LD_LIBRARY_PATH=/tmp/loupe/lib:${LD_LIBRARY_PATH:-} PYTHON=python3 LOUPE_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, torchvision, pycocotools, PySide6.QtCharts; print('torch', torch.__version__, torchvision.__version__, torch.cuda.get_device_name(0))"
 # results.jsonl is written straight into $OUT, line by line: a cut-off call still brings it back

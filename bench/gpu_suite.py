@@ -29,25 +29,27 @@ PARALLEL, SEQUENTIAL = "parallel", "sequential"  # markers in the step list
 
 
 def steps(smoke: bool, nuclei: str, tmp: Path) -> list[tuple[str, list[str], int]]:
-    """(name, command, timeout seconds), most important first."""
+    """(name, command, timeout seconds): on a GPU most important first, in the smoke longest first."""
     b = [PY, "-u"]
     if smoke:
+        # Longest first (seconds on the 2-core VM: gui ~70, ladder ~55, torchrun ~40, first_model
+        # ~35, train ~28, the rest <= 20), so two at a time end together: 169 s in list order.
         dev = ["--device", "cpu"]
         return [
-            ("cuda_tests", [PY, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
-                            str(ROOT / "tests" / "test_cuda.py")], 120),
+            ("gui", b + ["bench/bench_gui.py", "--images", "8", "--size", "96x72", "--launch-repeats", "1",
+                         "--train-steps", "1", "--detections", "10", *dev], 240),
+            ("ladder", b + ["bench/bench_ladder.py", "--smoke", *dev], 120),
+            ("torchrun", _torchrun(tmp, smoke=True), 180),
+            ("first_model", b + ["bench/bench_first_model.py", "--smoke", "--datasets", "demo", *dev], 180),
+            ("train", b + ["bench/bench_train.py", "--steps", "1", "--warmup", "1", "--rounds", "1",
+                           "--images", "2", "--batch-size", "2", "--size", "64", *dev], 120),
             ("predict", b + ["bench/bench_predict.py", "--images", "2", "--size", "96x72", "--min-size", "64",
                              "--detections", "10", *dev], 120),
             ("predict_channels_last", b + ["bench/bench_predict.py", "--images", "2", "--size", "96x72",
                                            "--min-size", "64", "--detections", "10", "--channels-last",
                                            "--no-baseline", *dev], 120),
-            ("train", b + ["bench/bench_train.py", "--steps", "1", "--warmup", "1", "--rounds", "1",
-                           "--images", "2", "--batch-size", "2", "--size", "64", *dev], 120),
-            ("first_model", b + ["bench/bench_first_model.py", "--smoke", "--datasets", "demo", *dev], 180),
-            ("torchrun", _torchrun(tmp, smoke=True), 180),
-            ("ladder", b + ["bench/bench_ladder.py", "--smoke", *dev], 120),
-            ("gui", b + ["bench/bench_gui.py", "--images", "8", "--size", "96x72", "--launch-repeats", "1",
-                         "--train-steps", "1", "--detections", "10", *dev], 240),
+            ("cuda_tests", [PY, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
+                            str(ROOT / "tests" / "test_cuda.py")], 120),
         ]
     dev = ["--device", "cuda"]
     big = ["--backbone", "resnet50_v2"]

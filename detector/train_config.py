@@ -121,7 +121,7 @@ class TrainConfig:
 
     def to_argv(self) -> list[str]:
         """The ``loupe train`` options that rebuild this config (defaults are left out). A field
-        with no option (momentum, freeze_bn, ...) set to other than its default is refused rather
+        with no option (momentum, ...) set to other than its default is refused rather
         than dropped."""
         lost = [f.name for f in fields(self) if f.name not in _OPTION_FIELDS
                 and getattr(self, f.name) != _default(f.name)]
@@ -219,6 +219,9 @@ OPTIONS = (
     Option("checkpoint_every", "--checkpoint-every", "also save a resumable checkpoint every N steps",
            type=int, metavar="N"),
     Option("trainable_layers", "--trainable-layers", "backbone stages to train (0-5)", type=int),
+    Option("freeze_bn", "--freeze-bn", "the backbone's BatchNorm keeps its running statistics (default: yes "
+                                       "from learned weights, and for an ImageNet trunk's; no from random ones)",
+           type=lambda v: _yes_no(v, "--freeze-bn"), metavar="yes|no"),
     Option("augment", "--no-augment", "no flips, colour or scale jitter", kind="off"),
     Option("copy_paste", "--copy-paste", "probability that an image gets another reviewed image's objects "
                                          "pasted over it (Simple Copy-Paste; default %(default)s)",
@@ -269,6 +272,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                                 metavar=opt.metavar, help=opt.help)
 
 
+_FLAGS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
+def _yes_no(value: str, what: str) -> bool:
+    flag = _FLAGS.get(str(value).strip().lower())
+    if flag is None:
+        raise argparse.ArgumentTypeError(f"{what} takes yes or no, not {value!r}")
+    return flag
+
+
 def parse_model_options(pairs: list[str] | None) -> dict:
     """``KEY=VALUE`` pairs for ModelConfig fields (numbers, comma lists and true/false parsed)."""
     from .model import ModelConfig
@@ -280,8 +293,7 @@ def parse_model_options(pairs: list[str] | None) -> dict:
         if not sep or key not in known:
             raise ValueError(f"--model-option {pair!r}: expected KEY=VALUE with KEY one of {', '.join(known)}")
         if isinstance(known[key].default, bool):
-            flag = {"true": True, "1": True, "yes": True, "on": True,
-                    "false": False, "0": False, "no": False, "off": False}.get(value.strip().lower())
+            flag = _FLAGS.get(value.strip().lower())
             if flag is None:
                 raise ValueError(f"--model-option {pair!r}: {key} is true or false")
             out[key] = flag

@@ -125,10 +125,12 @@ def test_train_config_round_trips_through_loupe_trains_options():
     cfg = TrainConfig(weights="none", iterations=40, batch_size=2, min_size=96, lr=0.002, optimizer="sgd",
                       backbone="resnet18", augment=False, amp=False, holdout=0.4, seed=1, copy_paste=0.5,
                       weight_decay=0.05, classifier_loss_weight=3.0, keypoint_loss_weight=0.5, label_smoothing=0.2,
-                      step_threads=1,
+                      step_threads=1, freeze_bn=False, trunk="none",
                       model_overrides={"anchor_sizes": (8, 16, 32, 64, 128), "box_detections_per_img": 20})
     args = build_parser().parse_args(["train", "F", "-o", "x.pt", *cfg.to_argv()])
     assert TrainConfig.from_args(args) == cfg
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(ValueError, match="freeze_bn"):
-        replace(cfg, freeze_bn=True).to_argv()
+    with pytest.raises(ValueError, match="momentum"):
+        replace(cfg, momentum=0.8).to_argv()
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "F", "-o", "x.pt", "--freeze-bn", "maybe"])
