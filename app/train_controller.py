@@ -42,7 +42,7 @@ class TrainingController(QObject):
         self.panel.cancel_clicked.connect(self.runner.cancel)
         self.panel.settings_clicked.connect(self.edit_settings)
         self.autotrain = AutoTrainer(project, lambda: self.runner.running, self.start, self)
-        self.autotrain.status.connect(self.panel.auto.setText)
+        self.autotrain.status.connect(self.panel.set_auto_status)
         self._started_with: dict = {}
 
     def edit_settings(self) -> None:

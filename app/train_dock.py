@@ -121,6 +121,7 @@ class TrainingPanel(QWidget):
         self.speed = QLabel("")
         self.auto = QLabel("")  # when the next background run starts (AutoTrainer)
         self.auto.setStyleSheet("color: #81c995;")
+        self.auto.hide()  # shown with a status: empty, it took a line from the profile's text
         self.profile = QLabel("")  # which settings run and why (the start event says)
         self.profile.setWordWrap(True)
         self.profile.setStyleSheet("color: #9aa0a6;")
@@ -146,6 +147,10 @@ class TrainingPanel(QWidget):
         lay.addWidget(left)
         lay.addWidget(self.chart, 1)
         self._t0, self._step0 = 0.0, 0
+
+    def set_auto_status(self, text: str) -> None:
+        self.auto.setText(text)
+        self.auto.setVisible(bool(text))
 
     def started(self) -> None:
         self.chart.reset()

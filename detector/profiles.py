@@ -119,9 +119,9 @@ def choose(name: str, device: torch.device, sizes: list[tuple[int, int]],
     size = fast_size(sizes, objects or [], CPU_MAX_SIZE, obj_px)
     kind = "a CPU in float32" if float32_cpu else "a CPU"
     rpn = ", proposals from strides 8-64" if float32_cpu else ""
-    return Profile("cpu-fast", f"{kind}: a light model, objects scaled to ~{obj_px} px (128-{CPU_MAX_SIZE} px), "
-                               f"fewer sampled regions{rpn}, a 150 s run (up to {CPU_FAST_BUDGET_MAX_S:.0f} s "
-                               f"below {BUDGET_EPOCHS} passes over the images)",
+    # (apply_profile appends the backbone, input size, batch and sampled regions)
+    return Profile("cpu-fast", f"{kind}: objects scaled to ~{obj_px} px (128-{CPU_MAX_SIZE} px){rpn}, a 150 s run "
+                               f"(up to {CPU_FAST_BUDGET_MAX_S:.0f} s below {BUDGET_EPOCHS} passes)",
                    backbone=LIGHT_BACKBONE, min_size=size, batch_size=2, iterations=500, time_budget_s=150.0,
                    time_budget_max_s=CPU_FAST_BUDGET_MAX_S,
                    model_overrides={**LIGHT_OVERRIDES, **({"rpn_stride4": False} if float32_cpu else {})})

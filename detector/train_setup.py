@@ -171,7 +171,7 @@ def trunk_clause(cfg: TrainConfig, det: Detector) -> str:
         return ""
     if cfg.trunk == NO_TRUNK:
         return ", random trunk (as asked)"
-    return f", random trunk: no ImageNet weights ({trunk_cache_path().name}, {TRUNK_MB} MB) in torchvision's cache"
+    return f", random trunk: no {trunk_cache_path().name} (ImageNet, {TRUNK_MB} MB)"
 
 
 def starts_from_random(cfg: TrainConfig, det: Detector) -> tuple[bool, bool]:

@@ -12,7 +12,7 @@ from detector import pretrained as P
 from detector import trunk as T
 from detector.model import load_checkpoint
 from detector.train_config import TrainConfig
-from detector.train_setup import prepare_detector, with_start_defaults
+from detector.train_setup import prepare_detector, trunk_clause, with_start_defaults
 from detector.training import train_project
 
 from conftest import labelled, small_train_config
@@ -63,6 +63,7 @@ def test_the_light_model_starts_its_trunk_from_imagenet_weights_and_keeps_stem_a
     sd = ckpt["model"]
     assert ckpt["trunk"] == "torchvision's ImageNet weights"
     assert "trunk starts from torchvision's ImageNet weights" in ckpt["notice"]
+    assert ckpt["profile_reason"].endswith(", trunk from ImageNet weights")
     assert ckpt["config"]["trainable_layers"] == 3  # torchvision's recipe for a pretrained backbone
     assert ckpt["train_config"]["freeze_bn"] is True
     body = "backbone.body."
@@ -83,6 +84,7 @@ def test_without_the_file_the_run_starts_random_and_says_what_to_fetch(project, 
     assert "trunk" not in det.meta
     assert det.config.trainable_layers == 5 and not cfg.freeze_bn
     assert T.TRUNK_WEIGHTS.url in det.notice and str(T.trunk_cache_path()) in det.notice
+    assert "random trunk: no resnet18-f37072fd.pth (ImageNet, 45 MB)" in trunk_clause(cfg, det)
 
 
 def test_a_corrupt_or_foreign_trunk_file_is_refused_naming_it(tmp_path, trunk_cache, imagenet_sd):
