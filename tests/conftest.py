@@ -81,6 +81,23 @@ FAST = dict(rpn_batch_size_per_image=64, box_batch_size_per_image=64,
             anchor_sizes=(8, 16, 32, 64, 128), box_detections_per_img=20)
 
 
+def in_torch_cache(monkeypatch, tmp_path, state_dict, path_of):
+    """``state_dict`` saved at ``path_of()`` (a torchvision file name in its cache) under a fresh
+    TORCH_HOME, with the file's hash registered as the one its name carries; returns the path."""
+    import hashlib
+
+    import torch
+
+    from detector import pretrained
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    path = path_of()
+    path.parent.mkdir(parents=True)
+    torch.save(state_dict, path)
+    monkeypatch.setitem(pretrained.KNOWN_HASHES, path.name, hashlib.sha256(path.read_bytes()).hexdigest()[:8])
+    return path
+
+
 def small_train_config(**kw):
     """Light backbone, small images, few sampled RoIs: about 0.8 s a step on 2 CPU cores."""
     from detector.training import TrainConfig

@@ -2,8 +2,6 @@
 makes), the class-mapping dialog driven by hand, pre-annotation through the mapping; and what
 the window says without the file, or with a bad one."""
 
-import hashlib
-
 import pytest
 import torch
 from PySide6.QtCore import QTimer
@@ -16,16 +14,13 @@ from detector.model import ModelConfig, _architecture
 from detector.store import Project
 from detector.synthetic import generate
 
+from conftest import in_torch_cache
+
 
 @pytest.fixture
 def coco_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     torch.manual_seed(1)
-    path = P.cache_path()
-    path.parent.mkdir(parents=True)
-    torch.save(_architecture(91, 0, ModelConfig()).state_dict(), path)
-    monkeypatch.setitem(P.KNOWN_HASHES, path.name, hashlib.sha256(path.read_bytes()).hexdigest()[:8])
-    return path
+    return in_torch_cache(monkeypatch, tmp_path, _architecture(91, 0, ModelConfig()).state_dict(), P.cache_path)
 
 
 @pytest.fixture

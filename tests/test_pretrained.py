@@ -15,6 +15,8 @@ from detector.model import ModelConfig, _architecture, load_checkpoint
 from detector.store import Project
 from detector.synthetic import generate
 
+from conftest import in_torch_cache
+
 
 @pytest.fixture(scope="module")
 def coco_sd():
@@ -25,12 +27,7 @@ def coco_sd():
 @pytest.fixture
 def coco_cache(tmp_path, monkeypatch, coco_sd):
     """A COCO-shaped (random) state dict where torchvision keeps its weights, hash registered."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    path = P.cache_path()
-    path.parent.mkdir(parents=True)
-    torch.save(coco_sd, path)
-    monkeypatch.setitem(P.KNOWN_HASHES, path.name, hashlib.sha256(path.read_bytes()).hexdigest()[:8])
-    return path
+    return in_torch_cache(monkeypatch, tmp_path, coco_sd, P.cache_path)
 
 
 def test_hash_in_the_name_refuses_a_corrupt_or_partial_file(tmp_path):

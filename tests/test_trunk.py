@@ -2,8 +2,6 @@
 them): loaded and fine-tuned the torchvision way, refused when corrupt or foreign, and a run
 without them says which file to fetch."""
 
-import hashlib
-
 import pytest
 import torch
 from torchvision.models import resnet18
@@ -15,7 +13,7 @@ from detector.train_config import TrainConfig
 from detector.train_setup import prepare_detector, trunk_clause, with_start_defaults
 from detector.training import train_project
 
-from conftest import labelled, small_train_config
+from conftest import in_torch_cache, labelled, small_train_config
 
 
 @pytest.fixture
@@ -40,12 +38,7 @@ def imagenet_sd():
 @pytest.fixture
 def trunk_cache(tmp_path, monkeypatch, imagenet_sd):
     """A ResNet-18-shaped state dict under torchvision's name in its cache, hash registered."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    path = T.trunk_cache_path()
-    path.parent.mkdir(parents=True)
-    torch.save(imagenet_sd, path)
-    monkeypatch.setitem(P.KNOWN_HASHES, path.name, hashlib.sha256(path.read_bytes()).hexdigest()[:8])
-    return path
+    return in_torch_cache(monkeypatch, tmp_path, imagenet_sd, T.trunk_cache_path)
 
 
 def _start(project, **kw):
