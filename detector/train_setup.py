@@ -165,12 +165,14 @@ def apply_profile(cfg: TrainConfig, sizes: list[tuple[int, int]],
 def trunk_clause(cfg: TrainConfig, det: Detector) -> str:
     """What the dock's profile line says about a new light model's trunk: from ImageNet, or
     random and which file would change that (the run's notice has the address)."""
+    if det.config.backbone != LIGHT_BACKBONE or cfg.weights != "coco" or cfg.resume:
+        return ""  # not a new light model (a checkpoint's trunk is that checkpoint's)
     if det.meta.get("trunk"):
         return ", trunk from ImageNet weights" if cfg.trunk == IMAGENET else f", trunk from {cfg.trunk}"
-    if det.config.backbone != LIGHT_BACKBONE or cfg.weights != "coco" or cfg.resume:
-        return ""
     if cfg.trunk == NO_TRUNK:
         return ", random trunk (as asked)"
+    if cfg.trunk != IMAGENET:
+        return f", random trunk: {cfg.trunk} refused (the run's notice says why)"
     return f", random trunk: no {trunk_cache_path().name} (ImageNet, {TRUNK_MB} MB)"
 
 

@@ -69,6 +69,12 @@ def test_the_light_model_starts_its_trunk_from_imagenet_weights_and_keeps_stem_a
     # the pyramid's BatchNorm starts random and learns its statistics
     fpn_bn = [k for k in sd if k.startswith("backbone.fpn.") and k.endswith("running_var")]
     assert fpn_bn and any(not torch.allclose(sd[k], torch.ones_like(sd[k])) for k in fpn_bn)
+    # the next round starts from the checkpoint: its trunk is the checkpoint's, the pyramid's
+    # statistics keep learning as in the first round
+    cfg = small_train_config(weights=str(out))
+    det, _ = prepare_detector(project, cfg)
+    cfg = with_start_defaults(cfg, det)
+    assert trunk_clause(cfg, det) == "" and cfg.freeze_bn and det.meta["trunk"]
 
 
 def test_without_the_file_the_run_starts_random_and_says_what_to_fetch(project, tmp_path, monkeypatch):
@@ -80,7 +86,7 @@ def test_without_the_file_the_run_starts_random_and_says_what_to_fetch(project, 
     assert "random trunk: no resnet18-f37072fd.pth (ImageNet, 45 MB)" in trunk_clause(cfg, det)
 
 
-def test_a_corrupt_or_foreign_trunk_file_is_refused_naming_it(tmp_path, trunk_cache, imagenet_sd):
+def test_a_corrupt_or_foreign_trunk_file_is_refused_naming_it(project, tmp_path, trunk_cache, imagenet_sd):
     good = trunk_cache.read_bytes()
     trunk_cache.write_bytes(good[: len(good) // 2])  # a partial download
     sd, why = T.trunk_state_dict(T.IMAGENET)
@@ -93,6 +99,9 @@ def test_a_corrupt_or_foreign_trunk_file_is_refused_naming_it(tmp_path, trunk_ca
     (tmp_path / "junk.pth").write_bytes(b"junk")
     sd, why = T.trunk_state_dict(str(tmp_path / "junk.pth"))
     assert sd is None and "junk.pth" in why
+    det, cfg = _start(project, trunk=str(other))  # a run asked to use the foreign file starts random
+    assert "trunk" not in det.meta and "not a torchvision ResNet-18" in det.notice
+    assert trunk_clause(cfg, det) == f", random trunk: {other} refused (the run's notice says why)"
 
     mine = tmp_path / "my_resnet18.pth"  # a file the person names (no hash in its name)
     torch.save({"state_dict": imagenet_sd}, mine)
