@@ -32,7 +32,7 @@ class TrainingSettingsDialog(QDialog):
         self.optimizer = _combo([("automatic (AdamW from random weights, else SGD)", None)]
                                 + [({"sgd": "SGD", "adamw": "AdamW"}[o], o) for o in OPTIMIZERS], c.optimizer)
         self.batch = _spin(0, 64, c.batch_size, "automatic (4 on a GPU, 2 on a CPU)")
-        self.image_size = _spin(0, 2048, c.min_size, f"automatic (objects ~48 px, up to {CPU_MAX_SIZE} on a CPU, "
+        self.image_size = _spin(0, 2048, c.min_size, f"automatic (objects ~32-48 px, up to {CPU_MAX_SIZE} on a CPU, "
                                                f"{GPU_SIZE} on a GPU)")
         self.image_size.setSingleStep(32)
         self.layers = _spin(-1, 5, c.trainable_layers, "automatic", none=-1)
@@ -44,7 +44,13 @@ class TrainingSettingsDialog(QDialog):
         if c.weights not in ("active", "coco", "none", None):
             choices.append((c.weights, c.weights))
         self.weights = _combo(choices + [("a checkpoint file…", "__file__")], c.weights)
-        self.weights.activated.connect(self._maybe_file)
+        self.weights.activated.connect(lambda: _maybe_file(self, self.weights, "Starting checkpoint",
+                                                           "Checkpoints (*.pt *.pth)"))
+        trunks = [("ImageNet (torchvision's, cached or downloaded)", "imagenet"), ("random", "none")]
+        if c.trunk not in ("imagenet", "none"):
+            trunks.append((c.trunk, c.trunk))
+        self.trunk = _combo(trunks + [("a ResNet-18 weights file…", "__file__")], c.trunk)
+        self.trunk.activated.connect(lambda: _maybe_file(self, self.trunk, "ResNet-18 weights", "Weights (*.pth *.pt)"))
         self.backbone = _combo([("automatic", None)] + [(label, name) for name, label in BACKBONES.items()],
                                c.backbone)
         self.auto_train = QCheckBox("train in the background while I label (once a model exists)")
@@ -60,6 +66,7 @@ class TrainingSettingsDialog(QDialog):
                               ("Backbone stages to train", self.layers),
                               ("Augmentation", self.augment), ("Device", self.device),
                               ("Starting weights", self.weights), ("Backbone (new models)", self.backbone),
+                              ("Light model's trunk (new models)", self.trunk),
                               ("Auto-training", self.auto_train), ("… after every", self.auto_every)):
             form.addRow(label, widget)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
@@ -67,23 +74,26 @@ class TrainingSettingsDialog(QDialog):
         buttons.rejected.connect(self.reject)
         form.addRow(buttons)
 
-    def _maybe_file(self) -> None:
-        if self.weights.currentData() == "__file__":
-            path, _ = QFileDialog.getOpenFileName(self, "Starting checkpoint", "", "Checkpoints (*.pt *.pth)")
-            if path:
-                self.weights.insertItem(0, path, path)
-            self.weights.setCurrentIndex(0)
-
     def config(self) -> TrainConfig:
         layers = self.layers.value()
         return replace(self._start, iterations=self.iterations.value() or None, lr=self.lr.value() or None,
                        batch_size=self.batch.value() or None, min_size=self.image_size.value() or None,
                        trainable_layers=None if layers < 0 else layers, augment=self.augment.isChecked(),
                        device=_data(self.device), weights=_data(self.weights),
-                       backbone=_data(self.backbone), optimizer=_data(self.optimizer))
+                       backbone=_data(self.backbone), optimizer=_data(self.optimizer),
+                       trunk=_data(self.trunk) or "imagenet")
 
     def auto(self) -> AutoTrainSettings:
         return AutoTrainSettings(on=self.auto_train.isChecked(), every=self.auto_every.value())
+
+
+def _maybe_file(parent, box: QComboBox, title: str, kinds: str) -> None:
+    """The "a file…" entry of ``box`` picked: ask for the file and put it first (chosen)."""
+    if box.currentData() == "__file__":
+        path, _ = QFileDialog.getOpenFileName(parent, title, "", kinds)
+        if path:
+            box.insertItem(0, path, path)
+        box.setCurrentIndex(0)
 
 
 def _spin(lo: int, hi: int, value: int | None, automatic: str, none: int = 0) -> QSpinBox:

@@ -97,7 +97,7 @@ def test_refuses_to_train_without_reviewed_images(qtbot, tmp_path):
     w.close()
 
 
-def test_settings_dialog_round_trips_every_choice(qtbot):
+def test_settings_dialog_round_trips_every_choice(qtbot, tmp_path, monkeypatch):
     from app.train_dialogs import TrainingSettingsDialog
 
     start = TrainConfig(iterations=300, lr=0.002, batch_size=4, min_size=640, trainable_layers=3,
@@ -115,6 +115,15 @@ def test_settings_dialog_round_trips_every_choice(qtbot):
     assert "--optimizer" not in dlg.config().for_project(None).to_argv()
     dlg.auto_every.setValue(3)
     assert dlg.auto() == AutoTrainSettings(on=True, every=3)
+    assert dlg.config().trunk == "imagenet"  # the default
+    dlg.trunk.setCurrentIndex(dlg.trunk.findData("none"))
+    args = dlg.config().for_project(None).to_argv()
+    assert args[args.index("--trunk") + 1] == "none"
+    mine = tmp_path / "resnet18_mine.pth"
+    monkeypatch.setattr("app.train_dialogs.QFileDialog.getOpenFileName", lambda *a: (str(mine), ""))
+    dlg.trunk.setCurrentIndex(dlg.trunk.findData("__file__"))
+    dlg.trunk.activated.emit(dlg.trunk.currentIndex())  # as a click on the entry does
+    assert dlg.config().trunk == str(mine)
 
 
 def test_auto_training_after_n_reviews_promotes_by_ap_and_reannotates(qtbot, window):
