@@ -179,14 +179,25 @@ assert set(BACKBONE_BUILDERS) == set(BACKBONES), "detector/train_config.py BACKB
 
 
 def coco_state_dict(which: str = "mask") -> dict[str, torch.Tensor] | None:
-    """torchvision's COCO weights from its cache (downloaded there if possible), else None."""
+    """torchvision's COCO weights from its cache (downloaded there if possible), else None.
+
+    The download goes through ``pretrained.download`` (hash-checked, 10 s timeout), not torch.hub's,
+    which waits forever on a network that does not answer; the file loads with ``weights_only``."""
+    from .pretrained import WeightsError, download  # it imports this module
+
     w = (MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1 if which == "mask"
          else KeypointRCNN_ResNet50_FPN_Weights.COCO_V1)
-    if offline() and not coco_cache_path(which).is_file():
-        return None
+    path = coco_cache_path(which)
+    if not path.is_file():
+        if offline():
+            return None
+        try:
+            download(w.url, path, timeout=10.0)
+        except (WeightsError, OSError):  # offline, a cut connection, a bad hash
+            return None
     try:
-        return w.get_state_dict(progress=False, check_hash=False)
-    except Exception:  # offline, or a broken cache file: fall back to the next option
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a broken cache file: fall back to the next option
         return None
 
 

@@ -136,3 +136,35 @@ def test_without_the_file_the_message_says_what_to_fetch_and_where(tmp_path, mon
         P.coco_start(p, {"person": "person"}, tmp_path / "c.pt")
     msg = str(err.value)
     assert "download.pytorch.org" in msg and str(P.cache_path()) in msg
+
+
+def test_coco_weights_for_a_new_model_are_fetched_with_a_timeout_and_never_when_offline(
+        tmp_path, monkeypatch, coco_sd):
+    """build_model("coco") without the file: one hash-checked download with a timeout (torch.hub's
+    own waits forever on a silent network), loaded weights-only; offline, none is tried."""
+    import detector.model as M
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    tried = []
+
+    def fake_download(url, dest, **kw):
+        tried.append((url, kw.get("timeout")))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(coco_sd, dest)
+        return dest
+
+    monkeypatch.setattr(P, "download", fake_download)
+    monkeypatch.setattr("torch.hub.load_state_dict_from_url", lambda *a, **k: pytest.fail("torch.hub's download"))
+    assert M.coco_state_dict("mask") is None  # the suite runs offline (conftest)
+    assert tried == []
+    monkeypatch.setenv("LOUPE_OFFLINE", "0")
+    sd = M.coco_state_dict("mask")
+    assert tried == [(P.MASK_WEIGHTS.url, 10.0)] and torch.equal(sd["backbone.body.conv1.weight"],
+                                                                 coco_sd["backbone.body.conv1.weight"])
+    assert M.coco_state_dict("mask") is not None and len(tried) == 1  # from the cache the second time
+
+    def no_network(url, dest, **kw):
+        raise P.WeightsError(f"{url}: cannot download (timed out)")
+
+    monkeypatch.setattr(P, "download", no_network)
+    assert M.coco_state_dict("keypoint") is None
