@@ -34,7 +34,7 @@ from .heads import CoarseRPN, Float32Anchors, in_float32, keypoint_slices, prepa
 from .pooling import PyramidRoIAlign
 from .train_config import BACKBONES, DEFAULT_BACKBONE, GPU_SIZE, LIGHT_BACKBONE
 from .transfer import class_rows_by_name, keypoint_rows_by_name, transfer_weights  # noqa: F401
-from .trunk import load_trunk, offline
+from .trunk import load_trunk
 
 CHECKPOINT_FORMAT = "loupe-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -179,25 +179,15 @@ assert set(BACKBONE_BUILDERS) == set(BACKBONES), "detector/train_config.py BACKB
 
 
 def coco_state_dict(which: str = "mask") -> dict[str, torch.Tensor] | None:
-    """torchvision's COCO weights from its cache (downloaded there if possible), else None.
-
-    The download goes through ``pretrained.download`` (hash-checked, 10 s timeout), not torch.hub's,
-    which waits forever on a network that does not answer; the file loads with ``weights_only``."""
-    from .pretrained import WeightsError, download  # it imports this module
+    """torchvision's COCO weights from its cache (downloaded there if possible: ``pretrained.cached``),
+    else None."""
+    from .pretrained import WeightsError, cached, read_tensors  # it imports this module
 
     w = (MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1 if which == "mask"
          else KeypointRCNN_ResNet50_FPN_Weights.COCO_V1)
-    path = coco_cache_path(which)
-    if not path.is_file():
-        if offline():
-            return None
-        try:
-            download(w.url, path, timeout=10.0)
-        except (WeightsError, OSError):  # offline, a cut connection, a bad hash
-            return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a broken cache file: fall back to the next option
+        return read_tensors(cached(w.url, coco_cache_path(which)))
+    except WeightsError:  # offline, a failed download, a broken cache file: the next option
         return None
 
 

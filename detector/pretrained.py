@@ -129,8 +129,25 @@ def download(url: str, dest: Path, *, progress: Callable[[int, int], None] | Non
     return dest
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A torchvision Mask R-CNN state dict from ``path`` (``weights_only=True``), or a clear refusal."""
+def cached(url: str, path: Path, *, offline_text: str | None = None) -> Path:
+    """``path`` (in torchvision's cache), downloaded from ``url`` first when it is not there, or
+    WeightsError. Never tried with LOUPE_OFFLINE=1; the 10 s timeout bounds a silent network
+    (torch.hub's own download waits forever)."""
+    if path.is_file():
+        return path
+    if os.environ.get("LOUPE_OFFLINE") == "1":
+        raise WeightsError(f"{path.name} is not in torchvision's cache ({path.parent}); downloads are off "
+                           "(LOUPE_OFFLINE=1)")
+    try:
+        return download(url, path, offline_text=offline_text, timeout=10.0)
+    except OSError as exc:  # a connection cut while reading
+        raise WeightsError(f"{url}: download failed ({exc})") from exc
+
+
+def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A dict of tensors from ``path``, read with ``weights_only=True`` after the hash its name
+    carries is checked (``{"model": ...}`` and ``{"state_dict": ...}`` wrappers opened), or a
+    WeightsError naming the file and the problem."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: file not found")
@@ -139,13 +156,20 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                            f"{expected_hash_prefix(path)}, as its name says); delete it and fetch it again")
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # junk bytes reach the unpickler's every error path
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
         raise WeightsError(f"{path}: not a readable weights file ({first})") from exc
-    if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
-        sd = sd["model"]  # torchvision's reference scripts save {"model": ..., "optimizer": ...}
+    for key in ("model", "state_dict"):  # torchvision's reference scripts save {"model": ..., "optimizer": ...}
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise WeightsError(f"{path}: not a state dict of tensors")
+    return sd
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A torchvision Mask R-CNN state dict from ``path`` (``weights_only=True``), or a clear refusal."""
+    sd = read_tensors(path)
     if "roi_heads.box_predictor.cls_score.weight" not in sd or "backbone.body.conv1.weight" not in sd:
         raise WeightsError(f"{path}: not a torchvision Mask R-CNN state dict (no box predictor or backbone)")
     return sd

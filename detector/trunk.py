@@ -10,7 +10,8 @@ into it (45 MB, hash-checked), or a file the person names (``loupe train --trunk
 pyramid and the heads start from random weights either way. Without the file the run starts from
 random weights, as before, and its notice says which file to fetch and where to put it.
 
-``LOUPE_OFFLINE=1`` keeps every download from being tried (the test suite sets it).
+``LOUPE_OFFLINE=1`` keeps every download from being tried (the test suite sets it;
+``pretrained.cached``).
 """
 
 from __future__ import annotations
@@ -29,10 +30,6 @@ IMAGENET = "imagenet"  # TrainConfig.trunk: torchvision's file (cache, else a do
 NO_TRUNK = "none"  # random weights for the trunk too
 
 
-def offline() -> bool:
-    return os.environ.get("LOUPE_OFFLINE") == "1"
-
-
 def trunk_cache_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(TRUNK_WEIGHTS.url)
 
@@ -47,34 +44,21 @@ def trunk_state_dict(source: str) -> tuple[dict[str, torch.Tensor] | None, str]:
     """(ResNet-18 weights, where they came from) for ``source`` ("imagenet" or a file path), or
     (None, why not) when they cannot be had. A corrupt, partial or foreign file is refused, never
     loaded; the reason names the file and the problem."""
-    from .pretrained import WeightsError, download, expected_hash_prefix, file_hash_ok  # it imports the model
+    from .pretrained import WeightsError, cached, read_tensors  # it imports the model
 
     if source == NO_TRUNK:
         return None, "random trunk weights, as asked"
-    path = trunk_cache_path() if source == IMAGENET else Path(source)
-    if source == IMAGENET and not path.is_file():
-        if offline():
-            return None, f"no ImageNet weights for the ResNet-18 trunk in torchvision's cache; {trunk_help()}"
-        try:
-            # inside a run's time budget: a network that does not answer costs at most 10 s
-            download(TRUNK_WEIGHTS.url, path, offline_text=trunk_help().capitalize(), timeout=10.0)
-        except (WeightsError, OSError) as exc:  # offline, a cut connection, a bad hash
-            return None, f"no ImageNet weights for the ResNet-18 trunk in torchvision's cache: {exc}"
-    if not path.is_file():
-        return None, f"{path}: file not found"
-    if not file_hash_ok(path):
-        return None, (f"{path}: corrupt or partial (its SHA-256 does not start with {expected_hash_prefix(path)}, "
-                      "as its name says); not loaded, delete it and fetch it again")
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # junk bytes reach the unpickler's every error path
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
-        return None, f"{path}: not a readable weights file ({first})"
-    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-        sd = sd["state_dict"]
+        path = cached(TRUNK_WEIGHTS.url, trunk_cache_path(), offline_text=trunk_help().capitalize()) \
+            if source == IMAGENET else Path(source)
+    except WeightsError as exc:
+        return None, f"no ImageNet weights for the ResNet-18 trunk: {exc}; {trunk_help()}"
+    try:
+        sd = read_tensors(path)
+    except WeightsError as exc:
+        return None, str(exc)
     wanted = _trunk_shapes()
-    if not isinstance(sd, dict) or any(not isinstance(sd.get(k), torch.Tensor) or tuple(sd[k].shape) != s
-                                       for k, s in wanted.items()):
+    if any(k not in sd or tuple(sd[k].shape) != s for k, s in wanted.items()):
         return None, f"{path}: not a torchvision ResNet-18 state dict (its layers' names or shapes differ)"
     where = "torchvision's ImageNet weights" if source == IMAGENET else str(path)
     return {k: sd[k] for k in wanted}, where
