@@ -250,6 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+WEIGHT_WORDS = ("coco", "none", "active")  # --weights values that are not files
+
+
+def _check_weights_file(args) -> None:
+    """A --weights file that is not there is said at once, before the ~7 s of importing torch."""
+    value = getattr(args, "weights", None)
+    if value and value not in WEIGHT_WORDS and not Path(value).exists():
+        raise UserError(f"{value}: file not found")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Headless commands; ``app.main.run`` sends everything else to the GUI."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -258,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().print_help()
         return 2
     try:
+        _check_weights_file(args)
         return args.func(args)
     except LoupeError as exc:
         print(f"loupe {args.command}: {exc}", file=sys.stderr)
