@@ -8,7 +8,8 @@ from PySide6.QtWidgets import (QColorDialog, QDialog, QDialogButtonBox, QFormLay
                                QLineEdit, QListWidget, QListWidgetItem, QMessageBox, QPushButton,
                                QVBoxLayout, QWidget)
 
-from detector.domain import Category, Instance
+from detector.coco_reader import IMPORTED_BY
+from detector.domain import MODEL, Category, Instance
 
 ID_ROLE = Qt.ItemDataRole.UserRole
 
@@ -20,9 +21,18 @@ def swatch(color: str) -> QIcon:
 
 
 def instance_state(inst: Instance) -> str:
-    if inst.accepted:
-        return "accepted"
-    return "edited" if inst.touched_by_person else "predicted"
+    """Where an instance came from and what the person did with it, in the row's words."""
+    if inst.source == MODEL:
+        if inst.accepted:
+            return "model · accepted"
+        return "model · to check" if inst.changed_by == MODEL else "model · corrected"
+    return "imported" if inst.changed_by == IMPORTED_BY else "yours"
+
+
+def instance_row(inst: Instance, category: Category | None) -> str:
+    """An instances-panel row: category, the model's score where it has one, instance_state."""
+    score = f"   {inst.score:.2f}" if inst.score is not None else ""
+    return f"{category.name if category else '?'}{score}   {instance_state(inst)}"
 
 
 class InstancesPanel(QListWidget):
@@ -43,9 +53,7 @@ class InstancesPanel(QListWidget):
         self.clear()
         for inst in instances:
             cat = categories.get(inst.category_id)
-            score = f"{inst.score:.2f}" if inst.score is not None else "—"
-            item = QListWidgetItem(f"{cat.name if cat else '?'}   {score}   "
-                                   f"{inst.source} · {instance_state(inst)}")
+            item = QListWidgetItem(instance_row(inst, cat))
             if cat:
                 item.setIcon(swatch(cat.color))
             item.setData(ID_ROLE, inst.id)

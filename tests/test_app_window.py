@@ -24,7 +24,22 @@ def test_opens_folder_and_shows_first_image(window, project):
     assert window.canvas.has_image
     assert len(window.canvas.items_by_id) == len(project.instances(first.id))
     assert window.instances_panel.count() == len(project.instances(first.id))
+    rows = [window.instances_panel.item(i).text() for i in range(window.instances_panel.count())]
+    assert rows and all(r.endswith("   imported") for r in rows), rows
     assert window.image_list.model.rowCount() == 6
+
+
+def test_instance_rows_say_where_each_came_from_and_what_was_done():
+    from app.docks import instance_row
+    from detector.domain import MODEL, PERSON, Category, Instance
+
+    cat = Category("circle")
+    pred = Instance(1, (0, 0, 5, 5), score=0.874, source=MODEL, changed_by=MODEL)
+    assert instance_row(pred, cat) == "circle   0.87   model · to check"
+    assert instance_row(pred.with_(changed_by=PERSON), cat) == "circle   0.87   model · corrected"
+    assert instance_row(pred.with_(accepted=True), cat) == "circle   0.87   model · accepted"
+    assert instance_row(Instance(1, (0, 0, 5, 5)), cat) == "circle   yours"  # drawn here: no score
+    assert instance_row(Instance(1, (0, 0, 5, 5)), None) == "?   yours"
 
 
 def test_next_previous_and_selection_sync(window, qtbot, project):

@@ -43,7 +43,8 @@ def test_user_mistakes_give_one_line_and_no_traceback(tmp_path):
         assert words in r.stderr and "Traceback" not in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
     # a weights file that is not there is said before torch is imported (which takes seconds)
-    probe = "import sys; from detector.cli import main; rc = main(sys.argv[1:]); print('torch' in sys.modules); sys.exit(rc)"
+    probe = ("import sys; from detector.cli import main; rc = main(sys.argv[1:]); "
+             "print('torch' in sys.modules); sys.exit(rc)")
     for cmd in (["predict"], ["evaluate"], ["train", "-o", tmp_path / "m.pt"]):
         r = subprocess.run([sys.executable, "-c", probe, *map(str, cmd), str(tmp_path / "d"),
                             "--weights", str(tmp_path / "w.pt")], capture_output=True, text=True, cwd=ROOT)
