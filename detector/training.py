@@ -123,9 +123,10 @@ class Trainer:
         else:
             self.optimizer = torch.optim.SGD(params, lr=cfg.lr or FINE_TUNE_SGD_LR_PER_IMAGE * cfg.batch_size,
                                              momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        warm = max(1, min(cfg.warmup_steps, self.total_steps // 5))
+        self.warm_steps = self._warm_steps()
 
         def schedule(step: int) -> float:  # linear warm-up, then cosine to 5% at total_steps
+            warm = self.warm_steps
             if step < warm:
                 return 0.001 + (1 - 0.001) * step / warm
             span = max(1, self.total_steps - warm)
@@ -263,6 +264,10 @@ class Trainer:
             self._pool = ThreadPoolExecutor(self.step_threads, thread_name_prefix="loupe-step",
                                             initializer=torch.set_num_threads, initargs=(share,))
 
+    def _warm_steps(self) -> int:
+        """The warm-up: cfg.warmup_steps, at most a fifth of the run."""
+        return max(1, min(self.cfg.warmup_steps, self.total_steps // 5))
+
     def stop_step_threads(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()
@@ -303,6 +308,10 @@ class Trainer:
         cap = self._step_cap
         self.total_steps = max(min(cap, fit), min(cap, MIN_BUDGET_STEPS), self.step)
         first = not self._budget_fitted
+        if first:  # a fifth of the run the budget gives, not of the profile's cap (500 -> a 100-step
+            # cap on the warm-up, a third of a 160-step run); set once, so a later look moves no step
+            # from warm-up to decay
+            self.warm_steps = min(self.warm_steps, self._warm_steps())
         self._budget_fitted = True
         self._refit_step = None
         if first:

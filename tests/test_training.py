@@ -449,11 +449,15 @@ def test_a_time_budget_looks_again_once_the_step_time_settles(tmp_path, monkeypa
                                                          sleep=lambda s: None))
     p, _ = _labelled(tmp_path / "f", n=2)
     events = []
-    r = train_project(p, cfg(iterations=500, time_budget_s=12.0, warmup_steps=2), tmp_path / "m.pt",
+    r = train_project(p, cfg(iterations=500, time_budget_s=12.0, warmup_steps=50), tmp_path / "m.pt",
                       hooks=[clock], on_event=events.append)
     totals = [e.total_steps for e in events if e.kind == "step"]
     # step 3: 1 s a step, 10 s left -> 13 steps; step 7: 0.44 s a step since, 8.25 s left -> 25
     assert totals[2] == 13 and totals[6] == 25 and r.steps == 25 and r.ok
+    # the warm-up is a fifth of the 13 steps fitted first (2), not of the 500 asked (50, longer
+    # than the run, so the rate would never pass half of its peak): near the peak early, then decay
+    lrs = [e.lr for e in events if e.kind == "step"]
+    assert max(lrs) > 0.9 * r.lr and lrs.index(max(lrs)) < 6 and lrs[-1] < 0.1 * r.lr
     p.close()
 
 
