@@ -154,7 +154,7 @@ def main() -> None:
 
         # Next-image latency with neighbours prefetched (A/D), before the model is busy.
         nav = []
-        for _ in range(6):
+        for _ in range(min(6, args.images - 1)):  # next stops at the last image
             spin(app, lambda: win.loader.pool.activeThreadCount() == 0, 30)
             current = win.current_image_id
             t = time.perf_counter()

@@ -36,7 +36,7 @@ def steps(smoke: bool, nuclei: str, tmp: Path) -> list[tuple[str, list[str], int
         # ~35, train ~28, the rest <= 20), so two at a time end together: 169 s in list order.
         dev = ["--device", "cpu"]
         return [
-            ("gui", b + ["bench/bench_gui.py", "--images", "8", "--size", "96x72", "--launch-repeats", "1",
+            ("gui", b + ["bench/bench_gui.py", "--images", "4", "--size", "96x72", "--launch-repeats", "1",
                          "--train-steps", "1", "--detections", "10", *dev], 240),
             ("ladder", b + ["bench/bench_ladder.py", "--smoke", *dev], 120),
             ("torchrun", _torchrun(tmp, smoke=True), 180),

@@ -62,7 +62,7 @@ def test_train_cancel_then_complete_swaps_model_and_reannotates(qtbot, window):
     assert "cancelled" in w.training.panel.result.text()
 
     # A full run.
-    w.training.config = replace(w.training.config, iterations=40)
+    w.training.config = replace(w.training.config, iterations=24)
     with qtbot.waitSignal(w.training.runner.finished, timeout=300_000) as fin:
         w.acts.train.trigger()
     result = fin.args[0]
@@ -70,9 +70,9 @@ def test_train_cancel_then_complete_swaps_model_and_reannotates(qtbot, window):
     names = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask",
              "loss_keypoint", "loss", "lr"}
     assert names <= set(chart.series)
-    assert all(chart.series[k].count() >= 20 for k in ("loss_objectness", "loss_mask", "loss", "lr"))
+    assert all(chart.series[k].count() >= 12 for k in ("loss_objectness", "loss_mask", "loss", "lr"))
     (version,) = p.models()
-    assert version.active and version.images_seen >= 40  # 40 steps of batch 2 (an odd last batch is 1)
+    assert version.active and version.images_seen >= 24  # 24 steps of batch 2 (an odd last batch is 1)
     assert set(version.metrics) >= {"bbox", "segm", "keypoints"}
     assert 0 <= version.metrics["segm"]["AP"] <= 1 and version.metrics["images"] >= 1
     log = Path(result["log"])
@@ -130,7 +130,7 @@ def test_auto_training_after_n_reviews_promotes_by_ap_and_reannotates(qtbot, win
     """With a model in place, reviewing N more images starts a background run; its model is kept
     only if its held-out AP is not worse, and then the unreviewed images are re-annotated."""
     w, p = window
-    w.training.config = replace(w.training.config, iterations=20)
+    w.training.config = replace(w.training.config, iterations=12)
     assert not w.training.autotrain.enabled()  # no model yet: nothing to improve on
     with qtbot.waitSignal(w.training.runner.finished, timeout=300_000) as fin:
         w.acts.train.trigger()
