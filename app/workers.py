@@ -202,11 +202,12 @@ class WorkerThread(QObject):
         self.thread.finished.connect(worker.deleteLater)
         self.thread.start()
 
-    def stop(self, timeout_ms: int = 10_000) -> bool:
-        """Cancel running work and join the thread (model work stops between batches)."""
+    def stop(self) -> None:
+        """Cancel running work and join the thread. Model work stops between batches; what cannot
+        be cut short (the worker's first ``import torch``, ~7-15 s on a busy 2-core laptop) is waited
+        for: a QThread destroyed while it runs aborts the process (quitting in the first seconds
+        after launch did, exit status 134)."""
         self.worker.cancel_event.set()
         self.thread.quit()
-        ok = self.thread.wait(timeout_ms)
-        if ok:
-            self.worker.close()
-        return ok
+        self.thread.wait()
+        self.worker.close()

@@ -140,3 +140,29 @@ def test_cancel_pressed_while_a_batch_waits_in_the_queue_stops_it(trained_model,
     assert done == [7, 8]
     with Project(tmp_path / "f") as p:
         assert p.status_counts()[ImageStatus.NEW] == 0
+
+
+@pytest.mark.slow
+def test_quitting_while_the_model_side_still_starts_waits_for_it_instead_of_aborting(qtbot, tmp_path, monkeypatch):
+    """The worker's first ``import torch`` cannot be cut short and takes 7-15 s on a busy 2-core
+    laptop; a window closed meanwhile destroyed its running QThread after 10 s of waiting, which
+    aborts the process (exit status 134: the GUI smoke caught it under load)."""
+    import threading
+    import time
+
+    import app.workers as workers
+    from detector.synthetic import generate
+
+    started, slow = threading.Event(), 10.5
+    monkeypatch.setattr(workers, "settle_imports", lambda: (started.set(), time.sleep(slow)))
+    generate(tmp_path / "f", n_images=2, seed=5, size=(128, 96))
+    p = Project(tmp_path / "f")
+    p.scan()
+    w = MainWindow()
+    qtbot.addWidget(w)
+    w.set_project(p)
+    wt = w.model_side.thread
+    assert started.wait(10)
+    t = time.perf_counter()
+    w.close()
+    assert wt.thread.isFinished() and time.perf_counter() - t > slow - 1
