@@ -88,7 +88,8 @@ def download(url: str, dest: Path, *, progress: Callable[[int, int], None] | Non
              timeout: float = 30.0) -> Path:
     """Fetch ``url`` to ``dest``, resuming ``dest.partial``; hash-checked before it is renamed.
 
-    ``progress(done_bytes, total_bytes)`` is called after each chunk (total 0 when unknown).
+    ``progress(done_bytes, total_bytes)`` is called once the server answers and after each chunk
+    (total 0 when unknown).
     Cancelling keeps the partial file for the next try. A file whose hash does not match is
     deleted and the error says so. ``offline_text``: what the error tells a person without internet
     to do (default: where COCO's file goes); ``timeout``: seconds to wait for the server.
@@ -110,6 +111,8 @@ def download(url: str, dest: Path, *, progress: Callable[[int, int], None] | Non
         total = have + length if length else 0
         with open(part, "ab" if have else "wb") as f:
             done = have
+            if progress is not None:
+                progress(done, total)
             while True:
                 if cancel is not None and cancel.is_set():
                     raise WeightsError(f"{dest.name}: download cancelled; {done >> 20} MB kept, "
@@ -129,17 +132,18 @@ def download(url: str, dest: Path, *, progress: Callable[[int, int], None] | Non
     return dest
 
 
-def cached(url: str, path: Path, *, offline_text: str | None = None) -> Path:
+def cached(url: str, path: Path, *, offline_text: str | None = None,
+           progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None) -> Path:
     """``path`` (in torchvision's cache), downloaded from ``url`` first when it is not there, or
     WeightsError. Never tried with LOUPE_OFFLINE=1; the 10 s timeout bounds a silent network
-    (torch.hub's own download waits forever)."""
+    (torch.hub's own download waits forever). ``progress`` and ``cancel``: as ``download``'s."""
     if path.is_file():
         return path
     if os.environ.get("LOUPE_OFFLINE") == "1":
         raise WeightsError(f"{path.name} is not in torchvision's cache ({path.parent}); downloads are off "
                            "(LOUPE_OFFLINE=1)")
     try:
-        return download(url, path, offline_text=offline_text, timeout=10.0)
+        return download(url, path, offline_text=offline_text, timeout=10.0, progress=progress, cancel=cancel)
     except OSError as exc:  # a connection cut while reading
         raise WeightsError(f"{url}: download failed ({exc})") from exc
 

@@ -4,6 +4,8 @@ the profile fills in, and the optimizer and learning rate for where the weights 
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Callable
 from dataclasses import replace
 
 from . import profiles
@@ -59,8 +61,10 @@ def _loss_settings(cfg: TrainConfig, fallback: dict) -> dict[str, float]:
     return out
 
 
-def prepare_detector(project, cfg: TrainConfig) -> tuple[Detector, dict | None]:
-    """The model to start from, and the checkpoint to resume (if any)."""
+def prepare_detector(project, cfg: TrainConfig, *, progress: Callable[[int, int], None] | None = None,
+                     cancel: threading.Event | None = None) -> tuple[Detector, dict | None]:
+    """The model to start from, and the checkpoint to resume (if any). ``progress`` and ``cancel``
+    reach the download of the light model's ImageNet trunk, when one is needed."""
     cats = project.categories()
     if not cats:
         raise TrainingError("the project has no categories: label something first")
@@ -94,7 +98,8 @@ def prepare_detector(project, cfg: TrainConfig) -> tuple[Detector, dict | None]:
     # The light model's trunk from ImageNet (detector.trunk): fine-tuned like learned weights
     # (torchvision's recipe for a pretrained backbone: the stem and first stage stay, and so do
     # the trunk's BatchNorm statistics), while the pyramid and heads learn from random weights.
-    trunk = trunk_state_dict(cfg.trunk) if cfg.weights == "coco" and backbone == LIGHT_BACKBONE else None
+    trunk = trunk_state_dict(cfg.trunk, progress=progress, cancel=cancel) \
+        if cfg.weights == "coco" and backbone == LIGHT_BACKBONE else None
     layers = cfg.trainable_layers if cfg.trainable_layers is not None else \
         (FINE_TUNE_TRAINABLE_LAYERS if pretrained or (trunk and trunk[0]) else 5)
     mcfg = ModelConfig(backbone=backbone, min_size=cfg.min_size, max_size=cfg.max_size,

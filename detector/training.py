@@ -32,6 +32,7 @@ from .train_data import (AspectRatioBatches, LabelledImages, RunBatches, Sample,
 from .train_hooks import PeriodicCheckpointer, WeightAverage
 from .train_setup import (FINE_TUNE_ADAMW_LR, FINE_TUNE_SGD_LR_PER_IMAGE, apply_profile,  # noqa: F401
                           prepare_detector, starts_from_random, trunk_clause, with_start_defaults)
+from .trunk import trunk_cache_path
 
 LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg",
               "loss_mask", "loss_keypoint")
@@ -442,6 +443,29 @@ def step_threads(cfg: TrainConfig, device: torch.device, world: int) -> int:
     return max(1, min(asked, cfg.batch_size or 1))
 
 
+class _DownloadReport:
+    """``pretrained.download``'s progress as "prepare" events, one per MB, and how long it took."""
+
+    def __init__(self, report: Callable[[TrainEvent], None], name: str):
+        self.report, self.name = report, name
+        self.first: float | None = None
+        self.last = 0.0
+        self.mb = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        self.first = now if self.first is None else self.first
+        self.last = now
+        mb, of = done >> 20, total >> 20
+        if mb != self.mb:
+            self.mb = mb
+            self.report(TrainEvent("prepare", mb, of, message=f"downloading {self.name} (the ImageNet trunk): "
+                                                              f"{mb} of {of or '?'} MB"))
+
+    def seconds(self) -> float:
+        return self.last - self.first if self.first is not None else 0.0
+
+
 def _jsonable(d: dict) -> dict:
     return json.loads(json.dumps(d, default=str))
 
@@ -453,7 +477,8 @@ def train_project(project, cfg: TrainConfig, output: str | os.PathLike, *, progr
                   json_events: bool = False, on_event: Callable[[TrainEvent], None] | None = None,
                   hooks: list[Hook] | None = None, cancel: threading.Event | None = None) -> TrainResult:
     """Fine-tune on the project's reviewed images (minus the held-out split) and write ``output``.
-    A time budget counts from this call: reading the data and building the model are inside it."""
+    A time budget counts from this call: reading the data and building the model are inside it,
+    a download of the trunk's weights is not (it happens once; "prepare" events report it)."""
     started = time.perf_counter()
     train, held = split_reviewed(project, cfg.holdout)
     samples, groups = collect_samples(project, train)
@@ -466,10 +491,6 @@ def train_project(project, cfg: TrainConfig, output: str | os.PathLike, *, progr
     if not any(s.instances for s in samples):
         raise TrainingError("the reviewed images have no instances: label some objects first")
     cfg, profile = apply_profile(cfg, [(s.width, s.height) for s in samples], samples)
-    torch.manual_seed(cfg.seed)  # the seed covers random initial weights too, not only the run
-    det, resume_ckpt = prepare_detector(project, cfg)
-    cfg = with_start_defaults(cfg, det, resume_ckpt)
-    profile = replace(profile, reason=profile.reason + trunk_clause(cfg, det))
     bar = None
     if progress:
         from tqdm import tqdm
@@ -480,7 +501,10 @@ def train_project(project, cfg: TrainConfig, output: str | os.PathLike, *, progr
         if json_events:
             print(ev.to_json(), flush=True)
         if bar is not None:
-            if ev.kind == "start":
+            if ev.kind == "prepare":
+                bar.set_description_str(ev.message)
+            elif ev.kind == "start":
+                bar.set_description_str("training")
                 bar.reset(total=ev.total_steps)
                 bar.update(ev.step)
                 bar.write(det.notice)
@@ -491,6 +515,17 @@ def train_project(project, cfg: TrainConfig, output: str | os.PathLike, *, progr
         if on_event is not None:
             on_event(ev)
 
+    torch.manual_seed(cfg.seed)  # the seed covers random initial weights too, not only the run
+    fetch = _DownloadReport(report, trunk_cache_path().name)
+    det, resume_ckpt = prepare_detector(project, cfg, progress=fetch, cancel=cancel)
+    # A one-time download of the trunk's weights is not the run's: the time budget starts after it.
+    started += fetch.seconds()
+    if cancel is not None and cancel.is_set():  # while setting up (the download): nothing to save
+        report(TrainEvent("cancelled", message="cancelled before the first step; nothing saved"
+                          + (" (the partial download is kept for the next try)" if fetch.seconds() else "")))
+        return TrainResult(False, None, 0, 0, cancelled=True, message="cancelled")
+    cfg = with_start_defaults(cfg, det, resume_ckpt)
+    profile = replace(profile, reason=profile.reason + trunk_clause(cfg, det))
     trainer = Trainer(det, samples, groups, cfg, output, on_event=report, hooks=hooks, cancel=cancel,
                       extra_meta={"holdout": {"fraction": cfg.holdout,
                                               "images": [r.path for r in held]},

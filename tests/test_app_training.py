@@ -163,3 +163,22 @@ def test_auto_training_after_n_reviews_promotes_by_ap_and_reannotates(qtbot, win
         assert p.instances(todo[1])
     else:
         assert p.active_model().id == first.id and "not better" in w.training.panel.result.text()
+
+
+def test_the_panel_shows_a_download_before_the_run_then_the_run(qtbot):
+    from app.train_dock import TrainingPanel
+    from detector.train_config import TrainEvent
+
+    panel = TrainingPanel()
+    qtbot.addWidget(panel)
+    panel.started()
+    panel.on_event(TrainEvent("prepare", 12, 44, message="downloading resnet18-f37072fd.pth (the ImageNet "
+                                                         "trunk): 12 of 44 MB"))
+    bar = panel.progress
+    assert (bar.minimum(), bar.maximum(), bar.value()) == (0, 44, 12)
+    assert bar.text() == "downloading the trunk's weights: 12 of 44 MB"
+    assert panel.speed.text() == "downloading resnet18-f37072fd.pth (the ImageNet trunk)"
+    panel.on_event(TrainEvent("start", 0, 160, message="training on 8 images; profile cpu-fast: a CPU"))
+    assert (bar.maximum(), bar.value(), bar.text()) == (160, 0, "step 0/160")
+    assert "downloading" not in panel.speed.text()
+    assert panel.profile.text() == "Profile cpu-fast: a CPU"

@@ -2,6 +2,12 @@
 them): loaded and fine-tuned the torchvision way, refused when corrupt or foreign, and a run
 without them says which file to fetch."""
 
+import functools
+import hashlib
+import io
+import threading
+import time
+
 import pytest
 import torch
 from torchvision.models import resnet18
@@ -9,7 +15,7 @@ from torchvision.models import resnet18
 from detector import pretrained as P
 from detector import trunk as T
 from detector.model import load_checkpoint
-from detector.train_config import TrainConfig
+from detector.train_config import Hook, TrainConfig
 from detector.train_setup import prepare_detector, trunk_clause, with_start_defaults
 from detector.training import train_project
 
@@ -137,3 +143,81 @@ def _parse(argv):
     from detector.cli import build_parser
 
     return build_parser().parse_args(["train", "folder", "-o", "m.pt", *argv])
+
+
+class _SlowServer:
+    """torchvision's download server, played from bytes: ``delay`` seconds a read (a 1 MB chunk)."""
+
+    def __init__(self, data: bytes, delay: float, cancel=None, cancel_after: int = 0):
+        self.data, self.delay, self.cancel, self.cancel_after = data, delay, cancel, cancel_after
+        self.reads = 0
+
+    def __call__(self, req, timeout):
+        server = self
+
+        class Response(io.BytesIO):
+            status, headers = 200, {"Content-Length": str(len(server.data))}
+
+            def read(self, n=-1):
+                time.sleep(server.delay)
+                server.reads += 1
+                if server.cancel is not None and server.reads == server.cancel_after:
+                    server.cancel.set()  # what the app's Cancel does (SIGTERM sets it in `loupe train`)
+                return super().read(n)
+
+        return Response(server.data)
+
+
+@pytest.fixture
+def imagenet_bytes(tmp_path, monkeypatch, imagenet_sd):
+    """The trunk file's bytes, its hash registered under torchvision's name; an empty cache, online."""
+    buf = io.BytesIO()
+    torch.save(imagenet_sd, buf)
+    data = buf.getvalue()
+    monkeypatch.setitem(P.KNOWN_HASHES, T.trunk_cache_path().name, hashlib.sha256(data).hexdigest()[:8])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("LOUPE_OFFLINE", "0")
+    return data
+
+
+class _Started(Hook):
+    def before_train(self, trainer):
+        self.started = trainer.started
+
+
+def test_a_trunk_downloaded_for_the_run_shows_progress_and_is_left_out_of_its_time_budget(
+        project, tmp_path, monkeypatch, imagenet_bytes):
+    server = _SlowServer(imagenet_bytes, delay=0.05)
+    monkeypatch.setattr(P, "download", functools.partial(P.download, opener=server))
+    events, spy = [], _Started()
+    t0 = time.perf_counter()
+    result = train_project(project, small_train_config(weights="coco", iterations=2), tmp_path / "m.pt",
+                           on_event=events.append, hooks=[spy])
+    assert result.ok and load_checkpoint(tmp_path / "m.pt")["trunk"] == "torchvision's ImageNet weights"
+    assert T.trunk_cache_path().read_bytes() == imagenet_bytes
+    kinds = [e.kind for e in events]
+    first_start = kinds.index("start")
+    fetching = events[:first_start]
+    assert fetching and all(e.kind == "prepare" for e in fetching)  # all before the run starts
+    mb = len(imagenet_bytes) >> 20
+    assert [e.step for e in fetching] == list(range(mb + 1)) and {e.total_steps for e in fetching} == {mb}
+    assert "downloading resnet18-f37072fd.pth" in fetching[-1].message
+    # the time budget's clock starts after the download: the run's own time is all it counts
+    slept = server.reads * server.delay
+    assert spy.started - t0 >= slept * 0.9, (spy.started - t0, slept)
+
+
+def test_cancel_during_the_trunks_download_stops_the_run_and_keeps_the_partial_file(
+        project, tmp_path, monkeypatch, imagenet_bytes):
+    cancel = threading.Event()
+    server = _SlowServer(imagenet_bytes, delay=0.0, cancel=cancel, cancel_after=3)
+    monkeypatch.setattr(P, "download", functools.partial(P.download, opener=server))
+    events = []
+    result = train_project(project, small_train_config(weights="coco", iterations=2), tmp_path / "m.pt",
+                           on_event=events.append, cancel=cancel)
+    assert result.cancelled and not result.ok and result.checkpoint is None
+    assert not (tmp_path / "m.pt").exists()
+    assert [e.kind for e in events][-1] == "cancelled" and "partial download is kept" in events[-1].message
+    assert "start" not in [e.kind for e in events]
+    part = T.trunk_cache_path().with_name(T.trunk_cache_path().name + ".partial")
+    assert part.stat().st_size == 3 << 20 and not T.trunk_cache_path().exists()
