@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(PY) main.py $(FOLDER)
 
-## Run the whole suite offscreen.
+## Run the whole suite offscreen, TEST_JOBS tests at a time (pytest-xdist; TEST_JOBS=0: one process).
+TEST_JOBS ?= 2
 test: $(STAMP)
-	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -ra $(PYTEST_ARGS)
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -ra -n $(TEST_JOBS) $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

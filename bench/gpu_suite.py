@@ -32,8 +32,8 @@ def steps(smoke: bool, nuclei: str, tmp: Path) -> list[tuple[str, list[str], int
     """(name, command, timeout seconds): on a GPU most important first, in the smoke longest first."""
     b = [PY, "-u"]
     if smoke:
-        # Longest first (seconds on the 2-core VM: gui ~70, ladder ~55, torchrun ~40, first_model
-        # ~35, train ~28, the rest <= 20), so two at a time end together: 169 s in list order.
+        # Longest first (seconds on the 2-core VM, 2026-11-28: gui ~65, ladder ~45, torchrun ~38,
+        # first_model ~30, train ~27, the rest <= 21), so two at a time end together (~135 s).
         dev = ["--device", "cpu"]
         return [
             ("gui", b + ["bench/bench_gui.py", "--images", "4", "--size", "96x72", "--launch-repeats", "1",

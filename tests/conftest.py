@@ -124,12 +124,38 @@ def labelled(folder, n=4, seed=5):
 
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory):
-    """One small model overfitted on 4 images, shared by the tests (about a minute, once)."""
+    """One small model overfitted on 4 images, shared by the tests (about a minute, once). Under
+    pytest-xdist the first worker that needs it trains it and the others wait for it; each worker
+    gets a copy of the folder, whose project store its tests write to."""
+    import json
+    import shutil
+
+    from filelock import FileLock
+
+    from detector.train_config import TrainEvent, TrainResult
     from detector.training import train_project
 
-    folder = tmp_path_factory.mktemp("train") / "shapes"
-    p, gt = labelled(folder)
-    events = []
-    result = train_project(p, small_train_config(), folder.parent / "model.pt", on_event=events.append)
-    p.close()
-    return folder, gt, Path(result.checkpoint), events, result
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.mktemp("train") / "shapes"
+        p, gt = labelled(folder)
+        events = []
+        result = train_project(p, small_train_config(), folder.parent / "model.pt", on_event=events.append)
+        p.close()
+        return folder, gt, Path(result.checkpoint), events, result
+    run = tmp_path_factory.getbasetemp().parent  # this run's, shared by its workers
+    built = run / "trained_model"
+    with FileLock(str(run / "trained_model.lock")):
+        if not (built / "run.json").exists():
+            p, _ = labelled(built / "shapes")
+            events = []
+            result = train_project(p, small_train_config(), built / "model.pt", on_event=events.append)
+            p.close()
+            (built / "run.json").write_text(json.dumps({"events": [e.to_json() for e in events],
+                                                        "result": result.summary()}))
+    mine = tmp_path_factory.mktemp("train")
+    shutil.copytree(built / "shapes", mine / "shapes")
+    shutil.copy(built / "model.pt", mine / "model.pt")
+    run_json = json.loads((built / "run.json").read_text())
+    result = TrainResult(**{**run_json["result"], "checkpoint": str(mine / "model.pt")})
+    events = [TrainEvent.from_json(x) for x in run_json["events"]]
+    return mine / "shapes", mine / "shapes" / "ground_truth.json", mine / "model.pt", events, result
