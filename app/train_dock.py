@@ -180,9 +180,12 @@ class TrainingPanel(QWidget):
             step, total = ev.step, ev.total_steps
             self.progress.setRange(0, total)
             self.progress.setValue(step)
-            done = max(1, step - self._step0)
-            eta = (time.monotonic() - self._t0) / done * (total - step)
-            self.progress.setFormat(f"step %v/%m  ETA {int(eta)} s")
+            if "eta_s" in ev.metrics:  # a time budget still fitting the step count: its time left
+                self.progress.setFormat(f"step %v  ETA ~{int(ev.metrics['eta_s'])} s (time budget)")
+            else:
+                done = max(1, step - self._step0)
+                eta = (time.monotonic() - self._t0) / done * (total - step)
+                self.progress.setFormat(f"step %v/%m  ETA {int(eta)} s")
             self.speed.setText(f"{ev.images_per_s:.2f} images/s · loss {ev.losses.get('loss', 0):.3f}")
             self.chart.add(step, ev.losses, ev.lr)
         elif ev.kind is EventKind.EVAL:

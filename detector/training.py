@@ -233,9 +233,13 @@ class Trainer:
                 now = time.perf_counter()
                 ips = n_last / max(1e-6, now - t_last)
                 t_last, n_last = now, 0
+                # Until a time budget has fitted the step count, total_steps is the profile's cap
+                # (cpu-fast: 500): the budget's time left is the better estimate of the end.
+                eta = {} if self._budget_fitted else \
+                    {"eta_s": round(max(0.0, self.cfg.time_budget_s - (now - self._t_start)), 1)}
                 ev = TrainEvent("step", self.step, self.total_steps, epoch,
                                 self.optimizer.param_groups[0]["lr"], dict(self.last_losses),
-                                round(ips, 3))
+                                round(ips, 3), metrics=eta)
                 self.emit(ev)
                 for h in self.hooks:
                     h.after_step(self, ev)

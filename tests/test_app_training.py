@@ -182,3 +182,7 @@ def test_the_panel_shows_a_download_before_the_run_then_the_run(qtbot):
     assert (bar.maximum(), bar.value(), bar.text()) == (160, 0, "step 0/160")
     assert "downloading" not in panel.speed.text()
     assert panel.profile.text() == "Profile cpu-fast: a CPU"
+    panel.on_event(TrainEvent("step", 3, 500, losses={"loss": 2.0}, metrics={"eta_s": 141.6}))
+    assert bar.text() == "step 3  ETA ~141 s (time budget)"  # the budget has not fitted the steps yet
+    panel.on_event(TrainEvent("step", 7, 160, losses={"loss": 1.5}))
+    assert bar.text().startswith("step 7/160  ETA ")

@@ -454,6 +454,9 @@ def test_a_time_budget_looks_again_once_the_step_time_settles(tmp_path, monkeypa
     totals = [e.total_steps for e in events if e.kind == "step"]
     # step 3: 1 s a step, 10 s left -> 13 steps; step 7: 0.44 s a step since, 8.25 s left -> 25
     assert totals[2] == 13 and totals[6] == 25 and r.steps == 25 and r.ok
+    # until the first fit the dock's ETA is the budget's time left, not 500 steps' worth
+    etas = [e.metrics.get("eta_s") for e in events if e.kind == "step"]
+    assert etas[:2] == [12.0, 11.0] and not any(etas[2:])
     # the warm-up is a fifth of the 13 steps fitted first (2), not of the 500 asked (50, longer
     # than the run, so the rate would never pass half of its peak): near the peak early, then decay
     lrs = [e.lr for e in events if e.kind == "step"]
