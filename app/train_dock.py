@@ -165,7 +165,7 @@ class TrainingPanel(QWidget):
         if ev.kind is EventKind.PREPARE:  # a download before the run (MB; total 0 when unknown)
             self.progress.setRange(0, ev.total_steps)
             self.progress.setValue(ev.step)
-            self.progress.setFormat(f"downloading the trunk's weights: {ev.step} of {ev.total_steps or '?'} MB")
+            self.progress.setFormat(f"downloading weights: {ev.step} of {ev.total_steps or '?'} MB")
             self.speed.setText(ev.message.partition(":")[0])
         elif ev.kind is EventKind.START:
             self.progress.setRange(0, max(1, ev.total_steps))

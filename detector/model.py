@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import pickle
 import platform
+import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -178,15 +180,22 @@ BACKBONE_BUILDERS = {DEFAULT_BACKBONE: _resnet50_v2, LIGHT_BACKBONE: _resnet18}
 assert set(BACKBONE_BUILDERS) == set(BACKBONES), "detector/train_config.py BACKBONES and the builders differ"
 
 
-def coco_state_dict(which: str = "mask") -> dict[str, torch.Tensor] | None:
-    """torchvision's COCO weights from its cache (downloaded there if possible: ``pretrained.cached``),
-    else None."""
+# A download's progress as the model side reports it: (file name, bytes done, bytes in all or 0).
+Fetching = Callable[[str, int, int], None]
+
+
+def coco_state_dict(which: str = "mask", *, progress: Fetching | None = None,
+                    cancel: threading.Event | None = None) -> dict[str, torch.Tensor] | None:
+    """torchvision's COCO weights from its cache (downloaded there if possible: ``pretrained.cached``,
+    with ``progress`` and ``cancel``), else None."""
     from .pretrained import WeightsError, cached, read_tensors  # it imports this module
 
     w = (MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1 if which == "mask"
          else KeypointRCNN_ResNet50_FPN_Weights.COCO_V1)
+    path = coco_cache_path(which)
+    named = (lambda done, total: progress(path.name, done, total)) if progress is not None else None
     try:
-        return read_tensors(cached(w.url, coco_cache_path(which)))
+        return read_tensors(cached(w.url, path, progress=named, cancel=cancel))
     except WeightsError:  # offline, a failed download, a broken cache file: the next option
         return None
 
@@ -198,7 +207,8 @@ def coco_cache_path(which: str = "mask") -> Path:
 
 
 def build_model(*, categories: list[Category] | tuple[Category, ...], weights: str | os.PathLike | None = "coco",
-                config: ModelConfig | None = None, trunk: tuple[dict | None, str] | None = None) -> Detector:
+                config: ModelConfig | None = None, trunk: tuple[dict | None, str] | None = None,
+                progress: Fetching | None = None, cancel: threading.Event | None = None) -> Detector:
     """Build a Detector for ``categories``.
 
     ``weights``: a Loupe checkpoint path; ``"coco"`` for torchvision's COCO weights when they are
@@ -206,6 +216,7 @@ def build_model(*, categories: list[Category] | tuple[Category, ...], weights: s
     ``"none"`` for random initialisation. Whatever cannot be had falls back to the next option,
     and ``Detector.notice`` says so. ``trunk``: for the light backbone with ``"coco"``, the
     (ImageNet weights or None, where from or why not) of ``detector.trunk.trunk_state_dict``.
+    ``progress`` and ``cancel``: for a download of COCO's files (``coco_state_dict``).
     """
     categories = tuple(categories)
     if not categories:
@@ -234,7 +245,7 @@ def build_model(*, categories: list[Category] | tuple[Category, ...], weights: s
                              "no COCO weights in torchvision's cache") + (f"; {where}" if where else "")
                           + ". Review a few images and train.")
         else:
-            sd = coco_state_dict("mask")
+            sd = coco_state_dict("mask", progress=progress, cancel=cancel)
             if sd is None:
                 notice = ("No pretrained weights found (torchvision's COCO Mask R-CNN is not in "
                           f"{coco_cache_path().parent} and could not be downloaded): starting "
@@ -248,7 +259,7 @@ def build_model(*, categories: list[Category] | tuple[Category, ...], weights: s
                 notice = "Started from torchvision's COCO Mask R-CNN weights" + (
                     f"; categories matched to COCO: {', '.join(matched)}" if matched else "")
                 if nk:
-                    notice += _coco_keypoints(model, categories)
+                    notice += _coco_keypoints(model, categories, progress, cancel)
     else:
         notice = "Random initial weights (as asked): review a few images and train."
     # ``from_scratch``: no learned weights at all; the trainer picks its from-scratch defaults.
@@ -256,9 +267,10 @@ def build_model(*, categories: list[Category] | tuple[Category, ...], weights: s
     return Detector(model, categories, cfg, notice, {**meta, "from_scratch": not pretrained})
 
 
-def _coco_keypoints(model: MaskRCNN, categories: tuple[Category, ...]) -> str:
+def _coco_keypoints(model: MaskRCNN, categories: tuple[Category, ...], progress: Fetching | None = None,
+                    cancel: threading.Event | None = None) -> str:
     """Person keypoints from torchvision's Keypoint R-CNN, where the schema's names match COCO's."""
-    sd = coco_state_dict("keypoint")
+    sd = coco_state_dict("keypoint", progress=progress, cancel=cancel)
     if sd is None:
         return "; no Keypoint R-CNN weights in the cache, keypoint head starts from random"
     names = KeypointRCNN_ResNet50_FPN_Weights.COCO_V1.meta["keypoint_names"]

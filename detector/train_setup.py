@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
 from dataclasses import replace
 
 from . import profiles
 from .errors import TrainingError
 from .devices import cpu_autocast, dist_info, pick_device
-from .model import (CheckpointError, Detector, ModelConfig, build_model, checkpoint_meta, detector_from_checkpoint,
-                    load_checkpoint)
+from .model import (CheckpointError, Detector, Fetching, ModelConfig, build_model, checkpoint_meta,
+                    detector_from_checkpoint, load_checkpoint)
 from .profiles import Profile
 from .train_config import DEFAULT_BACKBONE, LIGHT_BACKBONE, OPTIMIZERS, TrainConfig
 from .train_data import Sample
@@ -61,10 +60,11 @@ def _loss_settings(cfg: TrainConfig, fallback: dict) -> dict[str, float]:
     return out
 
 
-def prepare_detector(project, cfg: TrainConfig, *, progress: Callable[[int, int], None] | None = None,
+def prepare_detector(project, cfg: TrainConfig, *, progress: Fetching | None = None,
                      cancel: threading.Event | None = None) -> tuple[Detector, dict | None]:
     """The model to start from, and the checkpoint to resume (if any). ``progress`` and ``cancel``
-    reach the download of the light model's ImageNet trunk, when one is needed."""
+    reach a download of the weights it starts from (COCO's files, the light model's ImageNet
+    trunk), when one is needed."""
     cats = project.categories()
     if not cats:
         raise TrainingError("the project has no categories: label something first")
@@ -104,7 +104,8 @@ def prepare_detector(project, cfg: TrainConfig, *, progress: Callable[[int, int]
         (FINE_TUNE_TRAINABLE_LAYERS if pretrained or (trunk and trunk[0]) else 5)
     mcfg = ModelConfig(backbone=backbone, min_size=cfg.min_size, max_size=cfg.max_size,
                        trainable_layers=layers, **overrides)
-    det = build_model(categories=cats, weights=cfg.weights, config=mcfg, trunk=trunk)
+    det = build_model(categories=cats, weights=cfg.weights, config=mcfg, trunk=trunk, progress=progress,
+                      cancel=cancel)
     return det, None
 
 

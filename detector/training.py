@@ -32,7 +32,6 @@ from .train_data import (AspectRatioBatches, LabelledImages, RunBatches, Sample,
 from .train_hooks import PeriodicCheckpointer, WeightAverage
 from .train_setup import (FINE_TUNE_ADAMW_LR, FINE_TUNE_SGD_LR_PER_IMAGE, apply_profile,  # noqa: F401
                           prepare_detector, starts_from_random, trunk_clause, with_start_defaults)
-from .trunk import trunk_cache_path
 
 LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg",
               "loss_mask", "loss_keypoint")
@@ -448,26 +447,24 @@ def step_threads(cfg: TrainConfig, device: torch.device, world: int) -> int:
 
 
 class _DownloadReport:
-    """``pretrained.download``'s progress as "prepare" events, one per MB, and how long it took."""
+    """Downloads of the weights a run starts from as "prepare" events, one per MB, and the
+    seconds they took (``pretrained.download`` calls it once the server answers, then per chunk)."""
 
-    def __init__(self, report: Callable[[TrainEvent], None], name: str):
-        self.report, self.name = report, name
-        self.first: float | None = None
-        self.last = 0.0
-        self.mb = -1
+    def __init__(self, report: Callable[[TrainEvent], None]):
+        self.report = report
+        self.files: dict[str, list] = {}  # name -> [first call, last call, last MB reported]
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, name: str, done: int, total: int) -> None:
         now = time.perf_counter()
-        self.first = now if self.first is None else self.first
-        self.last = now
+        f = self.files.setdefault(name, [now, now, -1])
+        f[1] = now
         mb, of = done >> 20, total >> 20
-        if mb != self.mb:
-            self.mb = mb
-            self.report(TrainEvent("prepare", mb, of, message=f"downloading {self.name} (the ImageNet trunk): "
-                                                              f"{mb} of {of or '?'} MB"))
+        if mb != f[2]:
+            f[2] = mb
+            self.report(TrainEvent("prepare", mb, of, message=f"downloading {name}: {mb} of {of or '?'} MB"))
 
     def seconds(self) -> float:
-        return self.last - self.first if self.first is not None else 0.0
+        return sum(last - first for first, last, _ in self.files.values())
 
 
 def _jsonable(d: dict) -> dict:
@@ -482,7 +479,7 @@ def train_project(project, cfg: TrainConfig, output: str | os.PathLike, *, progr
                   hooks: list[Hook] | None = None, cancel: threading.Event | None = None) -> TrainResult:
     """Fine-tune on the project's reviewed images (minus the held-out split) and write ``output``.
     A time budget counts from this call: reading the data and building the model are inside it,
-    a download of the trunk's weights is not (it happens once; "prepare" events report it)."""
+    a download of the weights it starts from is not (it happens once; "prepare" events report it)."""
     started = time.perf_counter()
     train, held = split_reviewed(project, cfg.holdout)
     samples, groups = collect_samples(project, train)
@@ -520,9 +517,9 @@ def train_project(project, cfg: TrainConfig, output: str | os.PathLike, *, progr
             on_event(ev)
 
     torch.manual_seed(cfg.seed)  # the seed covers random initial weights too, not only the run
-    fetch = _DownloadReport(report, trunk_cache_path().name)
+    fetch = _DownloadReport(report)
     det, resume_ckpt = prepare_detector(project, cfg, progress=fetch, cancel=cancel)
-    # A one-time download of the trunk's weights is not the run's: the time budget starts after it.
+    # A one-time download of the weights it starts from is not the run's: the budget starts after it.
     started += fetch.seconds()
     if cancel is not None and cancel.is_set():  # while setting up (the download): nothing to save
         report(TrainEvent("cancelled", message="cancelled before the first step; nothing saved"

@@ -42,19 +42,21 @@ def trunk_help() -> str:
             f"name unchanged, to {trunk_cache_path()}")
 
 
-def trunk_state_dict(source: str, *, progress: Callable[[int, int], None] | None = None,
+def trunk_state_dict(source: str, *, progress: Callable[[str, int, int], None] | None = None,
                      cancel: threading.Event | None = None) -> tuple[dict[str, torch.Tensor] | None, str]:
     """(ResNet-18 weights, where they came from) for ``source`` ("imagenet" or a file path), or
     (None, why not) when they cannot be had. A corrupt, partial or foreign file is refused, never
-    loaded; the reason names the file and the problem. ``progress`` and ``cancel`` reach the
-    download (``pretrained.download``), if one is needed."""
+    loaded; the reason names the file and the problem. ``progress(file name, bytes done, bytes in
+    all)`` and ``cancel`` reach the download (``pretrained.download``), if one is needed."""
     from .pretrained import WeightsError, cached, read_tensors  # it imports the model
 
     if source == NO_TRUNK:
         return None, "random trunk weights, as asked"
     try:
+        name = trunk_cache_path().name
+        named = (lambda done, total: progress(name, done, total)) if progress is not None else None
         path = cached(TRUNK_WEIGHTS.url, trunk_cache_path(), offline_text=trunk_help().capitalize(),
-                      progress=progress, cancel=cancel) if source == IMAGENET else Path(source)
+                      progress=named, cancel=cancel) if source == IMAGENET else Path(source)
     except WeightsError as exc:
         return None, f"no ImageNet weights for the ResNet-18 trunk: {exc}; {trunk_help()}"
     try:

@@ -172,12 +172,11 @@ def test_the_panel_shows_a_download_before_the_run_then_the_run(qtbot):
     panel = TrainingPanel()
     qtbot.addWidget(panel)
     panel.started()
-    panel.on_event(TrainEvent("prepare", 12, 44, message="downloading resnet18-f37072fd.pth (the ImageNet "
-                                                         "trunk): 12 of 44 MB"))
+    panel.on_event(TrainEvent("prepare", 12, 44, message="downloading resnet18-f37072fd.pth: 12 of 44 MB"))
     bar = panel.progress
     assert (bar.minimum(), bar.maximum(), bar.value()) == (0, 44, 12)
-    assert bar.text() == "downloading the trunk's weights: 12 of 44 MB"
-    assert panel.speed.text() == "downloading resnet18-f37072fd.pth (the ImageNet trunk)"
+    assert bar.text() == "downloading weights: 12 of 44 MB"
+    assert panel.speed.text() == "downloading resnet18-f37072fd.pth"
     panel.on_event(TrainEvent("start", 0, 160, message="training on 8 images; profile cpu-fast: a CPU"))
     assert (bar.maximum(), bar.value(), bar.text()) == (160, 0, "step 0/160")
     assert "downloading" not in panel.speed.text()

@@ -149,6 +149,8 @@ def test_coco_weights_for_a_new_model_are_fetched_with_a_timeout_and_never_when_
 
     def fake_download(url, dest, **kw):
         tried.append((url, kw.get("timeout")))
+        if kw.get("progress"):
+            kw["progress"](0, 170 << 20)
         dest.parent.mkdir(parents=True, exist_ok=True)
         torch.save(coco_sd, dest)
         monkeypatch.setitem(P.KNOWN_HASHES, dest.name, hashlib.sha256(dest.read_bytes()).hexdigest()[:8])
@@ -159,7 +161,9 @@ def test_coco_weights_for_a_new_model_are_fetched_with_a_timeout_and_never_when_
     assert M.coco_state_dict("mask") is None  # the suite runs offline (conftest)
     assert tried == []
     monkeypatch.setenv("LOUPE_OFFLINE", "0")
-    sd = M.coco_state_dict("mask")
+    seen = []  # a training run's "prepare" events come from here: the file's name, its bytes
+    sd = M.coco_state_dict("mask", progress=lambda *a: seen.append(a))
+    assert seen == [(M.coco_cache_path("mask").name, 0, 170 << 20)]
     assert tried == [(P.MASK_WEIGHTS.url, 10.0)] and torch.equal(sd["backbone.body.conv1.weight"],
                                                                  coco_sd["backbone.body.conv1.weight"])
     assert M.coco_state_dict("mask") is not None and len(tried) == 1  # from the cache the second time
