@@ -653,7 +653,9 @@ def test_a_step_split_over_threads_adds_up_the_gradients_of_its_parts(tmp_path):
     parts at the same time on the step's threads, through one model, and the gradients (heads
     and backbone) are those of the parts run one after the other. With keypoints and label
     smoothing on, whose per-forward state must stay with its thread, and every region sampled so
-    that the random draws cannot differ between the two ways."""
+    that the random draws cannot differ between the two ways. And the parts add up to what they
+    stand for: each part's own step through the whole model, weighted by its share of the batch
+    (a part weighted 1 instead failed only this last check)."""
     from detector.model import ModelConfig
     from detector.training import LabelledImages, Trainer, TrainConfig, collect_samples
 
@@ -700,6 +702,23 @@ def test_a_step_split_over_threads_adds_up_the_gradients_of_its_parts(tmp_path):
         assert float((got[n] - expected[n]).norm()) <= 1e-3 * float(expected[n].norm()) + 1e-7, n
     assert got_losses == pytest.approx(expected_losses, rel=1e-3)
     assert expected_losses["loss_keypoint"] > 0
+
+    # What the parts stand for: each part's own forward and backward through the whole model,
+    # weighted by its share of the batch (as DistributedDataParallel averages its ranks). With
+    # BatchNorm on its running statistics the backbone treats each image alone, so the two agree.
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.eval()
+    split, _ = gradients(None)
+    for q in model.parameters():
+        q.grad = None
+    weights = trainer.cfg.loss_weights()
+    for a, b in ((0, 2), (2, 4)):  # every region sampled: no random draw to match
+        losses = model(images[a:b], targets[a:b])
+        (sum(v * weights.get(k, 1.0) for k, v in losses.items()) * (b - a) / 4).backward()
+    for n, q in model.named_parameters():
+        if q.grad is not None:
+            assert float((split[n] - q.grad).norm()) <= 1e-3 * float(q.grad.norm()) + 1e-7, n
 
 
 def test_step_threads_default_and_limits(tmp_path):
