@@ -192,10 +192,8 @@ def coco_state_dict(which: str = "mask", *, progress: Fetching | None = None,
 
     w = (MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1 if which == "mask"
          else KeypointRCNN_ResNet50_FPN_Weights.COCO_V1)
-    path = coco_cache_path(which)
-    named = (lambda done, total: progress(path.name, done, total)) if progress is not None else None
     try:
-        return read_tensors(cached(w.url, path, progress=named, cancel=cancel))
+        return read_tensors(cached(w.url, coco_cache_path(which), progress=progress, cancel=cancel))
     except WeightsError:  # offline, a failed download, a broken cache file: the next option
         return None
 

@@ -133,17 +133,19 @@ def download(url: str, dest: Path, *, progress: Callable[[int, int], None] | Non
 
 
 def cached(url: str, path: Path, *, offline_text: str | None = None,
-           progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None) -> Path:
+           progress: Callable[[str, int, int], None] | None = None, cancel: threading.Event | None = None) -> Path:
     """``path`` (in torchvision's cache), downloaded from ``url`` first when it is not there, or
     WeightsError. Never tried with LOUPE_OFFLINE=1; the 10 s timeout bounds a silent network
-    (torch.hub's own download waits forever). ``progress`` and ``cancel``: as ``download``'s."""
+    (torch.hub's own download waits forever). ``progress(file name, bytes done, bytes in all or 0)``
+    and ``cancel``: as ``download``'s."""
     if path.is_file():
         return path
     if os.environ.get("LOUPE_OFFLINE") == "1":
         raise WeightsError(f"{path.name} is not in torchvision's cache ({path.parent}); downloads are off "
                            "(LOUPE_OFFLINE=1)")
     try:
-        return download(url, path, offline_text=offline_text, timeout=10.0, progress=progress, cancel=cancel)
+        named = (lambda done, total: progress(path.name, done, total)) if progress is not None else None
+        return download(url, path, offline_text=offline_text, timeout=10.0, progress=named, cancel=cancel)
     except OSError as exc:  # a connection cut while reading
         raise WeightsError(f"{url}: download failed ({exc})") from exc
 

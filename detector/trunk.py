@@ -53,10 +53,8 @@ def trunk_state_dict(source: str, *, progress: Callable[[str, int, int], None] |
     if source == NO_TRUNK:
         return None, "random trunk weights, as asked"
     try:
-        name = trunk_cache_path().name
-        named = (lambda done, total: progress(name, done, total)) if progress is not None else None
         path = cached(TRUNK_WEIGHTS.url, trunk_cache_path(), offline_text=trunk_help().capitalize(),
-                      progress=named, cancel=cancel) if source == IMAGENET else Path(source)
+                      progress=progress, cancel=cancel) if source == IMAGENET else Path(source)
     except WeightsError as exc:
         return None, f"no ImageNet weights for the ResNet-18 trunk: {exc}; {trunk_help()}"
     try:
