@@ -135,14 +135,9 @@ def trained_model(tmp_path_factory):
     from detector.train_config import TrainEvent, TrainResult
     from detector.training import train_project
 
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        folder = tmp_path_factory.mktemp("train") / "shapes"
-        p, gt = labelled(folder)
-        events = []
-        result = train_project(p, small_train_config(), folder.parent / "model.pt", on_event=events.append)
-        p.close()
-        return folder, gt, Path(result.checkpoint), events, result
-    run = tmp_path_factory.getbasetemp().parent  # this run's, shared by its workers
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    run = tmp_path_factory.getbasetemp()
+    run = run.parent if worker else run  # under xdist: this run's, shared by its workers
     built = run / "trained_model"
     with FileLock(str(run / "trained_model.lock")):
         if not (built / "run.json").exists():
@@ -152,9 +147,11 @@ def trained_model(tmp_path_factory):
             p.close()
             (built / "run.json").write_text(json.dumps({"events": [e.to_json() for e in events],
                                                         "result": result.summary()}))
-    mine = tmp_path_factory.mktemp("train")
-    shutil.copytree(built / "shapes", mine / "shapes")
-    shutil.copy(built / "model.pt", mine / "model.pt")
+    mine = built
+    if worker:
+        mine = tmp_path_factory.mktemp("train")
+        shutil.copytree(built / "shapes", mine / "shapes")
+        shutil.copy(built / "model.pt", mine / "model.pt")
     run_json = json.loads((built / "run.json").read_text())
     result = TrainResult(**{**run_json["result"], "checkpoint": str(mine / "model.pt")})
     events = [TrainEvent.from_json(x) for x in run_json["events"]]
