@@ -253,6 +253,9 @@ class MainWindow(QMainWindow):
             if answer != QMessageBox.StandardButton.Yes:
                 event.ignore()
                 return
+        # Gone from the screen at once: what follows can wait (a training run's end, up to 10 s;
+        # the model side's first torch import, 7-15 s on a busy laptop).
+        self.hide()
         self.training.stop()
         self.models.stop()
         self.loader.shutdown()

@@ -162,7 +162,13 @@ def test_quitting_while_the_model_side_still_starts_waits_for_it_instead_of_abor
     qtbot.addWidget(w)
     w.set_project(p)
     wt = w.model_side.thread
+    visible_while_waiting = []
+    stop = workers.WorkerThread.stop
+    monkeypatch.setattr(workers.WorkerThread, "stop",
+                        lambda self: (visible_while_waiting.append(w.isVisible()), stop(self)))
+    w.show()
     assert started.wait(10)
     t = time.perf_counter()
     w.close()
     assert wt.thread.isFinished() and time.perf_counter() - t > slow / 2  # it did wait for the import
+    assert visible_while_waiting == [False]  # the window left the screen first
