@@ -53,6 +53,11 @@ class Actions:
         self.next = a("Next", lambda: w.step(1), ["D", "PgDown"], "Next image")
         self.fit = a("Fit", w.canvas.fit, "F", "Fit the image in the window")
         self.one = a("1:1", w.canvas.actual_size, "Ctrl+1", "Actual pixels")
+        self.auto_contrast = a("Auto contrast (dim images)", lambda on: w.set_auto_contrast(on), "C",
+                               "Stretch dim images (fluorescence) to the screen's full range; photos and "
+                               "the model's input stay as stored")
+        self.auto_contrast.setCheckable(True)
+        self.auto_contrast.setChecked(w.view.auto_contrast)
         self.reviewed = a("Reviewed ✓", w.mark_reviewed, None,
                           "Keep what is shown, mark the image reviewed and go to the next (Space)")
         self.undo = ed.undo_group.createUndoAction(w, "Undo")
@@ -128,7 +133,7 @@ class Actions:
         e.addSeparator()
         e.addActions([self.delete, self.duplicate, self.accept, self.accept_all, self.keypoint_vis, self.reviewed])
         bar.addMenu("&Tools").addActions(list(self.tools.values()))
-        bar.addMenu("&View").addActions([self.fit, self.one, self.prev, self.next])
+        bar.addMenu("&View").addActions([self.fit, self.one, self.auto_contrast, self.prev, self.next])
         mm = bar.addMenu("&Model")
         mm.addActions([self.predict_all, self.cancel, self.restart_worker])
         mm.addSeparator()

@@ -79,6 +79,14 @@ class ImageCanvas(QGraphicsView):
         self.scene().setSceneRect(QRectF(self._pixmap_item.pixmap().rect()))
         self.fit()
 
+    def set_pixels(self, rgb: np.ndarray) -> bool:
+        """The same image drawn anew (auto contrast on or off): zoom, instances and any gesture
+        stay. False (nothing changed) when no image of that size is shown."""
+        if self._pixmap_item is None or tuple(rgb.shape[:2]) != tuple(self.image_size):
+            return False
+        self._pixmap_item.setPixmap(QPixmap.fromImage(qimage_from_rgb(rgb)))
+        return True
+
     def set_instances(self, instances: list[Instance], categories: dict[int, Category]) -> None:
         keep = set(self.selected_ids())
         self.scene().blockSignals(True)

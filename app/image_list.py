@@ -80,6 +80,14 @@ class ImageListModel(QAbstractListModel):
         idx = self.index(row)
         self.dataChanged.emit(idx, idx)
 
+    def set_stretch(self, on: bool) -> None:
+        """Thumbnails as the canvas shows images (auto contrast or as stored); rows on screen ask again."""
+        if on != self.thumbnails.stretch:
+            self.thumbnails.set_stretch(on)
+            if self.records:
+                self.dataChanged.emit(self.index(0), self.index(len(self.records) - 1),
+                                      [Qt.ItemDataRole.DecorationRole])
+
     def _on_thumbnail(self, image_id: int) -> None:
         row = self._row_by_id.get(image_id)
         if row is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PySide6.QtCore import QObject, QThreadPool, Signal
 
-from detector.images import ImageReadError, load_image
+from detector.images import ImageReadError, load_image, stretch_contrast
 
 from .tasks import Delivery, Task
 
@@ -20,11 +20,13 @@ class LoadedImage:
     image_id: int
     rgb: np.ndarray | None
     error: str | None = None
+    stretched: bool = False  # contrast stretched for the screen (auto contrast)
 
 
-def _load(request_id: int, image_id: int, path: Path) -> LoadedImage:
+def _load(request_id: int, image_id: int, path: Path, stretch: bool = False) -> LoadedImage:
     try:
-        return LoadedImage(request_id, image_id, load_image(path))
+        rgb = load_image(path)
+        return LoadedImage(request_id, image_id, stretch_contrast(rgb) if stretch else rgb, stretched=stretch)
     except ImageReadError as exc:
         return LoadedImage(request_id, image_id, None, str(exc))
     except Exception as exc:  # never let a worker die silently
@@ -32,7 +34,9 @@ def _load(request_id: int, image_id: int, path: Path) -> LoadedImage:
 
 
 class ImageLoader(QObject):
-    """``request(image_id, path)`` answers through ``loaded`` (from cache at once when it can)."""
+    """``request(image_id, path)`` answers through ``loaded`` (from cache at once when it can).
+
+    ``stretch``: images come with their contrast stretched for the screen (``set_stretch``)."""
 
     loaded = Signal(object)  # LoadedImage
 
@@ -47,6 +51,13 @@ class ImageLoader(QObject):
         self._cache_size = cache_size
         self._next_id = 0
         self.latest_request = -1
+        self.stretch = False
+
+    def set_stretch(self, on: bool) -> None:
+        """Show images stretched (auto contrast) or as stored; the cache holds the other kind."""
+        if on != self.stretch:
+            self.stretch = on
+            self._cache.clear()
 
     def request(self, image_id: int, path: Path) -> int:
         self._next_id += 1
@@ -54,22 +65,24 @@ class ImageLoader(QObject):
         self.latest_request = rid
         if image_id in self._cache:
             self._cache.move_to_end(image_id)
-            self.loaded.emit(LoadedImage(rid, image_id, self._cache[image_id]))
+            self.loaded.emit(LoadedImage(rid, image_id, self._cache[image_id], stretched=self.stretch))
         else:
-            self.pool.start(Task(lambda: _load(rid, image_id, path), self._signals.done.emit))
+            stretch = self.stretch
+            self.pool.start(Task(lambda: _load(rid, image_id, path, stretch), self._signals.done.emit))
         return rid
 
     def prefetch(self, image_id: int, path: Path) -> None:
         if image_id not in self._cache and image_id not in self._pending:
             self._pending.add(image_id)
-            self.pool.start(Task(lambda: _load(0, image_id, path), self._signals.done.emit))
+            stretch = self.stretch
+            self.pool.start(Task(lambda: _load(0, image_id, path, stretch), self._signals.done.emit))
 
     def cached(self, image_id: int) -> np.ndarray | None:
         return self._cache.get(image_id)
 
     def _on_done(self, result: LoadedImage) -> None:
         self._pending.discard(result.image_id)
-        if result.rgb is not None:
+        if result.rgb is not None and result.stretched == self.stretch:  # not one from before a toggle
             self._cache[result.image_id] = result.rgb
             self._cache.move_to_end(result.image_id)
             while len(self._cache) > self._cache_size:

@@ -31,6 +31,7 @@ from .train_controller import TrainingController
 from .view_state import ViewState
 
 ORDER_KEY = "image_order"  # project meta: "" (file name) or "uncertainty"
+CONTRAST_KEY = "auto_contrast"  # project meta: "" (on, the default) or "off"
 
 
 class MainWindow(QMainWindow):
@@ -62,6 +63,7 @@ class MainWindow(QMainWindow):
         self.canvas.space_tapped.connect(self.mark_reviewed)
         self.loader = ImageLoader(self)
         self.loader.loaded.connect(self._on_loaded)
+        self._redraw_request = 0  # the loader request that only redraws the shown image's pixels
 
         self.image_list = ImageListWidget()
         self.image_list.image_chosen.connect(self.show_image)
@@ -143,6 +145,7 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(f"Loupe — {project.root}")
         self.editor.set_project(project)
         self.categories.show()
+        self._apply_contrast(project.get_meta(CONTRAST_KEY) != "off")
         # What the project knows is shown at once; the rest of the list and the folder itself are
         # read in the background (app/folder.py), so a big folder opens as fast as a small one.
         self.folder.open(project, project.get_meta(ORDER_KEY) or "")
@@ -172,9 +175,35 @@ class MainWindow(QMainWindow):
             if nb is not None:
                 self.loader.prefetch(nb, self.project.abspath(self.project.image(nb)))
 
+    # -- auto contrast (the screen only: the model reads every file as it is stored) --------------
+    def set_auto_contrast(self, on: bool) -> None:
+        """Stretch dim images to the screen's range (``detector.images.stretch_contrast``), or show
+        every image as stored; the choice is the project's, kept for the next time."""
+        if self.project is None:
+            return
+        self.project.set_meta(CONTRAST_KEY, "" if on else "off")
+        self._apply_contrast(on)
+        if self.current_image_id is not None and self.canvas.has_image:
+            rec = self.project.image(self.current_image_id)
+            self._redraw_request = self.loader.request(self.current_image_id, self.project.abspath(rec))
+        self.say("Auto contrast on: dim images are stretched to the full range (the screen only; the "
+                 "model sees the files as stored)" if on else "Auto contrast off: images shown as stored", 8000)
+
+    def _apply_contrast(self, on: bool) -> None:
+        self.view.auto_contrast = on
+        self.loader.set_stretch(on)
+        self.image_list.model.set_stretch(on)
+        if self.acts.auto_contrast.isChecked() != on:
+            self.acts.auto_contrast.setChecked(on)
+
     def _on_loaded(self, result: LoadedImage) -> None:
         if self.project is None:
             return
+        if result.request_id and result.request_id == self._redraw_request:
+            self._redraw_request = 0
+            if (result.rgb is not None and result.request_id == self.loader.latest_request
+                    and result.image_id == self.current_image_id and self.canvas.set_pixels(result.rgb)):
+                return
         if result.rgb is None:
             # A fact about the file, worth keeping even when the person has moved on.
             self.project.mark_unreadable(result.image_id, result.error.split(": ", 1)[-1])

@@ -13,16 +13,18 @@ from pathlib import Path
 from PySide6.QtCore import QObject, QThreadPool, Signal
 from PySide6.QtGui import QIcon, QImage, QPixmap
 
-from detector.images import ImageReadError, load_thumbnail
+from detector.images import ImageReadError, load_thumbnail, stretch_contrast
 
 from .tasks import Delivery, Task
 
 THUMB_SIZE = 48
 
 
-def _thumbnail(path: Path, size: int) -> QImage | None:
+def _thumbnail(path: Path, size: int, stretch: bool = False) -> QImage | None:
     try:
         rgb = load_thumbnail(path, size)
+        if stretch:
+            rgb = stretch_contrast(rgb)
     except ImageReadError:  # an unreadable file has no thumbnail (the loader says why)
         return None
     except Exception:  # never let a pool thread die silently; the row just stays plain
@@ -42,11 +44,12 @@ class ThumbnailCache(QObject):
         self.size, self.capacity = size, capacity
         self.pool = QThreadPool(self)
         self.pool.setMaxThreadCount(1)  # never competes with the image loader for both cores
-        self._signals = Delivery(self)  # (image id, QImage or None)
+        self._signals = Delivery(self)  # (image id, stretched, QImage or None)
         self._signals.done.connect(self._on_done)
         self._icons: OrderedDict[int, QIcon | None] = OrderedDict()
         self._pending: set[int] = set()
         self.requested = 0  # decodes queued so far (the tests check laziness with it)
+        self.stretch = False  # auto contrast, as the canvas shows the image
 
     def icon(self, image_id: int, path: Path) -> QIcon | None:
         if image_id in self._icons:
@@ -55,7 +58,9 @@ class ThumbnailCache(QObject):
         if image_id not in self._pending:
             self._pending.add(image_id)
             self.requested += 1
-            self.pool.start(Task(lambda: (image_id, _thumbnail(path, self.size)), self._signals.done.emit))
+            stretch = self.stretch
+            self.pool.start(Task(lambda: (image_id, stretch, _thumbnail(path, self.size, stretch)),
+                                 self._signals.done.emit))
         return None
 
     def forget(self, image_id: int) -> None:
@@ -67,9 +72,15 @@ class ThumbnailCache(QObject):
         self._icons.clear()
         self._pending.clear()
 
-    def _on_done(self, answer: tuple[int, QImage | None]) -> None:
-        image_id, image = answer
-        if image_id not in self._pending:  # cleared meanwhile (another folder)
+    def set_stretch(self, on: bool) -> None:
+        """Thumbnails with auto contrast or as stored: those made the other way are dropped."""
+        if on != self.stretch:
+            self.stretch = on
+            self.clear()
+
+    def _on_done(self, answer: tuple[int, bool, QImage | None]) -> None:
+        image_id, stretched, image = answer
+        if image_id not in self._pending or stretched != self.stretch:  # cleared meanwhile
             return
         self._pending.discard(image_id)
         self._icons[image_id] = QIcon(QPixmap.fromImage(image)) if image is not None else None

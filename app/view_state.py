@@ -16,6 +16,7 @@ class ViewState:
     hidden_categories: set[int] = field(default_factory=set)  # unticked in the Categories dock
     current_category: int | None = None  # what a new box, polygon or painted mask becomes
     brush_radius: float = 8.0  # image pixels
+    auto_contrast: bool = True  # images stretched to the screen's range (the project's choice)
 
     def is_shown(self, inst: Instance) -> bool:
         """Whether ``inst`` is drawn: not hidden by hand, and a person's or above the slider."""

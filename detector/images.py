@@ -128,6 +128,35 @@ def load_thumbnail(path: str | os.PathLike, size: int = 64) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8).copy()
 
 
+# Auto contrast for the screen: a fraction of the pixels at each end may saturate (ImageJ's
+# "Auto" leaves 0.35 % in all; napari and CVAT offer the same kind of stretch). Only images whose
+# values span less than DIM_RANGE levels are stretched: dim fluorescence (nuclei at 10-40 of 255)
+# becomes visible, while photos, which span most of the range, stay as they are stored.
+STRETCH_CLIP = 0.002
+DIM_RANGE = 128
+
+
+def stretch_contrast(rgb: np.ndarray, clip: float = STRETCH_CLIP, below: int = DIM_RANGE) -> np.ndarray:
+    """``rgb`` (``H x W x 3`` uint8) with its intensities stretched to 0-255 for display, if dim.
+
+    The darkest ``clip`` and the brightest ``clip`` of the values (all channels together, so a
+    colour keeps its hue) become 0 and 255 and the rest is scaled linearly between them, when
+    those two ends are fewer than ``below`` levels apart (256: always). Otherwise, or for an
+    image of one value, ``rgb`` itself is returned.
+    """
+    im = Image.fromarray(rgb)  # Pillow's histogram and lookup run in C: ~0.1 s for 12 MP
+    counts = np.asarray(im.histogram(), dtype=np.int64).reshape(3, 256).sum(axis=0)
+    total = int(counts.sum())
+    cum = np.cumsum(counts)
+    lo = int(np.searchsorted(cum, clip * total, side="right"))
+    hi = int(np.searchsorted(cum, (1.0 - clip) * total, side="left"))
+    if hi <= lo or hi - lo >= below:
+        return rgb
+    levels = np.arange(256, dtype=np.float64)
+    lut = np.clip(np.rint((levels - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8).tolist()
+    return np.array(im.point(lut * 3), dtype=np.uint8)
+
+
 def iter_folder(root: str | os.PathLike) -> Iterator[tuple[str, float, int]]:
     """Image files under ``root`` (recursive) as they are found, folder by folder in name order:
     (relative path with '/', mtime, bytes).

@@ -3,6 +3,7 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PySide6.QtCore import QThread, QTimer, Qt
 
@@ -229,3 +230,57 @@ def test_a_new_folder_of_10000_files_streams_into_the_list(qtbot, tmp_path):
     qtbot.waitUntil(lambda: w.canvas.has_image, timeout=10_000)
     assert w.current_image_id == seen[0][1]
     w.close()
+
+
+def test_auto_contrast_shows_dim_images_stretched_and_is_kept_with_the_project(qtbot, tmp_path):
+    """A dim fluorescence-like image (nuclei at 30 of 255) is shown stretched, in the list too;
+    View > Auto contrast off shows it as stored without losing the zoom; the project keeps it."""
+    from PIL import Image
+    from PySide6.QtGui import QIcon
+
+    from detector.store import Project
+
+    folder = tmp_path / "dim"
+    folder.mkdir()
+    a = np.full((90, 120, 3), 3, np.uint8)
+    a[20:50, 30:70] = 30
+    Image.fromarray(a).save(folder / "cells.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(
+        folder / "photo.png")
+    p = Project(folder)
+    p.scan()
+    w = MainWindow(p)
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitUntil(lambda: w.canvas.has_image, timeout=5000)
+
+    def shown(x=40, y=30):
+        return w.canvas._pixmap_item.pixmap().toImage().pixelColor(x, y).red()
+
+    assert w.acts.auto_contrast.isChecked() and "dim" in w.acts.auto_contrast.text()
+    assert shown() == 255 and shown(5, 5) == 0  # stretched: the cells white, the background black
+    model = w.image_list.model
+    qtbot.waitUntil(lambda: isinstance(model.data(model.index(0), Qt.ItemDataRole.DecorationRole), QIcon))
+    icon = model.data(model.index(0), Qt.ItemDataRole.DecorationRole).pixmap(48, 48).toImage()
+    assert icon.pixelColor(24, 18).red() == 255  # the thumbnail as the canvas shows it
+    w.canvas.scale(3, 3)
+    zoom = w.canvas.transform().m11()
+    w.acts.auto_contrast.trigger()  # off
+    qtbot.waitUntil(lambda: shown() == 30, timeout=5000)
+    assert shown(5, 5) == 3 and w.canvas.transform().m11() == zoom  # as stored, same zoom
+    assert p.get_meta("auto_contrast") == "off"
+    qtbot.waitUntil(lambda: isinstance(model.data(model.index(0), Qt.ItemDataRole.DecorationRole), QIcon))
+    icon = model.data(model.index(0), Qt.ItemDataRole.DecorationRole).pixmap(48, 48).toImage()
+    assert icon.pixelColor(24, 18).red() == 30
+    # A photo that spans the range is shown as stored either way.
+    w.acts.auto_contrast.trigger()  # on again
+    with qtbot.waitSignal(w.image_shown, timeout=5000):
+        w.step(1)
+    photo = np.asarray(Image.open(folder / "photo.png"))
+    assert shown(7, 9) == photo[9, 7, 0]
+    w.acts.auto_contrast.trigger()  # off, then a new window on the same project
+    w.close()
+    w2 = MainWindow(Project(folder))
+    qtbot.addWidget(w2)
+    assert not w2.acts.auto_contrast.isChecked() and not w2.loader.stretch
+    w2.close()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detector.images import ImageReadError, load_image, read_size, scan_folder
+from detector.images import ImageReadError, load_image, read_size, scan_folder, stretch_contrast
 from detector.store import Project
 from detector.domain import ImageStatus
 
@@ -85,3 +85,26 @@ def test_scan_ten_thousand_files_reads_no_pixels(tmp_path):
         assert p.images()[0].width is None  # sizes are read lazily
         assert p.scan().added == 0
     print(f"scanned 10,000 files into the store in {time.perf_counter() - t:.2f}s")
+
+
+def test_auto_contrast_stretches_dim_images_and_leaves_photos_as_they_are():
+    rng = np.random.default_rng(0)
+    # A dim fluorescence-like image: background ~4, nuclei at 20-40, one hot pixel at 250.
+    dim = np.clip(rng.normal(4, 1, (120, 160, 3)), 0, 255).astype(np.uint8)
+    dim[30:60, 40:80] = (20, 30, 40)
+    dim[0, 0] = (250, 250, 250)
+    out = stretch_contrast(dim)
+    assert out.shape == dim.shape and out.dtype == np.uint8
+    r, g, b = (int(v) for v in out[45, 60])
+    assert b == 255  # the nuclei's brightest channel (40) is the top of the stretched range
+    # One stretch for all channels (the darkest 0.2 %, ~1, to black): (20-1)*255/39, (30-1)*255/39.
+    assert 115 <= r <= 135 and 180 <= g <= 200, (r, g, b)
+    assert out[0, 0].tolist() == [255, 255, 255]  # the hot pixel saturates, it does not set the scale
+    assert np.median(out[80:, :, 0]) < 40  # the background stays dark
+    # A photo-like image spanning most of the range, and an image of one value: untouched.
+    photo = rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)
+    assert stretch_contrast(photo) is photo
+    flat = np.full((10, 10, 3), 7, np.uint8)
+    assert stretch_contrast(flat) is flat
+    assert stretch_contrast(photo, below=256) is not photo  # below=256: always stretched
+    assert np.array_equal(stretch_contrast(dim, below=10), dim)
