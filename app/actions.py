@@ -54,8 +54,8 @@ class Actions:
         self.fit = a("Fit", w.canvas.fit, "F", "Fit the image in the window")
         self.one = a("1:1", w.canvas.actual_size, "Ctrl+1", "Actual pixels")
         self.auto_contrast = a("Auto contrast (dim images)", lambda on: w.set_auto_contrast(on), "C",
-                               "Stretch dim images (fluorescence) to the screen's full range; photos and "
-                               "the model's input stay as stored")
+                               "Stretch dim images (fluorescence) to the screen's full range; photos are "
+                               "shown as stored, the files never change")
         self.auto_contrast.setCheckable(True)
         self.auto_contrast.setChecked(w.view.auto_contrast)
         self.reviewed = a("Reviewed ✓", w.mark_reviewed, None,

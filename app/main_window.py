@@ -175,7 +175,7 @@ class MainWindow(QMainWindow):
             if nb is not None:
                 self.loader.prefetch(nb, self.project.abspath(self.project.image(nb)))
 
-    # -- auto contrast (the screen only: the model reads every file as it is stored) --------------
+    # -- auto contrast (the screen's; the model has its own, ModelConfig.stretch_dim) -------------
     def set_auto_contrast(self, on: bool) -> None:
         """Stretch dim images to the screen's range (``detector.images.stretch_contrast``), or show
         every image as stored; the choice is the project's, kept for the next time."""
@@ -186,8 +186,8 @@ class MainWindow(QMainWindow):
         if self.current_image_id is not None and self.canvas.has_image:
             rec = self.project.image(self.current_image_id)
             self._redraw_request = self.loader.request(self.current_image_id, self.project.abspath(rec))
-        self.say("Auto contrast on: dim images are stretched to the full range (the screen only; the "
-                 "model sees the files as stored)" if on else "Auto contrast off: images shown as stored", 8000)
+        self.say("Auto contrast on: dim images are shown stretched to the full range (the files never "
+                 "change)" if on else "Auto contrast off: images shown as stored", 8000)
 
     def _apply_contrast(self, on: bool) -> None:
         self.view.auto_contrast = on

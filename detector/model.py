@@ -32,7 +32,8 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from .errors import LoupeError
 from .domain import Category
-from .heads import CoarseRPN, Float32Anchors, in_float32, keypoint_slices, prepare_roi_heads  # noqa: F401
+from .heads import (CoarseRPN, Float32Anchors, StretchingTransform, in_float32, keypoint_slices,  # noqa: F401
+                    prepare_roi_heads)
 from .pooling import PyramidRoIAlign
 from .train_config import BACKBONES, DEFAULT_BACKBONE, GPU_SIZE, LIGHT_BACKBONE
 from .transfer import class_rows_by_name, keypoint_rows_by_name, transfer_weights  # noqa: F401
@@ -71,6 +72,10 @@ class ModelConfig:
     # The stride-4 level is a float32 CPU step's largest part: the RPN's 3x3 convolution there costs
     # about as much as the trunk's whole stride-4 stage (bench/RESULTS.md, "A CPU without AMX").
     rpn_stride4: bool = True  # False: the RPN proposes from strides 8-64 only (anchor_sizes[:4])
+    # Dim images (values spanning under half of 0-255, as most fluorescence microscopy) stretched
+    # to the full range before the network (detector/heads.py StretchingTransform); photos pass as
+    # they are. Checkpoints from before the option read False: their models never saw it.
+    stretch_dim: bool = True
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -82,6 +87,7 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> ModelConfig:
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
+        kw.setdefault("stretch_dim", False)  # a checkpoint from before the option
         for k in ("anchor_sizes", "aspect_ratios"):
             if k in kw:
                 kw[k] = tuple(kw[k])
@@ -137,6 +143,8 @@ def _architecture(num_classes: int, num_keypoints: int, cfg: ModelConfig) -> Mas
     model, kp_layers = build(cfg, num_classes, anchors, kw)
     if not cfg.rpn_stride4:
         model.rpn.__class__ = CoarseRPN
+    model.transform.__class__ = StretchingTransform
+    model.transform.stretch_dim = cfg.stretch_dim
     if num_keypoints:
         rh = model.roi_heads
         rh.keypoint_roi_pool = PyramidRoIAlign(["0", "1", "2", "3"], 14, 2)
@@ -412,4 +420,5 @@ def detector_from_checkpoint(ckpt: dict, categories: tuple[Category, ...] | None
         notice = (f"Loaded {source}; categories changed, class-specific layers rebuilt "
                   f"(kept rows for matching names)")
     return Detector(model, cats, cfg, notice, _meta(ckpt))
+
 

@@ -19,7 +19,8 @@ from contextlib import contextmanager
 import torch
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from .heads import StretchingTransform
 
 _local = threading.local()
 
@@ -63,8 +64,8 @@ class StepSampler(BalancedPositiveNegativeSampler):
         return pos_masks, neg_masks
 
 
-class StepTransform(GeneralizedRCNNTransform):
-    """torchvision's transform; the training size (scale jitter) drawn from the step's generator."""
+class StepTransform(StretchingTransform):
+    """The model's transform; the training size (scale jitter) drawn from the step's generator."""
 
     def torch_choice(self, k):
         g = _generator()

@@ -367,3 +367,49 @@ def test_model_options_parse_true_and_false():
     assert parse_model_options(["rpn_stride4=1"]) == {"rpn_stride4": True}
     with pytest.raises(ValueError, match="true or false"):
         parse_model_options(["rpn_stride4=maybe"])
+
+
+def test_dim_images_reach_the_network_stretched_as_the_screen_shows_them(tmp_path):
+    """stretch_dim: a dim image (values 2-40 of 255) enters the network stretched exactly as the
+    canvas shows it (detector.images.stretch_contrast), in training (the per-step transform) and in
+    use; a photo passes unchanged; checkpoints keep the setting, and one from before it reads off."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from detector.heads import StretchingTransform, stretch_dim
+    from detector.images import stretch_contrast
+    from detector.step_random import draw_per_step
+
+    rng = np.random.default_rng(0)
+    dim = np.clip(rng.normal(4, 1.5, (64, 80, 3)), 0, 255).astype(np.uint8)
+    dim[10:30, 20:50] = (20, 30, 40)
+    photo = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
+
+    def tensor(a):
+        return torch.from_numpy(a).permute(2, 0, 1).float() / 255
+
+    screen = tensor(stretch_contrast(dim))
+    assert not torch.equal(screen, tensor(dim))
+    assert (stretch_dim(tensor(dim)) - screen).abs().max() <= 1 / 255 + 1e-6  # the screen's rounding
+    assert torch.equal(stretch_dim(tensor(photo)), tensor(photo))
+
+    cats = (Category("cell"),)
+    det = build_model(categories=cats, weights="none", config=LIGHT)
+    t = det.model.transform
+    assert det.config.stretch_dim and isinstance(t, StretchingTransform)
+    mean, std = torch.tensor(t.image_mean)[:, None, None], torch.tensor(t.image_std)[:, None, None]
+    assert torch.allclose(t.normalize(tensor(dim)), (stretch_dim(tensor(dim)) - mean) / std)
+    assert torch.allclose(t.normalize(tensor(photo)), (tensor(photo) - mean) / std)
+    draw_per_step(det.model)  # training swaps in the per-step transform: it still stretches
+    assert torch.allclose(det.model.transform.normalize(tensor(dim)), (stretch_dim(tensor(dim)) - mean) / std)
+
+    again = detector_from_checkpoint(load_checkpoint(save_checkpoint(tmp_path / "m.pt", det)))
+    assert again.config.stretch_dim and again.model.transform.stretch_dim
+    ckpt = load_checkpoint(tmp_path / "m.pt")
+    del ckpt["config"]["stretch_dim"]  # written before the option: its model never saw stretched input
+    old = detector_from_checkpoint(ckpt)
+    assert not old.config.stretch_dim
+    assert torch.allclose(old.model.transform.normalize(tensor(dim)), (tensor(dim) - mean) / std)
+    off = build_model(categories=cats, weights="none", config=replace(LIGHT, stretch_dim=False))
+    assert not off.model.transform.stretch_dim  # --model-option stretch_dim=false
