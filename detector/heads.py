@@ -184,8 +184,8 @@ def stretch_dim(image: torch.Tensor) -> torch.Tensor:
 
 
 class StretchingTransform(GeneralizedRCNNTransform):
-    """torchvision's transform; with ``stretch_dim`` each dim image is stretched to the full range
-    first (``stretch_dim``). Dim fluorescence images (59 of the 98 nuclei images: nuclei at 10-40
+    """torchvision's transform; with ``stretch_dim`` set, each dim image is first stretched to the
+    full range (the function ``stretch_dim``). Dim fluorescence images (59 of the 98 nuclei images: nuclei at 10-40
     of 255) reach the network with the contrast photos have; photos, and the synthetic scenes,
     pass unchanged. A model's own setting (``ModelConfig.stretch_dim``), so it sees the same kind
     of input in training and in use."""

@@ -420,5 +420,3 @@ def detector_from_checkpoint(ckpt: dict, categories: tuple[Category, ...] | None
         notice = (f"Loaded {source}; categories changed, class-specific layers rebuilt "
                   f"(kept rows for matching names)")
     return Detector(model, cats, cfg, notice, _meta(ckpt))
-
-

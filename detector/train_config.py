@@ -214,7 +214,7 @@ OPTIONS = (
                                              "gpu-fast 22)", type=float, metavar="S"),
     Option("time_budget_max_s", "--time-budget-max", f"when the time budget leaves fewer than {BUDGET_EPOCHS} "
                                                      "passes over the reviewed images, go on up to S seconds (default: "
-                                                     "the profile's; cpu-fast 280)", type=float, metavar="S"),
+                                                     "the profile's; cpu-fast 270)", type=float, metavar="S"),
     Option("extra_coco", "--coco", "also train on this COCO file's images"),
     Option("resume", "--resume", "resume from this checkpoint"),
     Option("checkpoint_every", "--checkpoint-every", "also save a resumable checkpoint every N steps",

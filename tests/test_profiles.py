@@ -96,7 +96,7 @@ def test_cpu_fast_may_go_on_past_its_budget_unless_the_person_set_a_length(monke
     monkeypatch.setattr(train_setup, "pick_device", lambda name=None: CPU)
     out, prof = apply_profile(TrainConfig(weights="none"), DEMO)
     assert (out.time_budget_s, out.time_budget_max_s) == (150.0, profiles.CPU_FAST_BUDGET_MAX_S)
-    assert "up to 280 s below 40 passes" in prof.reason
+    assert "up to 270 s below 40 passes" in prof.reason
     for own in (dict(time_budget_s=100.0), dict(iterations=50), dict(epochs=3)):
         out, _ = apply_profile(TrainConfig(weights="none", **own), DEMO)
         assert out.time_budget_max_s is None, own
