@@ -18,7 +18,7 @@ from PySide6.QtCore import QObject, Signal
 
 from detector.store import Project
 
-from .image_list import ImageListWidget
+from .image_list import ImageListWidget, n_images
 from .tasks import Jobs
 
 FIRST_PAGE = 2000  # images listed before the window hands the rest to the background
@@ -119,7 +119,7 @@ class FolderController(QObject):
             self.image_list.model.update_record(rec)
         counts = project.status_counts()
         self.message.emit(
-            f"{sum(counts.values()):,} images: " + ", ".join(f"{n} {s.value}" for s, n in counts.items() if n)
+            f"{n_images(sum(counts.values()))}: " + ", ".join(f"{n} {s.value}" for s, n in counts.items() if n)
             + (f" ({result.added} new, {result.missing} gone, {result.changed} changed since last time)"
                if result.added or result.missing or result.changed else ""), 0)
         self.show_first()

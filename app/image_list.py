@@ -36,6 +36,11 @@ def unsure_key(rec: ImageRecord) -> float:
     return -float(rec.uncertainty)
 
 
+def n_images(n: int) -> str:
+    """'1 image', '2,500 images'."""
+    return f"{n:,} image" + ("" if n == 1 else "s")
+
+
 class ImageListModel(QAbstractListModel):
     record_updated = Signal(int)  # an image's record (and maybe its instances) changed
 
@@ -283,7 +288,7 @@ class ImageListWidget(QWidget):
 
     def _count(self, *_args) -> None:
         shown, total = self.proxy.rowCount(), self.model.rowCount()
-        self.count.setText(f"{total:,} images" if shown == total else f"{shown:,} of {total:,} images")
+        self.count.setText(n_images(total) if shown == total else f"{shown:,} of {n_images(total)}")
 
     def _sort(self, proxy: QSortFilterProxyModel) -> None:
         if self.order.currentData():

@@ -284,3 +284,9 @@ def test_auto_contrast_shows_dim_images_stretched_and_is_kept_with_the_project(q
     qtbot.addWidget(w2)
     assert not w2.acts.auto_contrast.isChecked() and not w2.loader.stretch
     w2.close()
+
+
+def test_counts_of_images_read_in_the_singular_for_one():
+    from app.image_list import n_images
+
+    assert (n_images(1), n_images(0), n_images(2500)) == ("1 image", "0 images", "2,500 images")
