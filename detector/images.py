@@ -19,6 +19,13 @@ _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 _EXIF_ORIENTATION = 0x0112
 # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; we refuse above it outright.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 178_956_970
+# Auto contrast for the screen: a fraction of the pixels at each end may saturate (ImageJ's
+# "Auto" leaves 0.35 % in all; napari and CVAT offer the same kind of stretch). Only images whose
+# values span less than DIM_RANGE levels are stretched: dim fluorescence (nuclei at 10-40 of 255)
+# becomes visible, while photos, which span most of the range, stay as they are stored. 16-bit
+# images reach 8 bits through the same clip (_to_rgb).
+STRETCH_CLIP = 0.002
+DIM_RANGE = 128
 
 
 class ImageReadError(LoupeError):
@@ -72,10 +79,18 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode == "RGB":
         return im
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit / 32-bit grayscale (microscopy, depth): scale the image's own maximum to 255.
+        # 16-bit / 32-bit grayscale (microscopy, depth) to 8 bits: values up to 255 stay as they
+        # are; otherwise the darkest and brightest 0.2 % (STRETCH_CLIP) become 0 and 255, so one
+        # saturated pixel at 65535 does not squeeze nuclei at 100-1000 into 4 levels (as scaling
+        # by the maximum did). Where those ends meet (sparse spots on zeros), the maximum is 255.
         a = np.asarray(im, dtype=np.float64)
-        top = max(float(a.max()), 255.0) if a.size else 255.0
-        a8 = np.clip(a * (255.0 / top), 0, 255).astype(np.uint8)
+        top = float(a.max()) if a.size else 0.0
+        lo, hi = 0.0, 255.0
+        if top > 255.0:
+            lo, hi = (float(v) for v in np.percentile(a, (100 * STRETCH_CLIP, 100 * (1 - STRETCH_CLIP))))
+            if hi <= lo:
+                lo, hi = 0.0, top
+        a8 = np.clip(np.rint((a - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
         return Image.fromarray(a8, mode="L").convert("RGB")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         # Composite transparent pixels on white, as viewers show them.
@@ -126,14 +141,6 @@ def load_thumbnail(path: str | os.PathLike, size: int = 64) -> np.ndarray:
         im = _to_rgb(ImageOps.exif_transpose(im) or im)
         im.thumbnail((size, size))
         return np.asarray(im, dtype=np.uint8).copy()
-
-
-# Auto contrast for the screen: a fraction of the pixels at each end may saturate (ImageJ's
-# "Auto" leaves 0.35 % in all; napari and CVAT offer the same kind of stretch). Only images whose
-# values span less than DIM_RANGE levels are stretched: dim fluorescence (nuclei at 10-40 of 255)
-# becomes visible, while photos, which span most of the range, stay as they are stored.
-STRETCH_CLIP = 0.002
-DIM_RANGE = 128
 
 
 def stretch_contrast(rgb: np.ndarray, clip: float = STRETCH_CLIP, below: int = DIM_RANGE) -> np.ndarray:

@@ -32,7 +32,23 @@ def test_sixteen_bit_and_modes_become_rgb(tmp_path):
     Image.fromarray(a16).save(tmp_path / "deep.png")
     rgb = load_image(tmp_path / "deep.png")
     assert rgb.shape == (32, 64, 3) and rgb.dtype == np.uint8
-    assert rgb.max() == 255 and rgb.min() == 0  # its own maximum maps to 255
+    assert rgb.max() == 255 and rgb.min() == 0  # its range maps onto 0-255
+    # Nuclei at 100-1000 of 65535 with one saturated pixel: they keep ~230 of the 256 levels (the
+    # image's maximum as 255 left them 4), and the pixel saturates.
+    cells = np.random.default_rng(0).integers(100, 1001, (40, 50)).astype(np.uint16)
+    cells[0, 0] = 65535
+    Image.fromarray(cells).save(tmp_path / "cells.png")
+    rgb = load_image(tmp_path / "cells.png")
+    assert len(np.unique(rgb[..., 0])) > 200 and rgb[0, 0, 0] == 255
+    low = np.full((8, 8), 200, np.uint16)  # values within 0-255 stay as they are
+    low[0, 0] = 30
+    Image.fromarray(low).save(tmp_path / "low.png")
+    assert load_image(tmp_path / "low.png")[..., 0].tolist() == low.tolist()
+    spots = np.zeros((60, 60), np.uint16)  # sparse spots on zeros: the maximum becomes 255
+    spots[5, 5], spots[9, 9] = 4000, 2000
+    Image.fromarray(spots).save(tmp_path / "spots.png")
+    rgb = load_image(tmp_path / "spots.png")
+    assert (rgb[5, 5, 0], rgb[9, 9, 0], rgb[0, 0, 0]) == (255, 128, 0)
     Image.new("RGBA", (8, 8), (10, 20, 30, 0)).save(tmp_path / "alpha.png")
     assert (load_image(tmp_path / "alpha.png") == 255).all()  # transparent shows as white
     Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")
