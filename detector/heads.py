@@ -18,7 +18,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from .domain import Category
-from .images import DIM_RANGE, STRETCH_CLIP
+from .images import stretch_bounds
 
 
 def keypoint_slices(categories) -> dict[int, slice]:
@@ -170,25 +170,24 @@ class CoarseRPN(RegionProposalNetwork):
 
 def stretch_dim(image: torch.Tensor) -> torch.Tensor:
     """``image`` (C x H x W, float in [0, 1]) stretched as ``detector.images.stretch_contrast``
-    stretches an 8-bit image for the screen: when its values (the darkest and brightest 0.2 %
-    left out, all channels together) span fewer than ``DIM_RANGE`` of 256 levels, they are mapped
+    stretches an 8-bit image for the screen, by the same rule (``stretch_bounds``): when its values,
+    the darkest and brightest 0.2 % left out, span fewer than half of 256 levels, they are mapped
     linearly onto 0-1; otherwise ``image`` itself is returned."""
     with torch.no_grad():
-        cum = torch.histc(image.detach().float(), bins=256, min=0.0, max=1.0).cumsum(0)
-        total = float(cum[-1])
-        lo = int(torch.searchsorted(cum, cum.new_tensor([STRETCH_CLIP * total]), right=True))
-        hi = int(torch.searchsorted(cum, cum.new_tensor([(1.0 - STRETCH_CLIP) * total])))
-    if hi <= lo or hi - lo >= DIM_RANGE:
+        counts = torch.histc(image.detach().float(), bins=256, min=0.0, max=1.0)
+    bounds = stretch_bounds(counts.cpu().numpy())
+    if bounds is None:
         return image
+    lo, hi = bounds
     return ((image - lo / 255.0) * (255.0 / (hi - lo))).clamp(0.0, 1.0)
 
 
 class StretchingTransform(GeneralizedRCNNTransform):
     """torchvision's transform; with ``stretch_dim`` set, each dim image is first stretched to the
-    full range (the function ``stretch_dim``). Dim fluorescence images (59 of the 98 nuclei images: nuclei at 10-40
-    of 255) reach the network with the contrast photos have; photos, and the synthetic scenes,
-    pass unchanged. A model's own setting (``ModelConfig.stretch_dim``), so it sees the same kind
-    of input in training and in use."""
+    full range (the function ``stretch_dim``). Dim fluorescence images (59 of the 98 nuclei
+    images: nuclei at 10-40 of 255) reach the network with the contrast photos have; photos and
+    the synthetic scenes pass unchanged. A model's own setting (``ModelConfig.stretch_dim``), so
+    it sees the same kind of input in training and in use."""
 
     stretch_dim: bool = False
 

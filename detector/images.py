@@ -143,22 +143,31 @@ def load_thumbnail(path: str | os.PathLike, size: int = 64) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8).copy()
 
 
+def stretch_bounds(counts: np.ndarray, clip: float = STRETCH_CLIP, below: int = DIM_RANGE) -> tuple[int, int] | None:
+    """(lo, hi) bins of a histogram ``counts`` between which all but the lowest and the highest
+    ``clip`` of the values lie, when they are fewer than ``below`` bins apart (256 bins of 8-bit
+    values: a dim image); None otherwise, or for an image of one value. The rule the screen's auto
+    contrast (``stretch_contrast``) and the model's input (``detector.heads.stretch_dim``) share."""
+    cum = np.cumsum(counts)
+    total = float(cum[-1]) if len(cum) else 0.0
+    lo = int(np.searchsorted(cum, clip * total, side="right"))
+    hi = int(np.searchsorted(cum, (1.0 - clip) * total, side="left"))
+    return (lo, hi) if lo < hi and hi - lo < below else None
+
+
 def stretch_contrast(rgb: np.ndarray, clip: float = STRETCH_CLIP, below: int = DIM_RANGE) -> np.ndarray:
     """``rgb`` (``H x W x 3`` uint8) with its intensities stretched to 0-255 for display, if dim.
 
     The darkest ``clip`` and the brightest ``clip`` of the values (all channels together, so a
     colour keeps its hue) become 0 and 255 and the rest is scaled linearly between them, when
-    those two ends are fewer than ``below`` levels apart (256: always). Otherwise, or for an
-    image of one value, ``rgb`` itself is returned.
+    those two ends are fewer than ``below`` levels apart (256: always; ``stretch_bounds``).
+    Otherwise, or for an image of one value, ``rgb`` itself is returned.
     """
     im = Image.fromarray(rgb)  # Pillow's histogram and lookup run in C: ~0.1 s for 12 MP
-    counts = np.asarray(im.histogram(), dtype=np.int64).reshape(3, 256).sum(axis=0)
-    total = int(counts.sum())
-    cum = np.cumsum(counts)
-    lo = int(np.searchsorted(cum, clip * total, side="right"))
-    hi = int(np.searchsorted(cum, (1.0 - clip) * total, side="left"))
-    if hi <= lo or hi - lo >= below:
+    bounds = stretch_bounds(np.asarray(im.histogram()).reshape(3, 256).sum(axis=0), clip, below)
+    if bounds is None:
         return rgb
+    lo, hi = bounds
     levels = np.arange(256, dtype=np.float64)
     lut = np.clip(np.rint((levels - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8).tolist()
     return np.array(im.point(lut * 3), dtype=np.uint8)
