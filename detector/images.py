@@ -79,17 +79,25 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode == "RGB":
         return im
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit / 32-bit grayscale (microscopy, depth) to 8 bits: values up to 255 stay as they
-        # are; otherwise the darkest and brightest 0.2 % (STRETCH_CLIP) become 0 and 255, so one
-        # saturated pixel at 65535 does not squeeze nuclei at 100-1000 into 4 levels (as scaling
-        # by the maximum did). Where those ends meet (sparse spots on zeros), the maximum is 255.
+        # 16-bit / 32-bit grayscale (microscopy, depth) to 8 bits: values within 0-255 stay as they
+        # are, and float images within 0-1 (the float convention of scikit-image and tifffile) are
+        # scaled by 255; otherwise the darkest and brightest 0.2 % (STRETCH_CLIP) become 0 and 255,
+        # so one saturated pixel at 65535 does not squeeze nuclei at 100-1000 into 4 levels (as
+        # scaling by the maximum did). Where those ends meet (sparse spots on zeros), the image's
+        # own range is used. NaN and infinite values (masked-out float pixels) show as black.
         a = np.asarray(im, dtype=np.float64)
-        top = float(a.max()) if a.size else 0.0
+        finite = np.isfinite(a)
+        values = a[finite] if not finite.all() else a.ravel()
+        bottom = float(values.min()) if values.size else 0.0
+        top = float(values.max()) if values.size else 0.0
         lo, hi = 0.0, 255.0
-        if top > 255.0:
-            lo, hi = (float(v) for v in np.percentile(a, (100 * STRETCH_CLIP, 100 * (1 - STRETCH_CLIP))))
+        if im.mode == "F" and bottom >= 0.0 and 0.0 < top <= 1.0:
+            hi = 1.0
+        elif bottom < 0.0 or top > 255.0:
+            lo, hi = (float(v) for v in np.percentile(values, (100 * STRETCH_CLIP, 100 * (1 - STRETCH_CLIP))))
             if hi <= lo:
-                lo, hi = 0.0, top
+                lo, hi = bottom, max(top, bottom + 1.0)
+        a = np.where(finite, a, lo)
         a8 = np.clip(np.rint((a - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
         return Image.fromarray(a8, mode="L").convert("RGB")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):

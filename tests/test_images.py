@@ -49,6 +49,17 @@ def test_sixteen_bit_and_modes_become_rgb(tmp_path):
     Image.fromarray(spots).save(tmp_path / "spots.png")
     rgb = load_image(tmp_path / "spots.png")
     assert (rgb[5, 5, 0], rgb[9, 9, 0], rgb[0, 0, 0]) == (255, 128, 0)
+    # Float images: 0-1 is the float convention (scaled by 255, not shown black), NaN shows black,
+    # negative values (a difference image, a depth offset) are stretched, not cut at 0.
+    ramp = np.linspace(0, 1, 64 * 8, dtype=np.float32).reshape(8, 64)
+    ramp[0, 0] = np.nan
+    Image.fromarray(ramp, mode="F").save(tmp_path / "float.tif")
+    rgb = load_image(tmp_path / "float.tif")
+    assert rgb[..., 0].max() == 255 and rgb[0, 0, 0] == 0 and rgb[4, 32, 0] == round(ramp[4, 32] * 255)
+    signed = np.linspace(-500, 500, 40 * 40, dtype=np.float32).reshape(40, 40)
+    Image.fromarray(signed, mode="F").save(tmp_path / "signed.tif")
+    rgb = load_image(tmp_path / "signed.tif")
+    assert rgb[0, 0, 0] == 0 and rgb[-1, -1, 0] == 255 and 120 <= rgb[20, 0, 0] <= 135
     Image.new("RGBA", (8, 8), (10, 20, 30, 0)).save(tmp_path / "alpha.png")
     assert (load_image(tmp_path / "alpha.png") == 255).all()  # transparent shows as white
     Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")
