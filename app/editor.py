@@ -137,7 +137,7 @@ class Editor(QObject):
         self._push(AddInstances(self.project, self._refresh, [inst], "New painted mask"))
 
     def apply_fill(self, image_id: int, filled: list[Instance]) -> None:
-        """The model's mask/keypoints for the person's boxes (by instance id), for each box still
+        """The fill's mask/keypoints for the person's boxes (by instance id), for each box still
         as drawn: one moved, resized, painted or deleted meanwhile keeps what the person did."""
         if image_id != self.image_id:
             return
@@ -147,7 +147,8 @@ class Editor(QObject):
             before = current.get(f.id)
             if (before is not None and before.mask is None and before.category_id == f.category_id
                     and np.allclose(before.box, f.box, atol=0.02)):
-                kps = f.keypoints if self.categories[before.category_id].keypoints else before.keypoints
+                kps = f.keypoints if self.categories[before.category_id].keypoints and f.keypoints \
+                    else before.keypoints  # a classical cut brings no keypoints
                 pairs.append((before, before.with_(mask=f.mask, keypoints=kps)))
         if pairs:
             self._push(EditInstances(self.project, self._refresh, pairs, "Mask from model"))

@@ -96,7 +96,7 @@ class ModelController:
 
     def ask_fill(self, image_id: int, boxes: list, category_ids: list, instance_ids: list) -> None:
         if not self.side.fill(image_id, boxes, category_ids, instance_ids):
-            self.w.say("No model yet: the box stays a plain box (paint its mask with B, or train a model).", 6000)
+            self.w.say("No project open: the box stays a plain box.", 6000)
 
     def predict_all(self) -> None:
         if not self.side.predict_all(first=self.w.current_image_id):

@@ -109,9 +109,10 @@ class ModelSide(QObject):
         self.request_predict.emit(self._next_request, [image_id])
 
     def fill(self, image_id: int, boxes: list, category_ids: list, instance_ids: list) -> bool:
-        """Ask the model to fill the person's boxes (instances ``instance_ids``) with masks; the
-        answer's instances carry those ids. False when there is no model."""
-        if self.info is None:
+        """Ask the worker to fill the person's boxes (instances ``instance_ids``) with masks (the
+        model's, or a classical cut before there is one); the answer's instances carry those ids.
+        False when no project is open."""
+        if self.thread is None:
             return False
         self._next_request += 1
         self.request_fill.emit(self._next_request, image_id, boxes, category_ids, instance_ids)

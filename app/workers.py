@@ -147,26 +147,18 @@ class InferenceWorker(QObject):
     @Slot(int, int, list, list, list)
     def fill_boxes(self, request_id: int, image_id: int, boxes: list, category_ids: list,
                    instance_ids: list) -> None:
-        """Mask and keypoints for a person's boxes from the model's second stage; each answer
-        carries the id of the instance it fills."""
-        if self.predictor is None:
-            self.errored.emit("No model loaded yet: the box stays a plain box.")
-            return
-        label_of = {cid: lab for lab, cid in self.predictor.category_ids.items()}
-        known = [(b, label_of[c], i) for b, c, i in zip(boxes, category_ids, instance_ids) if c in label_of]
-        if not known:
-            self.errored.emit("The model does not know this category yet: the box stays a plain "
-                              "box until the next training.")
-            return
-        boxes, labels, ids = map(list, zip(*known))
+        """Masks (and keypoints) for a person's boxes: the model's second stage where it knows the
+        category, else (and before any model) a classical cut (``detector.inference.fill_boxes``);
+        each answer carries the id of the instance it fills."""
         try:
             from detector.images import load_image
+            from detector.inference import fill_boxes
 
             project = self._proj()
             rec = project.image(image_id)
             arr = load_image(project.abspath(rec))
             insts = tuple(inst.with_(id=iid) for inst, iid
-                          in zip(self.predictor.predict_in_boxes(arr, boxes, labels), ids))
+                          in zip(fill_boxes(self.predictor, arr, boxes, category_ids), instance_ids))
             self.box_filled.emit(Prediction(request_id, image_id, rec.path, arr.shape[1], arr.shape[0], insts))
         except Exception as exc:
             self._fail(exc)

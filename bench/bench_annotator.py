@@ -12,7 +12,9 @@ box-prompted fill, against labeling from scratch, and their COCO AP.
                                     [--rounds 3] [--per-round K] [--budget-s S] [--quick]
 
 Prints one JSON line per round and a final line with ``seconds_per_image_by_round``,
-``manual_seconds_per_image``, ``ratio_after_last_round`` and ``order``.
+``manual_seconds_per_image`` (a polygon per object, as in a tool without assistance),
+``no_model_seconds_per_image`` (Loupe before any model: a box per object, the classical cut's
+fill corrected), ``ratio_after_last_round`` and ``order``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from detector.coco import import_coco, plan_import, read_json  # noqa: E402
 from detector.domain import ImageRecord  # noqa: E402
 from detector.evaluation import CocoEvaluator  # noqa: E402
 from detector.images import load_image  # noqa: E402
-from detector.inference import Predictor, load_detector  # noqa: E402
+from detector.inference import Predictor, fill_boxes, load_detector  # noqa: E402
 from detector.store import Project  # noqa: E402
 from detector.synthetic import generate  # noqa: E402
 from detector.training import TrainConfig, train_project  # noqa: E402
@@ -90,22 +92,21 @@ class Session:
         return self.cache[path]
 
     def fill_for(self, path: str):
-        """The app's box-prompted fill for this image's ground-truth boxes (one model call)."""
-        if self.predictor is None:
-            return None
-        label_of = {cid: lab for lab, cid in self.predictor.category_ids.items()}
-        known = [g for g in self.truth[path] if g.category_id in label_of]
+        """The app's box fill for this image's ground-truth boxes: the model's second stage, or a
+        classical cut where that fits the box better, and the classical cuts alone before any
+        model (``detector.inference.fill_boxes``, what the Box tool does)."""
+        known = list(self.truth[path])
         if not known:
             return None
-        filled = self.predictor.predict_in_boxes(load_image(self.folder / path), [g.box for g in known],
-                                                 [label_of[g.category_id] for g in known])
+        filled = fill_boxes(self.predictor, load_image(self.folder / path), [g.box for g in known],
+                            [g.category_id for g in known])
         by_box = {tuple(g.box): f for g, f in zip(known, filled)}
         return lambda box, cat: by_box.get(tuple(box))
 
     def cost(self, path: str, slider: float) -> A.ImageCost:
-        if self.predictor is None:
-            return A.manual_cost(self.truth[path])
-        shown = A.shown_at(self.predictions(path), slider)
+        """Seconds to label ``path`` in Loupe: correct what the model shows; before any model, a
+        box per object, filled by the classical cuts."""
+        shown = A.shown_at(self.predictions(path), slider) if self.predictor is not None else []
         return A.review_cost(shown, self.truth[path], self.fill_for(path))
 
     def metrics(self, paths: list[str]) -> dict:
@@ -153,6 +154,10 @@ def main() -> None:
         truth = {im.path: [i.with_(category_id=by_name[n].id) for n, i in im.instances] for im in planned.values()}
         manual = sum(A.manual_cost(truth[p]).seconds for p in test) / len(test)
         session = Session(project, folder, truth, None, args.device)
+        # Before any model: a box per object, filled by the classical cuts (what the Box tool does).
+        no_model = sum(session.cost(p, args.slider).seconds for p in test) / len(test)
+        print(json.dumps({"data": args.data, "round": 0, "seconds_per_image": round(no_model, 1),
+                          "manual_seconds_per_image": round(manual, 1)}), flush=True)
         ckpt, per_round, reviewed, review_s = None, [], [], 0.0
         for r in range(1, args.rounds + 1):
             left = [p for p in pool if p not in reviewed]
@@ -191,6 +196,7 @@ def main() -> None:
         "test_images": len(test), "slider": args.slider,
         "reviewed_by_round": [row["reviewed"] for row in per_round],
         "seconds_per_image_by_round": sec, "manual_seconds_per_image": round(manual, 1),
+        "no_model_seconds_per_image": round(no_model, 1),
         "ratio_after_last_round": round(sec[-1] / manual, 3),
         "segm_AP_by_round": [row["segm_AP"] for row in per_round],
         "bbox_AP_by_round": [row["bbox_AP"] for row in per_round],

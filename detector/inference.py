@@ -21,6 +21,7 @@ import torch
 from torchvision.models.detection.roi_heads import keypointrcnn_inference, maskrcnn_inference
 
 from . import masks as M
+from .boxfill import fill_box
 from .devices import device_description, is_out_of_memory, pick_device  # noqa: F401 (re-exported)
 from .errors import InferenceError
 from .domain import MODEL, Category, ImageStatus, Instance, Prediction
@@ -223,7 +224,8 @@ class Predictor:
     @torch.inference_mode()
     def predict_in_boxes(self, array: np.ndarray, boxes: list[tuple[float, float, float, float]],
                          labels: list[int]) -> tuple[Instance, ...]:
-        """Mask (and keypoints) for given boxes and labels (1-based model labels)."""
+        """Mask (and keypoints) for given boxes and labels (1-based model labels): the model's mask,
+        or a classical cut where that fits the drawn box better (``detector.boxfill``)."""
         model, rh = self.model, self.model.roi_heads
         t = torch.from_numpy(array).to(self.device).permute(2, 0, 1).float().div_(255)
         oh, ow = t.shape[-2:]
@@ -247,7 +249,28 @@ class Predictor:
                 kp[..., 0] *= sx
                 kp[..., 1] *= sy
                 raw["keypoints"] = kp.cpu()
-        return tuple(i.with_(score=None) for i in self.to_instances(raw, oh, ow))
+        return tuple(i.with_(score=None, mask=fill_box(array, i.box, i.mask)[0])
+                     for i in self.to_instances(raw, oh, ow))
+
+
+def fill_boxes(predictor: Predictor | None, array: np.ndarray, boxes: list, category_ids: list[int]
+               ) -> tuple[Instance, ...]:
+    """Masks for a person's boxes, one instance per box in order (project category ids): the
+    model's second stage (mask, keypoints) for the categories it knows, the classical cuts of
+    ``detector.boxfill`` alone for the others and when there is no model yet."""
+    label_of = {cid: lab for lab, cid in predictor.category_ids.items()} if predictor else {}
+    known = [k for k, c in enumerate(category_ids) if c in label_of]
+    out: list[Instance | None] = [None] * len(boxes)
+    if known:
+        filled = predictor.predict_in_boxes(array, [boxes[k] for k in known],
+                                            [label_of[category_ids[k]] for k in known])
+        for k, inst in zip(known, filled):
+            out[k] = inst
+    for k, (box, cid) in enumerate(zip(boxes, category_ids)):
+        if out[k] is None:
+            box = tuple(float(v) for v in box)
+            out[k] = Instance(cid, box, fill_box(array, box)[0], source=MODEL, changed_by=MODEL)
+    return tuple(out)
 
 
 # ------------------------------------------------------------------------------------------

@@ -180,8 +180,9 @@ OPTIONS = (
     Option("weights", "--weights", WEIGHTS_HELP),
     Option("trunk", "--trunk", "a new light model's ResNet-18 trunk with --weights coco (the default; COCO's "
                                "weights fit ResNet-50 FPN v2 only; --weights none starts everything random, "
-                               "a checkpoint keeps its own trunk): 'imagenet' (torchvision's ImageNet weights from its cache, else downloaded; "
-                               "default), a file of them, or 'none' (random)", metavar="imagenet|FILE|none"),
+                               "a checkpoint keeps its own trunk): 'imagenet' (torchvision's ImageNet "
+                               "weights from its cache, else downloaded; default), a file of them, or 'none' "
+                               "(random)", metavar="imagenet|FILE|none"),
     Option("epochs", "--epochs", "passes over the reviewed images (or --iterations)", type=int),
     Option("iterations", "--iterations", "optimizer steps (default: the profile's, else 20 epochs, at "
                                          "least 100)", type=int),
