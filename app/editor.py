@@ -151,7 +151,7 @@ class Editor(QObject):
                     else before.keypoints  # a classical cut brings no keypoints
                 pairs.append((before, before.with_(mask=f.mask, keypoints=kps)))
         if pairs:
-            self._push(EditInstances(self.project, self._refresh, pairs, "Mask from model"))
+            self._push(EditInstances(self.project, self._refresh, pairs, "Mask for the box"))
 
     # -- edits of existing instances --------------------------------------------------------
     def _on_changed(self, before: Instance, after: Instance) -> None:
