@@ -59,6 +59,7 @@ class ImageCanvas(QGraphicsView):
         self.active_keypoint: tuple[int, int] | None = None
         self._space_down = False
         self._space_dragged = False
+        self.fitted = False  # the image is shown whole and stays so as the canvas is resized
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.scene().selectionChanged.connect(self._on_selection)
 
@@ -122,15 +123,25 @@ class ImageCanvas(QGraphicsView):
 
     # -- view -------------------------------------------------------------------------------
     def fit(self) -> None:
+        """Show the whole image; it stays whole when the canvas is resized (a dock or a notice
+        opening), until the person zooms."""
         if self._pixmap_item is not None:
             self.fitInView(self._pixmap_item, Qt.AspectRatioMode.KeepAspectRatio)
+            self.fitted = True
 
     def actual_size(self) -> None:
         self.resetTransform()
+        self.fitted = False
 
     def wheelEvent(self, event):  # noqa: N802
         factor = 1.25 if event.angleDelta().y() > 0 else 0.8
         self.scale(factor, factor)
+        self.fitted = False
+
+    def resizeEvent(self, event):  # noqa: N802
+        super().resizeEvent(event)
+        if self.fitted:
+            self.fit()
 
     def set_tool(self, tool: Tool) -> None:
         self._cancel_gesture()

@@ -30,6 +30,35 @@ def test_opens_folder_and_shows_first_image(window, project):
     assert window.image_list.model.rowCount() == 6
 
 
+def test_the_image_stays_whole_when_the_canvas_shrinks_until_the_person_zooms(qtbot, window):
+    """A notice or a dock opening after the image is shown shrinks the canvas: the image is
+    fitted again (it was cut off at the bottom); after a zoom the person's scale is kept."""
+    from PySide6.QtCore import QPoint, QPointF
+    from PySide6.QtGui import QWheelEvent
+
+    canvas = window.canvas
+    window.resize(1280, 800)
+    window.show()
+    qtbot.waitExposed(window)
+    canvas.fit()
+
+    def shown_whole() -> bool:
+        r = canvas.mapFromScene(canvas.sceneRect()).boundingRect()
+        vp = canvas.viewport().rect()
+        return vp.adjusted(-2, -2, 2, 2).contains(r) and (abs(r.width() - vp.width()) <= 3
+                                                       or abs(r.height() - vp.height()) <= 3)
+
+    assert shown_whole()
+    canvas.resize(canvas.width(), canvas.height() - 150)
+    assert shown_whole() and canvas.fitted
+    pos = QPointF(canvas.viewport().rect().center())
+    canvas.wheelEvent(QWheelEvent(pos, pos, QPoint(), QPoint(0, 120), Qt.MouseButton.NoButton,
+                                  Qt.KeyboardModifier.NoModifier, Qt.ScrollPhase.NoScrollPhase, False))
+    zoom = canvas.transform().m11()
+    canvas.resize(canvas.width(), canvas.height() + 100)
+    assert not canvas.fitted and canvas.transform().m11() == zoom
+
+
 def test_instance_rows_say_where_each_came_from_and_what_was_done():
     from app.docks import instance_row
     from detector.domain import MODEL, PERSON, Category, Instance
