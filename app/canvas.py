@@ -133,10 +133,14 @@ class ImageCanvas(QGraphicsView):
         self.resetTransform()
         self.fitted = False
 
+    def scale(self, sx: float, sy: float) -> None:
+        """A zoom of the person's (wheel, or any caller): the scale is kept from now on."""
+        super().scale(sx, sy)
+        self.fitted = False
+
     def wheelEvent(self, event):  # noqa: N802
         factor = 1.25 if event.angleDelta().y() > 0 else 0.8
         self.scale(factor, factor)
-        self.fitted = False
 
     def resizeEvent(self, event):  # noqa: N802
         super().resizeEvent(event)
