@@ -95,12 +95,12 @@ class Session:
         """The app's box fill for this image's ground-truth boxes: the model's second stage, or a
         classical cut where that fits the box better, and the classical cuts alone before any
         model (``detector.inference.fill_boxes``, what the Box tool does)."""
-        known = list(self.truth[path])
-        if not known:
+        truth = self.truth[path]
+        if not truth:
             return None
-        filled = fill_boxes(self.predictor, load_image(self.folder / path), [g.box for g in known],
-                            [g.category_id for g in known])
-        by_box = {tuple(g.box): f for g, f in zip(known, filled)}
+        filled = fill_boxes(self.predictor, load_image(self.folder / path), [g.box for g in truth],
+                            [g.category_id for g in truth])
+        by_box = {tuple(g.box): f for g, f in zip(truth, filled)}
         return lambda box, cat: by_box.get(tuple(box))
 
     def cost(self, path: str, slider: float) -> A.ImageCost:

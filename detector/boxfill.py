@@ -136,7 +136,7 @@ def grabcut(rgb: np.ndarray, box) -> Cut:
     return Cut("grabcut", fg[y0 - Y0:y1 - Y0, x0 - X0:x1 - X0], x0, y0)
 
 
-def model_cut(rle: Rle | None, box) -> Cut | None:
+def model_cut(rle: Rle | None) -> Cut | None:
     """The model's mask as a candidate (its window is the mask's own bounding box)."""
     if rle is None:
         return None
@@ -145,11 +145,12 @@ def model_cut(rle: Rle | None, box) -> Cut | None:
 
 
 def best_cut(rgb: np.ndarray, box, model_rle: Rle | None = None) -> Cut:
-    """The candidate whose mask fits the drawn ``box`` best (module docstring)."""
-    cands = [(box_fit(c, box) + margin, i, c) for i, (c, margin) in enumerate((
-        (model_cut(model_rle, box), MODEL_MARGIN), (grabcut(rgb, box), GRABCUT_MARGIN),
-        (threshold_cut(rgb, box), 0.0))) if c is not None]
-    return max(cands, key=lambda t: (t[0], -t[1]))[2]
+    """The candidate whose mask fits the drawn ``box`` best (module docstring); on an exact tie
+    the first of model, GrabCut, threshold (``max`` keeps the first)."""
+    cands = [(c, margin) for c, margin in ((model_cut(model_rle), MODEL_MARGIN),
+                                           (grabcut(rgb, box), GRABCUT_MARGIN),
+                                           (threshold_cut(rgb, box), 0.0)) if c is not None]
+    return max(cands, key=lambda cm: box_fit(cm[0], box) + cm[1])[0]
 
 
 def fill_box(rgb: np.ndarray, box, model_rle: Rle | None = None) -> tuple[Rle, str]:
