@@ -10,6 +10,8 @@ from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import QDialog, QHBoxLayout, QLabel, QSlider, QTextBrowser, QToolBar, QVBoxLayout, QWidget
 
+from detector.versions import SliderAdvice
+
 from .canvas import Tool
 
 if TYPE_CHECKING:
@@ -181,7 +183,26 @@ class Actions:
             lambda: canvas.set_mask_alpha(self.alpha_slider.value(), self.w.editor.categories))
         lay.addWidget(self.alpha_slider)
         self.w.view.min_score = 0.5
+        self._slider_set = 50  # the value last set for the person: moved from it, theirs is kept
+        self._slider_tip = "Predictions scored below this are hidden"
+        self.score_slider.setToolTip(self._slider_tip)
         return box
+
+    def suggest_slider(self, advice: SliderAdvice | None) -> None:
+        """A newly loaded model's slider: the value its held-out images cost least to correct at.
+        Set unless the person moved the slider since it was last set for them."""
+        if advice is None:
+            return
+        v = round(advice.value * 100)
+        why = advice.text()
+        self.score_slider.setToolTip(f"{self._slider_tip}. This model suggests {advice.value:.2f}: {why}")
+        if self.score_slider.value() == self._slider_set:
+            self._slider_set = v
+            self.score_slider.setValue(v)
+            self.w.say(f"Confidence slider set to {advice.value:.2f}: {why}.", 15000)
+        elif self.score_slider.value() != v:
+            self.w.say(f"This model suggests confidence {advice.value:.2f} ({why}); "
+                       f"your {self.score_slider.value() / 100:.2f} is kept.", 15000)
 
     def _on_threshold(self, value: int) -> None:
         self.score_label.setText(f"{value / 100:.2f}")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from PySide6.QtWidgets import QLabel, QMessageBox, QProgressBar
 
 from detector.domain import Prediction
+from detector.versions import SliderAdvice, slider_advice
 
 from .model_side import ModelSide
 from .workers import ModelInfo
@@ -83,16 +84,31 @@ class ModelController:
 
     def _on_ready(self, info: ModelInfo) -> None:
         w = self.w
-        self.device_label.setText(f"{info.device} · model: {Path(info.name).stem}")
+        advice = self._advice_for(info.name)
+        self.device_label.setText(f"{info.device} · model: {Path(info.name).stem}"
+                                  + (f" · suggests confidence {advice.value:.2f}" if advice else ""))
+        self.device_label.setToolTip(f"Confidence {advice.value:.2f}: {advice.text()}" if advice else "")
         w.acts.predict_all.setEnabled(True)
         w.training.autotrain.announce()
         if info.notice:
             w.say(info.notice, 8000)
+        w.acts.suggest_slider(advice)
         if self.reannotate_after_load:
             self.reannotate_after_load = False
             self.predict_all()
         elif w.current_image_id is not None:
             self.side.predict_image(w.current_image_id)
+
+    def _advice_for(self, weights: str) -> SliderAdvice | None:
+        """The slider the loaded model's version suggests (its held-out images' cheapest)."""
+        project = self.w.project
+        if project is None:
+            return None
+        if weights in ("", "active"):
+            version = project.active_model()
+        else:
+            version = next((m for m in project.models() if _same_file(m.path, weights)), None)
+        return slider_advice(version.metrics) if version is not None else None
 
     def ask_fill(self, image_id: int, boxes: list, category_ids: list, instance_ids: list) -> None:
         if not self.side.fill(image_id, boxes, category_ids, instance_ids):
@@ -136,3 +152,10 @@ class ModelController:
             counts = self.w.project.status_counts()
             self.w.say("Pre-annotation finished: " + ", ".join(f"{n} {s.value}" for s, n in counts.items() if n),
                        8000)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return a == b

@@ -6,10 +6,14 @@ annotator corrects what the current model shows into the ground truth; its secon
 priced by ``detector.annotator``), train with the app's defaults starting from the last model
 (from random weights in round 1), and pre-annotate the rest. After each round the unseen test
 images ("the next images") are priced: simulated seconds per image with Loupe's predictions and
-box-prompted fill, against labeling from scratch, and their COCO AP.
+box-prompted fill, against labeling from scratch, and their COCO AP. The confidence slider
+follows each new model as in the app (``--slider auto``): the value its held-out images cost
+least at; every round also prints the unseen images' seconds at each slider value, so the
+held-out choice, the default 0.5 and the best value in hindsight compare within one run.
 
     python bench/bench_annotator.py [--data demo|nuclei] [--order random|uncertainty]
-                                    [--rounds 3] [--per-round K] [--budget-s S] [--quick]
+                                    [--rounds 3] [--per-round K] [--budget-s S] [--slider auto|V]
+                                    [--quick]
 
 Prints one JSON line per round and a final line with ``seconds_per_image_by_round``,
 ``manual_seconds_per_image`` (a polygon per object, as in a tool without assistance),
@@ -36,7 +40,8 @@ from detector.coco import import_coco, plan_import, read_json  # noqa: E402
 from detector.domain import ImageRecord  # noqa: E402
 from detector.evaluation import CocoEvaluator  # noqa: E402
 from detector.images import load_image  # noqa: E402
-from detector.inference import Predictor, fill_boxes, load_detector  # noqa: E402
+from detector.inference import Predictor, load_detector, truth_fill  # noqa: E402
+from detector.model import load_checkpoint  # noqa: E402
 from detector.store import Project  # noqa: E402
 from detector.synthetic import generate  # noqa: E402
 from detector.training import TrainConfig, train_project  # noqa: E402
@@ -83,6 +88,7 @@ class Session:
         self.folder, self.truth = folder, truth
         self.predictor = Predictor(load_detector(project, ckpt), device) if ckpt else None
         self.cache: dict[str, tuple] = {}
+        self.fills: dict[str, object] = {}
 
     def predictions(self, path: str) -> tuple:
         if self.predictor is None:
@@ -95,19 +101,19 @@ class Session:
         """The app's box fill for this image's ground-truth boxes: the model's second stage, or a
         classical cut where that fits the box better, and the classical cuts alone before any
         model (``detector.inference.fill_boxes``, what the Box tool does)."""
-        truth = self.truth[path]
-        if not truth:
-            return None
-        filled = fill_boxes(self.predictor, load_image(self.folder / path), [g.box for g in truth],
-                            [g.category_id for g in truth])
-        by_box = {tuple(g.box): f for g, f in zip(truth, filled)}
-        return lambda box, cat: by_box.get(tuple(box))
+        if path not in self.fills:
+            self.fills[path] = truth_fill(self.predictor, load_image(self.folder / path), self.truth[path])
+        return self.fills[path]
 
     def cost(self, path: str, slider: float) -> A.ImageCost:
         """Seconds to label ``path`` in Loupe: correct what the model shows; before any model, a
         box per object, filled by the classical cuts."""
         shown = A.shown_at(self.predictions(path), slider) if self.predictor is not None else []
         return A.review_cost(shown, self.truth[path], self.fill_for(path))
+
+    def slider_costs(self, paths: list[str]) -> dict[float, float]:
+        """Mean seconds an image at each slider value (``detector.annotator.slider_costs``)."""
+        return A.slider_costs([(self.predictions(p), self.truth[p], self.fill_for(p)) for p in paths])
 
     def metrics(self, paths: list[str]) -> dict:
         ev = CocoEvaluator(list({c.id: c for c in self.predictor.detector.categories}.values()))
@@ -131,7 +137,10 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=0, help="training seconds a round (0: the app's default)")
     ap.add_argument("--steps", type=int, default=0,
                     help="training steps a round instead of a time budget: runs compare equally under any load")
-    ap.add_argument("--slider", type=float, default=active.SLIDER, help="the confidence slider")
+    ap.add_argument("--slider", default="auto",
+                    help="the confidence slider: 'auto' (the app's: after each round the value that costs "
+                         "least on that run's held-out images, detector.annotator.best_slider; 0.5 before "
+                         "the first model), or a fixed value such as 0.5 (the app's before that)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="demo, 3 rounds, 60 s of training a round, 12 test images")
@@ -139,6 +148,7 @@ def main() -> None:
     if args.quick:
         args.budget_s, args.test = args.budget_s or 60, args.test or 12
     k = args.per_round or (8 if args.data == "demo" else 10)
+    slider = active.SLIDER if args.slider == "auto" else float(args.slider)
     rng = random.Random(args.seed)
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp_s:
@@ -155,7 +165,7 @@ def main() -> None:
         manual = sum(A.manual_cost(truth[p]).seconds for p in test) / len(test)
         session = Session(project, folder, truth, None, args.device)
         # Before any model: a box per object, filled by the classical cuts (what the Box tool does).
-        no_model = sum(session.cost(p, args.slider).seconds for p in test) / len(test)
+        no_model = sum(session.cost(p, slider).seconds for p in test) / len(test)
         print(json.dumps({"data": args.data, "round": 0, "seconds_per_image": round(no_model, 1),
                           "manual_seconds_per_image": round(manual, 1)}), flush=True)
         ckpt, per_round, reviewed, review_s = None, [], [], 0.0
@@ -165,7 +175,7 @@ def main() -> None:
                 chosen = rng.sample(left, min(k, len(left)))
             else:  # least confident first
                 chosen = sorted(left, key=lambda p: -active.uncertainty(session.predictions(p), args.measure))[:k]
-            review_s += sum(session.cost(p, args.slider).seconds for p in chosen)
+            review_s += sum(session.cost(p, slider).seconds for p in chosen)
             reviewed += chosen
             sub = tmp / f"round{r}.json"
             sub.write_text(json.dumps(subset(data, set(chosen))))
@@ -178,11 +188,21 @@ def main() -> None:
             train_s = time.perf_counter() - t
             ckpt = str(out)
             session = Session(project, folder, truth, ckpt, args.device)
-            costs = [session.cost(p, args.slider) for p in test]
+            held = load_checkpoint(out).get("holdout", {}).get("images", [])
+            held_costs = session.slider_costs(held)
+            held_pick = A.best_slider(held_costs)
+            if args.slider == "auto":
+                slider = held_pick
+            test_costs = session.slider_costs(test)
+            costs = [session.cost(p, slider) for p in test]
             m = session.metrics(test)
             actions = sum((c.actions for c in costs), start=type(costs[0].actions)())
             row = {"round": r, "reviewed": len(reviewed), "steps": result.steps, "train_s": round(train_s, 1),
                    "seconds_per_image": round(sum(c.seconds for c in costs) / len(test), 1),
+                   "slider": slider, "held_out_images": len(held), "held_out_pick": held_pick,
+                   "test_best_slider": A.best_slider(test_costs),
+                   "test_seconds_by_slider": {f"{s:.2f}": round(c, 1) for s, c in test_costs.items()},
+                   "held_out_seconds_by_slider": {f"{s:.2f}": round(c, 1) for s, c in held_costs.items()},
                    "segm_AP": m["segm"]["AP"] if m.get("segm") else None,
                    "bbox_AP": m["bbox"]["AP"], "keypoint_AP": (m.get("keypoints") or {}).get("AP"),
                    "actions_per_image": {a: round(n / len(test), 2) for a, n in sorted(actions.items())}}
@@ -194,6 +214,7 @@ def main() -> None:
         "data": args.data, "order": args.order, "measure": args.measure if args.order == "uncertainty" else None,
         "rounds": args.rounds, "per_round": k, "steps": args.steps or None, "budget_s": args.budget_s or None,
         "test_images": len(test), "slider": args.slider,
+        "slider_by_round": [row["slider"] for row in per_round],
         "reviewed_by_round": [row["reviewed"] for row in per_round],
         "seconds_per_image_by_round": sec, "manual_seconds_per_image": round(manual, 1),
         "no_model_seconds_per_image": round(no_model, 1),

@@ -219,3 +219,25 @@ def manual_cost(truth: Sequence[Instance], costs: Costs = COSTS) -> ImageCost:
 def shown_at(predictions: Sequence[Instance], min_score: float) -> list[Instance]:
     """What the person sees: predictions at or above the confidence slider."""
     return [p for p in predictions if p.score is None or p.score >= min_score]
+
+
+#: Slider values the held-out images are priced at: 0.10 ... 1.00 (1.00 shows nothing a model
+#: scored below certainty: the person draws every object, the box fill doing the masks).
+SLIDER_GRID = tuple(round(0.05 * k, 2) for k in range(2, 21))
+
+
+def slider_costs(items: Sequence[tuple[Sequence[Instance], Sequence[Instance], Fill | None]],
+                 grid: Sequence[float] = SLIDER_GRID, costs: Costs = COSTS) -> dict[float, float]:
+    """Mean seconds an image to correct each item's predictions into its truth, at each slider
+    value. ``items``: (predictions, truth, fill) per image."""
+    if not items:
+        return {}
+    return {s: sum(review_cost(shown_at(p, s), t, f, costs).seconds for p, t, f in items) / len(items)
+            for s in grid}
+
+
+def best_slider(by_slider: dict[float, float], default: float = 0.5) -> float:
+    """The slider value with the fewest seconds; on a tie the one nearest ``default``."""
+    if not by_slider:
+        return default
+    return min(by_slider, key=lambda s: (round(by_slider[s], 6), abs(s - default)))

@@ -15,7 +15,8 @@ from . import masks as M
 from .coco import build_coco, plan_import, read_json
 from .domain import Category, ImageRecord, Instance
 from .images import load_image
-from .inference import Predictor, load_detector
+from .annotator import best_slider, slider_costs
+from .inference import Predictor, load_detector, truth_fill
 from .model import Detector
 
 # COCO's 17 person keypoint sigmas, used when a schema matches them; 0.05 otherwise.
@@ -134,18 +135,32 @@ class CocoEvaluator:
 
 def evaluate_detector(detector: Detector, items: list[tuple[ImageRecord, Path, list[Instance]]],
                       device: str | None = None, batch_size: int = 4) -> dict:
-    """AP of ``detector`` on (record, path, ground truth) items."""
+    """AP of ``detector`` on (record, path, ground truth) items, and what correcting its
+    predictions into the ground truth would cost a person at each confidence slider value
+    (``slider``: ``slider_choice``)."""
     predictor = Predictor(detector, device, batch_size)
     # One entry per project category (a COCO start may map several model classes to one).
     ev = CocoEvaluator(list({c.id: c for c in detector.categories}.values()))
+    priced = []
     for rec, path, gt in items:
         a = load_image(path)
         rec = ImageRecord(rec.path, a.shape[1], a.shape[0], rec.status, id=rec.id)
         (preds,) = predictor.predict([a])
         ev.process(rec, gt, list(preds))
+        priced.append((preds, gt, truth_fill(predictor, a, gt)))
     metrics = ev.evaluate()
     metrics["images"] = len(items)
+    if priced:
+        metrics["slider"] = slider_choice(priced)
     return metrics
+
+
+def slider_choice(priced) -> dict:
+    """The confidence slider that leaves a person the least to correct on these images, priced
+    by the simulated annotator (``detector.annotator``): ``best``, and the seconds an image at
+    each value. (predictions, truth, fill) per image."""
+    by = slider_costs(priced)
+    return {"best": best_slider(by), "seconds_per_image": {f"{s:.2f}": round(c, 2) for s, c in by.items()}}
 
 
 def evaluate_project(project, weights: str, gt: str | None = None, device: str | None = None,

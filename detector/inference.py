@@ -273,6 +273,16 @@ def fill_boxes(predictor: Predictor | None, array: np.ndarray, boxes: list, cate
     return tuple(out)
 
 
+def truth_fill(predictor: Predictor | None, array: np.ndarray, truth: list[Instance]):
+    """The Box tool's fill of each of ``truth``'s boxes, in the form the simulated annotator
+    asks for it (``detector.annotator.Fill``); None for an image without objects."""
+    if not truth:
+        return None
+    filled = fill_boxes(predictor, array, [g.box for g in truth], [g.category_id for g in truth])
+    by_box = {tuple(g.box): f for g, f in zip(truth, filled)}
+    return lambda box, category_id: by_box.get(tuple(box))
+
+
 # ------------------------------------------------------------------------------------------
 # Loading a detector for a project, and pre-annotating a whole project
 # ------------------------------------------------------------------------------------------

@@ -59,3 +59,36 @@ def register(project: Project, checkpoint: str | Path, after: dict | None, befor
 def next_checkpoint(project: Project, stamp: int) -> Path:
     """Where the next version's checkpoint goes: ``models/v<N>-<stamp>.pt`` beside the store."""
     return project.db_path.parent / "models" / f"v{len(project.models()) + 1}-{stamp}.pt"
+
+
+@dataclass(frozen=True)
+class SliderAdvice:
+    """The confidence slider a model's held-out images cost least at (``evaluation.slider_choice``)."""
+
+    value: float
+    seconds: float  # an image at ``value``, priced by the simulated annotator
+    default_seconds: float | None  # the same at the default slider (0.50)
+    images: int
+
+    def text(self) -> str:
+        n = f"{self.images} held-out image{'s' if self.images != 1 else ''}"
+        if self.value >= 1.0:
+            out = (f"on its {n} drawing every object (the Box tool fills the mask) costs less than "
+                   f"correcting its predictions, ~{self.seconds:.0f} s an image")
+        else:
+            out = f"on its {n} this leaves the least to correct, ~{self.seconds:.0f} s an image"
+        if self.default_seconds is not None and abs(self.value - 0.5) > 1e-6:
+            out += f" (at 0.50: ~{self.default_seconds:.0f} s)"
+        return out
+
+
+def slider_advice(metrics: dict | None) -> SliderAdvice | None:
+    """The slider a version's held-out metrics suggest, or None (no held-out images, or a
+    version from before the slider was priced)."""
+    choice = (metrics or {}).get("slider")
+    if not choice or "best" not in choice:
+        return None
+    by = choice.get("seconds_per_image", {})
+    best = float(choice["best"])
+    return SliderAdvice(best, float(by.get(f"{best:.2f}", 0.0)),
+                        float(by["0.50"]) if "0.50" in by else None, int(metrics.get("images") or 0))

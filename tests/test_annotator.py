@@ -104,3 +104,25 @@ def test_the_slider_hides_low_scores_and_the_highest_score_matches_first():
     dup = [TRUTH[0].with_(score=0.6), TRUTH[0].with_(score=0.95)]
     pairs = A.match(dup, TRUTH)
     assert [(k, j) for k, j, _ in pairs] == [(1, 0)]
+
+
+def test_the_slider_that_costs_least_hides_false_positives_but_keeps_true_ones():
+    good_fill = lambda box, cat: inst(*map(int, box), cat=cat, score=1.0)  # noqa: E731
+    # True objects scored 0.75 and 0.9; false positives at 0.3 and 0.6.
+    preds = [TRUTH[0].with_(score=0.75), TRUTH[1].with_(score=0.9), inst(0, 45, 10, 58, score=0.3),
+             inst(30, 45, 38, 58, score=0.6)]
+    by = A.slider_costs([(preds, TRUTH, good_fill)])
+    assert set(by) == set(A.SLIDER_GRID) and min(A.SLIDER_GRID) == 0.1 and max(A.SLIDER_GRID) == 1.0
+    assert by[0.5] == pytest.approx(look(3) + C.delete)
+    assert by[0.7] == pytest.approx(look(2))  # both false positives hidden, both objects kept
+    assert by[0.8] == pytest.approx(look(1) + C.box)  # one object hidden: drawn, the fill is right
+    assert by[1.0] == pytest.approx(look(0) + 2 * C.box)  # nothing shown: every object drawn
+    # The cheapest values are 0.65 and 0.7 (tied); the one nearest the default 0.5 wins.
+    assert A.best_slider(by) == 0.65
+    # A model whose predictions are all wrong: showing nothing (drawing, filled) is cheapest.
+    wrong = [inst(0, 45, 10, 58, score=0.95), inst(30, 45, 38, 58, score=0.97)]
+    assert A.best_slider(A.slider_costs([(wrong, TRUTH, good_fill)])) == 1.0
+    # Several images: the mean decides; nothing to price keeps the default.
+    both = A.slider_costs([(preds, TRUTH, good_fill), (wrong, TRUTH, good_fill)])
+    assert both[0.5] == pytest.approx((by[0.5] + A.slider_costs([(wrong, TRUTH, good_fill)])[0.5]) / 2)
+    assert A.best_slider({}) == 0.5 and A.slider_costs([]) == {}

@@ -15,6 +15,8 @@ from detector.coco import import_coco
 from detector.domain import MODEL, ImageStatus
 from detector.store import Project
 from detector.synthetic import generate
+from detector.annotator import SLIDER_GRID
+from detector.versions import SliderAdvice, slider_advice
 
 SMALL = dict(model_overrides={"rpn_batch_size_per_image": 64, "box_batch_size_per_image": 64,
                               "anchor_sizes": (8, 16, 32, 64, 128), "box_detections_per_img": 20},
@@ -81,6 +83,18 @@ def test_train_cancel_then_complete_swaps_model_and_reannotates(qtbot, window):
     qtbot.waitUntil(lambda: w.model_side.info is not None and w.model_side.info.name == version.path, timeout=60_000)
     qtbot.waitUntil(lambda: p.status_counts()[ImageStatus.NEW] == 0 and not w.models.progress.isVisible(),
                     timeout=60_000)
+    # The confidence slider follows the new model: the value its held-out images cost least at.
+    advice = slider_advice(version.metrics)
+    assert advice is not None and advice.value in SLIDER_GRID and advice.images == version.metrics["images"]
+    assert w.acts.score_slider.value() == round(advice.value * 100)
+    assert w.view.min_score == pytest.approx(advice.value) and "suggests" in w.acts.score_slider.toolTip()
+    assert f"suggests confidence {advice.value:.2f}" in w.models.device_label.text()
+    other = 0.85 if advice.value != 0.85 else 0.75
+    w.acts.suggest_slider(SliderAdvice(other, 10.0, 12.0, 2))  # the person has not moved it: set
+    assert w.acts.score_slider.value() == round(other * 100)
+    w.acts.score_slider.setValue(30)  # moved by the person: a later suggestion keeps it
+    w.acts.suggest_slider(SliderAdvice(0.8, 10.0, 12.0, 2))
+    assert w.acts.score_slider.value() == 30 and "0.80" in w.acts.score_slider.toolTip()
     unreviewed = p.images([ImageStatus.PREDICTED])
     assert len(unreviewed) == 2
     stamps = [i.changed_at for r in unreviewed for i in p.instances(r.id) if i.changed_by == MODEL]

@@ -25,3 +25,15 @@ def test_a_new_model_is_promoted_unless_it_is_worse_on_the_same_held_out_images(
         assert unscored.promoted and unscored.ap is None
         assert next_checkpoint(p, 7).name == "v5-7.pt"
     assert headline({"bbox": {"AP": 0.4}}) == 0.4 and headline({}) is None
+
+
+def test_a_version_suggests_the_slider_its_held_out_images_cost_least_at():
+    from detector.versions import slider_advice
+
+    a = slider_advice({"images": 3, "slider": {"best": 0.7, "seconds_per_image": {"0.50": 28.5, "0.70": 17.6,
+                                                                                  "1.00": 21.4}}})
+    assert (a.value, a.seconds, a.default_seconds, a.images) == (0.7, 17.6, 28.5, 3)
+    assert "3 held-out images" in a.text() and "~18 s an image (at 0.50: ~28 s)" in a.text()
+    hide = slider_advice({"images": 1, "slider": {"best": 1.0, "seconds_per_image": {"1.00": 20.0, "0.50": 30.0}}})
+    assert "1 held-out image drawing every object" in hide.text()
+    assert slider_advice({"segm": {"AP": 0.3}}) is None and slider_advice(None) is None
