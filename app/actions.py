@@ -191,7 +191,8 @@ class Actions:
     def suggest_slider(self, advice: SliderAdvice | None) -> None:
         """A newly loaded model's slider: the value its held-out images cost least to correct at.
         Set unless the person moved the slider since it was last set for them."""
-        if advice is None:
+        if advice is None:  # a model that was not priced (a COCO start, an older version)
+            self.score_slider.setToolTip(self._slider_tip)
             return
         v = round(advice.value * 100)
         why = advice.text()

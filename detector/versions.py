@@ -91,4 +91,5 @@ def slider_advice(metrics: dict | None) -> SliderAdvice | None:
     by = choice.get("seconds_per_image", {})
     best = float(choice["best"])
     return SliderAdvice(best, float(by.get(f"{best:.2f}", 0.0)),
-                        float(by["0.50"]) if "0.50" in by else None, int(metrics.get("images") or 0))
+                        float(by["0.50"]) if "0.50" in by else None,
+                        int(choice.get("images") or metrics.get("images") or 0))

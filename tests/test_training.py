@@ -57,6 +57,12 @@ def test_each_loss_falls_and_ap_rises(trained, tmp_path):
     assert before["segm"]["AP"] < 0.05 and before["bbox"]["AP"] < 0.05
     assert after["bbox"]["AP"] > 0.5 and after["segm"]["AP"] > 0.5, after
     assert after["keypoints"]["AP"] > before["keypoints"]["AP"] + 0.2, (before, after)
+    # The slider the held-out pricing suggests: the trained model is worth showing (below 1.00,
+    # where nothing is shown), and correcting it costs less than correcting the untrained one.
+    n = len(after["slider"]["seconds_per_image"])
+    assert after["slider"]["images"] == after["images"] and n == 19 and after["slider"]["best"] < 1.0
+    cheapest = {k: min(m["slider"]["seconds_per_image"].values()) for k, m in (("a", after), ("b", before))}
+    assert cheapest["a"] < cheapest["b"], (after["slider"], before["slider"])
 
 
 @pytest.mark.slow
