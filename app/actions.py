@@ -208,6 +208,7 @@ class Actions:
     def _on_threshold(self, value: int) -> None:
         self.score_label.setText(f"{value / 100:.2f}")
         self.w.canvas.apply_threshold(value / 100)
+        self.w.instances_panel.apply_threshold(value / 100)
 
     # -- tools ----------------------------------------------------------------------------------
     def set_tool(self, tool: Tool) -> None:

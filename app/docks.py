@@ -11,6 +11,7 @@ from PySide6.QtWidgets import (QColorDialog, QDialog, QDialogButtonBox, QFormLay
 from detector.coco_reader import IMPORTED_BY
 from detector.domain import MODEL, Category, Instance
 
+SCORE_ROLE = Qt.ItemDataRole.UserRole + 1
 ID_ROLE = Qt.ItemDataRole.UserRole
 
 
@@ -40,6 +41,7 @@ class InstancesPanel(QListWidget):
 
     visibility_changed = Signal(int, bool)
     ids_selected = Signal(list)
+    below_slider = Signal(int)  # how many rows the confidence slider hides
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -48,7 +50,7 @@ class InstancesPanel(QListWidget):
         self.itemChanged.connect(self._on_changed)
 
     def set_instances(self, instances: list[Instance], categories: dict[int, Category],
-                      hidden: set[int]) -> None:
+                      hidden: set[int], min_score: float = 0.0) -> None:
         self.blockSignals(True)
         self.clear()
         for inst in instances:
@@ -59,8 +61,20 @@ class InstancesPanel(QListWidget):
             item.setData(ID_ROLE, inst.id)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
             item.setCheckState(Qt.CheckState.Unchecked if inst.id in hidden else Qt.CheckState.Checked)
+            # The slider hides untouched predictions on the canvas: their rows go with them.
+            item.setData(SCORE_ROLE, None if inst.touched_by_person else inst.score)
             self.addItem(item)
         self.blockSignals(False)
+        self.apply_threshold(min_score)  # after: its count is a signal
+
+    def apply_threshold(self, min_score: float) -> None:
+        """Hide the rows of untouched predictions scored below the confidence slider."""
+        hidden = 0
+        for i in range(self.count()):
+            score = self.item(i).data(SCORE_ROLE)
+            self.item(i).setHidden(score is not None and score < min_score)
+            hidden += self.item(i).isHidden()
+        self.below_slider.emit(hidden)
 
     def selected_ids(self) -> list[int]:
         return [it.data(ID_ROLE) for it in self.selectedItems()]

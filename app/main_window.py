@@ -76,7 +76,9 @@ class MainWindow(QMainWindow):
         self.instances_panel.ids_selected.connect(self.canvas.select_ids)
         self.instances_panel.visibility_changed.connect(self._on_instance_visibility)
         self.canvas.selection_changed.connect(self.instances_panel.select_ids)
-        self._dock("Instances", self.instances_panel, Qt.DockWidgetArea.RightDockWidgetArea)
+        instances_dock = self._dock("Instances", self.instances_panel, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.instances_panel.below_slider.connect(lambda n: instances_dock.setWindowTitle(
+            f"Instances ({n} under the slider)" if n else "Instances"))
         self.categories = CategoryController(self)
         self._dock("Categories", self.categories.panel, Qt.DockWidgetArea.RightDockWidgetArea)
 
@@ -226,7 +228,8 @@ class MainWindow(QMainWindow):
             return
         instances = self.project.instances(self.current_image_id)
         self.canvas.set_instances(instances, self.editor.categories)
-        self.instances_panel.set_instances(instances, self.editor.categories, self.view.hidden_ids)
+        self.instances_panel.set_instances(instances, self.editor.categories, self.view.hidden_ids,
+                                           self.view.min_score)
         self.instances_panel.select_ids(self.canvas.selected_ids())
         self.image_list.model.update_record(self.project.image(self.current_image_id))
 

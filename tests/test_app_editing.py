@@ -79,10 +79,24 @@ def test_correct_everything_with_undo_redo_and_reopen(qtbot, setup):
     assert p.image(new[0].id).status is ImageStatus.PREDICTED
     assert len(canvas.items_by_id) == len(preds)
     # The slider filters instantly, without the model.
+    panel = w.instances_panel
+    rows = lambda: [panel.item(i) for i in range(panel.count())]  # noqa: E731
     w.acts.score_slider.setValue(100)
     assert not any(it.isVisible() for it in canvas.items_by_id.values())
+    assert len(rows()) == len(preds) and all(r.isHidden() for r in rows())  # the dock's rows go too
+    assert panel.parentWidget().windowTitle() == f"Instances ({len(preds)} under the slider)"
+    mid = sorted(i.score for i in preds)[len(preds) // 2]
+    w.acts.score_slider.setValue(int(mid * 100) + 1)
+    shown = {r.data(Qt.ItemDataRole.UserRole) for r in rows() if not r.isHidden()}
+    assert shown == {i.id for i in preds if i.score >= (int(mid * 100) + 1) / 100}
+    assert shown == {k for k, it in canvas.items_by_id.items() if it.isVisible()}
     w.acts.score_slider.setValue(0)
     assert all(it.isVisible() for it in canvas.items_by_id.values())
+    assert not any(r.isHidden() for r in rows()) and panel.parentWidget().windowTitle() == "Instances"
+    w.acts.score_slider.setValue(100)
+    w.refresh_instances()  # the rows built again (an edit, a new prediction) keep the slider's count
+    assert panel.parentWidget().windowTitle() == f"Instances ({len(preds)} under the slider)"
+    w.acts.score_slider.setValue(0)
     # Accept one (Enter).
     top = max(preds, key=lambda i: i.score)
     canvas.select_ids([top.id])
