@@ -137,7 +137,7 @@ SLIDER_IMAGES = 50
 
 
 def evaluate_detector(detector: Detector, items: list[tuple[ImageRecord, Path, list[Instance]]],
-                      device: str | None = None, batch_size: int = 4) -> dict:
+                      device: str | None = None, batch_size: int = 4, price_slider: bool = True) -> dict:
     """AP of ``detector`` on (record, path, ground truth) items, and what correcting its
     predictions into the ground truth would cost a person at each confidence slider value
     (``slider``: ``slider_choice``, on the first ``SLIDER_IMAGES`` items: pricing fills every
@@ -151,7 +151,7 @@ def evaluate_detector(detector: Detector, items: list[tuple[ImageRecord, Path, l
         rec = ImageRecord(rec.path, a.shape[1], a.shape[0], rec.status, id=rec.id)
         (preds,) = predictor.predict([a])
         ev.process(rec, gt, list(preds))
-        if len(priced) < SLIDER_IMAGES:
+        if price_slider and len(priced) < SLIDER_IMAGES:
             priced.append((preds, gt, truth_fill(predictor, a, gt)))
     metrics = ev.evaluate()
     metrics["images"] = len(items)
@@ -170,7 +170,7 @@ def slider_choice(priced) -> dict:
 
 
 def evaluate_project(project, weights: str, gt: str | None = None, device: str | None = None,
-                     records: list[ImageRecord] | None = None) -> dict:
+                     records: list[ImageRecord] | None = None, price_slider: bool = True) -> dict:
     """AP of a checkpoint on the held-out reviewed images, or on a ground-truth COCO file."""
     from .training import split_reviewed
 
@@ -196,7 +196,7 @@ def evaluate_project(project, weights: str, gt: str | None = None, device: str |
     if not items:
         return {"bbox": None, "segm": None, "images": 0,
                 "message": "no held-out reviewed images to evaluate on"}
-    return evaluate_detector(det, items, device)
+    return evaluate_detector(det, items, device, price_slider=price_slider)
 
 
 def held_out_metrics(project, checkpoint: str, compare: str | None = None, device: str | None = None,
@@ -209,5 +209,7 @@ def held_out_metrics(project, checkpoint: str, compare: str | None = None, devic
         held = load_checkpoint(checkpoint).get("holdout", {}).get("images", [])
     records = [r for r in (project.image_by_path(p) for p in held) if r is not None]
     after = evaluate_project(project, checkpoint, records=records, device=device)
-    before = evaluate_project(project, compare, records=records, device=device) if compare else None
+    # The active model's AP only: its slider table would be read by nothing.
+    before = (evaluate_project(project, compare, records=records, device=device, price_slider=False)
+              if compare else None)
     return after, before

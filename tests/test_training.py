@@ -14,7 +14,7 @@ import torch
 
 from detector import masks as M
 from detector.domain import Category, ImageStatus, Instance
-from detector.evaluation import evaluate_project
+from detector.evaluation import evaluate_project, held_out_metrics
 from detector.inference import Predictor, load_detector, predict_project
 from detector.images import load_image
 from detector.model import build_model, load_checkpoint, save_checkpoint
@@ -54,6 +54,9 @@ def test_each_loss_falls_and_ap_rises(trained, tmp_path):
                                 config=load_detector(p, str(ckpt)).config)
         save_checkpoint(tmp_path / "untrained.pt", untrained)
         before = evaluate_project(p, str(tmp_path / "untrained.pt"), records=p.images())
+        # After a run the new model is priced, the active one compared by its AP alone.
+        new, old = held_out_metrics(p, str(ckpt), str(tmp_path / "untrained.pt"), held=[p.images()[0].path])
+        assert "slider" in new and "slider" not in old and old["segm"] is not None
     assert before["segm"]["AP"] < 0.05 and before["bbox"]["AP"] < 0.05
     assert after["bbox"]["AP"] > 0.5 and after["segm"]["AP"] > 0.5, after
     assert after["keypoints"]["AP"] > before["keypoints"]["AP"] + 0.2, (before, after)
