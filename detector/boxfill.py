@@ -8,11 +8,17 @@ an IoU) says, without any ground truth, whether the candidate found the object. 
 - GrabCut (OpenCV's ``grabCut`` from the box: colour models of the object and its surroundings,
   made for photos);
 - a threshold inside the box (Otsu's, the object on the side the box's border is not on, its
-  largest part, holes filled: bright cells on a dark ground, dark ink on paper).
+  largest part, holes filled: bright cells on a dark ground, dark ink on paper), at three levels:
+  Otsu's of the box alone; Otsu's of the box and half its side around it (a tight box around a
+  round object holds ~20 % background, too little for Otsu to find its level; its surroundings
+  add a fair sample of it, and neighbours too); and halfway between the surroundings' level (a
+  thin ring outside the box) and the object's (the box's 90th percentile, or 10th for a dark
+  object), the half-maximum rule for blobs.
 
 The mask whose box fits best is taken, the model's on a near tie (``MODEL_MARGIN``) and GrabCut
-before the threshold (``GRABCUT_MARGIN``). Measured on unseen images with ground-truth boxes
-(bench/RESULTS.md, "Box fill"): nuclei 25.6 -> 19.5 simulated seconds an object, demo 22.0 -> 10.0.
+before the thresholds (``GRABCUT_MARGIN``). Measured on unseen images with ground-truth boxes
+(bench/RESULTS.md, "Box fill"): nuclei 25.6 -> 19.5 simulated seconds an object, demo 22.0 -> 10.0,
+and the three threshold levels (one before) took nuclei further (same section).
 Without a model (the first images of a project) the two classical cuts alone fill the box.
 
 Work is per box on a crop around it, downscaled to at most ``MAX_SIDE`` px, so a box in a
@@ -34,6 +40,8 @@ GRABCUT_MARGIN = 0.02  # GrabCut before the threshold on a near tie (the thresho
 MAX_SIDE = 200  # crops are cut at most this many pixels on a side (then scaled back)
 GRABCUT_PAD = 8  # pixels of surroundings around the box (at the crop's scale) for GrabCut's background
 GRABCUT_ITERS = 3
+WIDE_PAD = 0.5  # the wide threshold's surroundings: this share of the box's longer side around it
+RING_PX = 2  # the half level's ring outside the box, in pixels of the (downscaled) crop
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,41 @@ def _largest_filled(fg: np.ndarray) -> np.ndarray:
     return part | (outside[1:-1, 1:-1] == 0)
 
 
+def _object_side(fg: np.ndarray) -> np.ndarray:
+    """``fg`` or its inverse: the object is the side most of the box's border is not on."""
+    border = np.concatenate([fg[0], fg[-1], fg[:, 0], fg[:, -1]])
+    return ~fg if border.mean() > 0.5 else fg
+
+
+def _gray_around(rgb: np.ndarray, box, pad: int):
+    """The gray crop of the box and ``pad`` px around it (downscaled to at most MAX_SIDE a side),
+    the box's (x0, y0, x1, y1) at full size and its slice of the crop (None: too small)."""
+    h, w = rgb.shape[:2]
+    x0, y0, x1, y1 = _window(box, w, h)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return None, (x0, y0, x1, y1), None
+    X0, Y0, X1, Y1 = _window(box, w, h, pad)
+    small, g = _scaled(rgb[Y0:Y1, X0:X1])
+    gray = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2GRAY)
+    bx0, by0 = int(round((x0 - X0) * g)), int(round((y0 - Y0) * g))
+    bx1 = min(gray.shape[1], max(bx0 + 2, int(round((x1 - X0) * g))))
+    by1 = min(gray.shape[0], max(by0 + 2, int(round((y1 - Y0) * g))))
+    return gray, (x0, y0, x1, y1), (slice(by0, by1), slice(bx0, bx1))
+
+
+def _level_cut(source: str, inside: np.ndarray, level: float, bright: bool | None, window) -> Cut:
+    x0, y0, x1, y1 = window
+    fg = inside > level if bright is not False else inside < level
+    if bright is None:
+        fg = _object_side(fg)
+    return Cut(source, _back(_largest_filled(fg), (y1 - y0, x1 - x0)), x0, y0)
+
+
+def _empty(source: str, window) -> Cut:
+    x0, y0, x1, y1 = window
+    return Cut(source, np.zeros((max(0, y1 - y0), max(0, x1 - x0)), bool), x0, y0)
+
+
 def threshold_cut(rgb: np.ndarray, box) -> Cut:
     """Otsu's threshold of the box's gray values; the object is the side the border is not on."""
     h, w = rgb.shape[:2]
@@ -106,11 +149,40 @@ def threshold_cut(rgb: np.ndarray, box) -> Cut:
     small, _ = _scaled(crop)
     gray = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2GRAY)
     _, fg = cv2.threshold(gray, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    fg = fg.astype(bool)
-    border = np.concatenate([fg[0], fg[-1], fg[:, 0], fg[:, -1]])
-    if border.mean() > 0.5:
-        fg = ~fg
-    return Cut("threshold", _back(_largest_filled(fg), crop.shape[:2]), x0, y0)
+    return Cut("threshold", _back(_largest_filled(_object_side(fg.astype(bool))), crop.shape[:2]), x0, y0)
+
+
+def wide_threshold_cut(rgb: np.ndarray, box) -> Cut:
+    """Otsu's level of the box and its surroundings (``WIDE_PAD``), applied inside the box."""
+    h, w = rgb.shape[:2]
+    x0, y0, x1, y1 = _window(box, w, h)
+    gray, window, inside = _gray_around(rgb, box, max(2, int(np.ceil(WIDE_PAD * max(x1 - x0, y1 - y0)))))
+    if gray is None:
+        return _empty("wide threshold", window)
+    level, _ = cv2.threshold(gray, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return _level_cut("wide threshold", gray[inside], level, None, window)
+
+
+def half_level_cut(rgb: np.ndarray, box) -> Cut:
+    """Halfway between the surroundings' level (the median of a ``RING_PX`` ring outside the box,
+    or of the box's own border where the image ends) and the object's (the box's 90th percentile
+    if its middle is brighter than that, else its 10th)."""
+    x0, y0, x1, y1 = box
+    side = max(x1 - x0, y1 - y0)  # the ring is RING_PX wide at the crop's scale
+    gray, window, inside = _gray_around(rgb, box, int(np.ceil(RING_PX * max(1.0, (side + 2 * RING_PX) / MAX_SIDE))))
+    if gray is None:
+        return _empty("half level", window)
+    g = gray.astype(np.float32)
+    box_g = g[inside]
+    ring = np.ones(g.shape, bool)
+    ring[inside] = False
+    around = g[ring] if ring.sum() >= 8 else np.concatenate([box_g[0], box_g[-1], box_g[:, 0], box_g[:, -1]])
+    ground = float(np.median(around))
+    bh, bw = box_g.shape
+    middle = box_g[bh // 4:bh - bh // 4, bw // 4:bw - bw // 4]
+    bright = float(np.median(middle if middle.size else box_g)) >= ground
+    level = (ground + float(np.percentile(box_g, 90 if bright else 10))) / 2
+    return _level_cut("half level", box_g, level, bright, window)
 
 
 def grabcut(rgb: np.ndarray, box) -> Cut:
@@ -144,13 +216,15 @@ def model_cut(rle: Rle | None) -> Cut | None:
     return Cut("model", crop.astype(bool), x0, y0)
 
 
-def best_cut(rgb: np.ndarray, box, model_rle: Rle | None = None) -> Cut:
+#: The classical cuts, each with its margin in the fit (GrabCut before the thresholds on a near tie).
+CUTS = ((grabcut, GRABCUT_MARGIN), (threshold_cut, 0.0), (wide_threshold_cut, 0.0), (half_level_cut, 0.0))
+
+
+def best_cut(rgb: np.ndarray, box, model_rle: Rle | None = None, cuts=CUTS) -> Cut:
     """The candidate whose mask fits the drawn ``box`` best (module docstring); on an exact tie
-    the first of model, GrabCut, threshold (``max`` keeps the first)."""
-    cands = [(c, margin) for c, margin in ((model_cut(model_rle), MODEL_MARGIN),
-                                           (grabcut(rgb, box), GRABCUT_MARGIN),
-                                           (threshold_cut(rgb, box), 0.0)) if c is not None]
-    return max(cands, key=lambda cm: box_fit(cm[0], box) + cm[1])[0]
+    the first of model, GrabCut, the thresholds (``max`` keeps the first)."""
+    cands = [(model_cut(model_rle), MODEL_MARGIN)] + [(cut(rgb, box), margin) for cut, margin in cuts]
+    return max(((c, m) for c, m in cands if c is not None), key=lambda cm: box_fit(cm[0], box) + cm[1])[0]
 
 
 def fill_box(rgb: np.ndarray, box, model_rle: Rle | None = None) -> tuple[Rle, str]:

@@ -39,7 +39,7 @@ def test_without_a_model_the_classical_cuts_fill_synthetic_shapes(tmp_path):
         rgb = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(tmp_path / "s" / name).convert("RGB"))
         for box, mask in objects:
             rle, source = BF.fill_box(rgb, box)
-            assert source in ("grabcut", "threshold")
+            assert source in ("grabcut", "threshold", "wide threshold", "half level")
             ious.append(_iou(rle, mask))
     # Occluded shapes included; a box filled with the box itself would score ~0.6-0.8 on circles
     # and triangles and far less on what an object in front hides.
@@ -136,3 +136,27 @@ def test_the_box_tool_fills_a_mask_before_any_model_exists(qtbot, tmp_path, open
         w.editor.stack().undo()  # the fill is its own step: undo leaves the plain box
         (inst,) = p.instances(target)
         assert inst.mask is None
+
+
+def test_blurred_cells_get_their_edge_from_the_surroundings():
+    """Cells with soft edges (a blurred microscope image): Otsu's level of a tight box, which holds
+    little background, cuts them too wide; the level taken with the surroundings, or halfway to
+    the ring around the box, finds the edge, and the fit to the box picks one of them."""
+    rgb, masks = _cells(seed=2)
+    rgb = cv2.GaussianBlur(rgb, (0, 0), 1.5)
+    tight, best, picked = [], [], set()
+    for truth in masks:
+        box = _box(truth)
+        tight.append(_iou(BF.threshold_cut(rgb, box).rle(*truth.shape), truth))
+        rle, source = BF.fill_box(rgb, box)
+        best.append(_iou(rle, truth))
+        picked.add(source)
+        for cut in (BF.wide_threshold_cut(rgb, box), BF.half_level_cut(rgb, box)):
+            assert cut.crop.shape == truth[int(box[1]):int(box[3]), int(box[0]):int(box[2])].shape
+    assert np.mean(tight) < 0.85 and np.mean(best) > 0.93
+    assert picked & {"wide threshold", "half level"}
+    dark = 255 - rgb  # dark cells on a bright ground: the same edges
+    rle, _ = BF.fill_box(dark, _box(masks[0]))
+    assert _iou(rle, masks[0]) > 0.85
+    assert BF.half_level_cut(rgb, (3, 3, 4, 4)).crop.shape == (1, 1)  # too small to cut: empty
+    assert not BF.wide_threshold_cut(rgb, (3, 3, 4, 4)).crop.any()
