@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from PySide6.QtWidgets import QLabel, QMessageBox, QProgressBar
 
 from detector.domain import Prediction
-from detector.versions import SliderAdvice, slider_advice
+from detector.versions import SliderAdvice, slider_advice, version_for
 
 from .model_side import ModelSide
 from .workers import ModelInfo
@@ -87,7 +87,9 @@ class ModelController:
         advice = self._advice_for(info.name)
         self.device_label.setText(f"{info.device} · model: {Path(info.name).stem}"
                                   + (f" · suggests confidence {advice.value:.2f}" if advice else ""))
-        self.device_label.setToolTip(f"Confidence {advice.value:.2f}: {advice.text()}" if advice else "")
+        tips = [f"Confidence {advice.value:.2f}: {advice.text()}"] if advice else []
+        tips += [info.fill] if info.fill else []
+        self.device_label.setToolTip("\n".join(tips))
         w.acts.predict_all.setEnabled(True)
         w.training.autotrain.announce()
         if info.notice:
@@ -104,10 +106,7 @@ class ModelController:
         project = self.w.project
         if project is None:
             return None
-        if weights in ("", "active"):
-            version = project.active_model()
-        else:
-            version = next((m for m in project.models() if _same_file(m.path, weights)), None)
+        version = version_for(project, weights)
         return slider_advice(version.metrics) if version is not None else None
 
     def ask_fill(self, image_id: int, boxes: list, category_ids: list, instance_ids: list) -> None:
@@ -153,9 +152,3 @@ class ModelController:
             self.w.say("Pre-annotation finished: " + ", ".join(f"{n} {s.value}" for s, n in counts.items() if n),
                        8000)
 
-
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except OSError:
-        return a == b

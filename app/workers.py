@@ -44,6 +44,7 @@ class ModelInfo:
     name: str
     device: str
     notice: str
+    fill: str = ""  # how the Box tool fills boxes with this model, where its held-out images said so
 
 
 @dataclass(frozen=True)
@@ -108,10 +109,16 @@ class InferenceWorker(QObject):
             from detector.inference import Predictor, device_description, load_detector, model_identity
 
             self.warm_up()
+            from detector.versions import fill_note, fill_uses_model, version_for
+
             det = load_detector(self._proj(), weights or None)
             self.predictor = Predictor(det, self.device)
+            version = version_for(self._proj(), weights) if weights != "coco" else None
+            metrics = version.metrics if version else None
+            self.predictor.model_masks = fill_uses_model(metrics)
             self.identity = model_identity(self._proj(), weights or None)
-            self.model_ready.emit(ModelInfo(weights, device_description(self.predictor.device), det.notice))
+            self.model_ready.emit(ModelInfo(weights, device_description(self.predictor.device), det.notice,
+                                            fill_note(metrics)))
         except Exception as exc:  # reported, never a silent thread death
             self.predictor = None
             self._fail(exc)

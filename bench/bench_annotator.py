@@ -9,7 +9,10 @@ images ("the next images") are priced: simulated seconds per image with Loupe's 
 box-prompted fill, against labeling from scratch, and their COCO AP. The confidence slider
 follows each new model as in the app (``--slider auto``): the value its held-out images cost
 least at; every round also prints the unseen images' seconds at each slider value, so the
-held-out choice, the default 0.5 and the best value in hindsight compare within one run.
+held-out choice, the default 0.5 and the best value in hindsight compare within one run. The
+Box tool's fill follows each model as in the app too: its masks stay among the fill's candidates
+unless the classical cuts alone filled its held-out images' boxes for less
+(``evaluation.fill_choice``; ``held_out_fill``, and ``test_fill`` on the unseen images for hindsight).
 
     python bench/bench_annotator.py [--data demo|nuclei] [--order random|uncertainty]
                                     [--rounds 3] [--per-round K] [--budget-s S] [--slider auto|V]
@@ -38,7 +41,7 @@ from detector import active  # noqa: E402
 from detector import annotator as A  # noqa: E402
 from detector.coco import import_coco, plan_import, read_json  # noqa: E402
 from detector.domain import ImageRecord  # noqa: E402
-from detector.evaluation import CocoEvaluator  # noqa: E402
+from detector.evaluation import CocoEvaluator, fill_choice  # noqa: E402
 from detector.images import load_image  # noqa: E402
 from detector.inference import Predictor, load_detector, truth_fill  # noqa: E402
 from detector.model import load_checkpoint  # noqa: E402
@@ -88,7 +91,7 @@ class Session:
         self.folder, self.truth = folder, truth
         self.predictor = Predictor(load_detector(project, ckpt), device) if ckpt else None
         self.cache: dict[str, tuple] = {}
-        self.fills: dict[str, object] = {}
+        self.fills: dict[tuple, object] = {}
 
     def predictions(self, path: str) -> tuple:
         if self.predictor is None:
@@ -97,13 +100,20 @@ class Session:
             self.cache[path] = self.predictor.predict([load_image(self.folder / path)])[0]
         return self.cache[path]
 
-    def fill_for(self, path: str):
+    def fill_for(self, path: str, model_masks: bool | None = None):
         """The app's box fill for this image's ground-truth boxes: the model's second stage, or a
         classical cut where that fits the box better, and the classical cuts alone before any
-        model (``detector.inference.fill_boxes``, what the Box tool does)."""
-        if path not in self.fills:
-            self.fills[path] = truth_fill(self.predictor, load_image(self.folder / path), self.truth[path])
-        return self.fills[path]
+        model or where the model's masks are off (``detector.inference.fill_boxes``, what the Box
+        tool does)."""
+        key = (path, self.predictor.model_masks if model_masks is None and self.predictor else model_masks)
+        if key not in self.fills:
+            self.fills[key] = truth_fill(self.predictor, load_image(self.folder / path), self.truth[path], model_masks)
+        return self.fills[key]
+
+    def fill_choice(self, paths: list[str]) -> dict:
+        """``evaluation.fill_choice`` on these images (the app's rule for the model's masks)."""
+        return fill_choice([(self.truth[p], self.fill_for(p, True)) for p in paths],
+                           [(self.truth[p], self.fill_for(p, False)) for p in paths])
 
     def cost(self, path: str, slider: float) -> A.ImageCost:
         """Seconds to label ``path`` in Loupe: correct what the model shows; before any model, a
@@ -189,6 +199,9 @@ def main() -> None:
             ckpt = str(out)
             session = Session(project, folder, truth, ckpt, args.device)
             held = load_checkpoint(out).get("holdout", {}).get("images", [])
+            held_fill = session.fill_choice(held)  # the app's rule: the model's masks fill boxes or not
+            test_fill = session.fill_choice(test)
+            session.predictor.model_masks = held_fill["model_masks"]
             held_costs = session.slider_costs(held)
             held_pick = A.best_slider(held_costs)
             if args.slider == "auto":
@@ -200,6 +213,7 @@ def main() -> None:
             row = {"round": r, "reviewed": len(reviewed), "steps": result.steps, "train_s": round(train_s, 1),
                    "seconds_per_image": round(sum(c.seconds for c in costs) / len(test), 1),
                    "slider": slider, "held_out_images": len(held), "held_out_pick": held_pick,
+                   "fill_model_masks": held_fill["model_masks"], "held_out_fill": held_fill, "test_fill": test_fill,
                    "test_best_slider": A.best_slider(test_costs),
                    "test_seconds_by_slider": {f"{s:.2f}": round(c, 1) for s, c in test_costs.items()},
                    "held_out_seconds_by_slider": {f"{s:.2f}": round(c, 1) for s, c in held_costs.items()},

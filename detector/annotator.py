@@ -202,6 +202,14 @@ def review_cost(shown: Sequence[Instance], truth: Sequence[Instance], fill: Fill
     return cost
 
 
+def draw_seconds(items: Sequence[tuple[Sequence[Instance], Fill | None]], costs: Costs = COSTS
+                 ) -> tuple[float, int]:
+    """(mean seconds an object, objects) to draw every object of each item's truth as a box and
+    correct its fill (``_draw``). ``items``: (truth, fill) per image."""
+    seconds = [_draw(g, f, costs).seconds for t, f in items for g in t]
+    return (sum(seconds) / len(seconds) if seconds else 0.0), len(seconds)
+
+
 def manual_cost(truth: Sequence[Instance], costs: Costs = COSTS) -> ImageCost:
     """Labeling from scratch: a polygon per object with a mask, a box per box-only object, a
     click per visible keypoint, and the same look per image."""

@@ -15,7 +15,7 @@ from . import masks as M
 from .coco import build_coco, plan_import, read_json
 from .domain import Category, ImageRecord, Instance
 from .images import load_image
-from .annotator import best_slider, slider_costs
+from .annotator import best_slider, draw_seconds, slider_costs
 from .inference import Predictor, load_detector, truth_fill
 from .model import Detector
 
@@ -138,10 +138,11 @@ SLIDER_IMAGES = 50
 
 def evaluate_detector(detector: Detector, items: list[tuple[ImageRecord, Path, list[Instance]]],
                       device: str | None = None, batch_size: int = 4, price_slider: bool = True) -> dict:
-    """AP of ``detector`` on (record, path, ground truth) items, and what correcting its
-    predictions into the ground truth would cost a person at each confidence slider value
-    (``slider``: ``slider_choice``, on the first ``SLIDER_IMAGES`` items: pricing fills every
-    ground-truth box, and 2-9 images already chose within 2 s of the best value, bench/RESULTS.md)."""
+    """AP of ``detector`` on (record, path, ground truth) items; whether its masks help the Box
+    tool's fill (``fill``: ``fill_choice``); and what correcting its predictions into the ground
+    truth would cost a person at each confidence slider value, with that fill (``slider``:
+    ``slider_choice``). Both on the first ``SLIDER_IMAGES`` items: pricing fills every
+    ground-truth box, and 2-9 images already chose within 2 s of the best value, bench/RESULTS.md."""
     predictor = Predictor(detector, device, batch_size)
     # One entry per project category (a COCO start may map several model classes to one).
     ev = CocoEvaluator(list({c.id: c for c in detector.categories}.values()))
@@ -152,12 +153,26 @@ def evaluate_detector(detector: Detector, items: list[tuple[ImageRecord, Path, l
         (preds,) = predictor.predict([a])
         ev.process(rec, gt, list(preds))
         if price_slider and len(priced) < SLIDER_IMAGES:
-            priced.append((preds, gt, truth_fill(predictor, a, gt)))
+            priced.append((preds, gt, truth_fill(predictor, a, gt, True), truth_fill(predictor, a, gt, False)))
     metrics = ev.evaluate()
     metrics["images"] = len(items)
     if priced:
-        metrics["slider"] = slider_choice(priced)
+        fill = metrics["fill"] = fill_choice([(gt, f) for _, gt, f, _ in priced], [(gt, f) for _, gt, _, f in priced])
+        metrics["slider"] = slider_choice([(p, gt, with_model if fill["model_masks"] else cuts)
+                                           for p, gt, with_model, cuts in priced])
     return metrics
+
+
+def fill_choice(with_model, cuts_only) -> dict:
+    """Whether the model's mask should stay one of a drawn box's fill candidates: the simulated
+    seconds an object to draw every ground-truth object as a box and correct its fill, with the
+    model's mask among the candidates and with the classical cuts alone (``detector.boxfill``);
+    the model's mask stays unless the cuts alone cost less. A weak first model's masks lose to
+    the cuts (bench/RESULTS.md, "Box fill follows the model"). (truth, fill) per image each."""
+    m, n = draw_seconds(with_model)
+    c, _ = draw_seconds(cuts_only)
+    return {"model_masks": m <= c, "model_seconds_per_object": round(m, 2),
+            "cuts_seconds_per_object": round(c, 2), "objects": n}
 
 
 def slider_choice(priced) -> dict:

@@ -57,6 +57,10 @@ class Predictor:
         self._slices = detector.keypoint_slices()
         self.category_ids: dict[int, int] = {i + 1: (c.id if c.id is not None else i + 1)
                                              for i, c in enumerate(detector.categories)}
+        # Whether the model's mask is one of a drawn box's fill candidates (``detector.boxfill``);
+        # a model whose held-out images were filled better without it turns this off
+        # (``evaluation.fill_choice``, ``versions.fill_uses_model``).
+        self.model_masks = True
 
     # -- the model pass, without full-image pasting -----------------------------------------
     def upload(self, a: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -223,9 +227,11 @@ class Predictor:
     # -- the box as the region: the model's second stage fills in mask and keypoints --------
     @torch.inference_mode()
     def predict_in_boxes(self, array: np.ndarray, boxes: list[tuple[float, float, float, float]],
-                         labels: list[int]) -> tuple[Instance, ...]:
+                         labels: list[int], model_masks: bool | None = None) -> tuple[Instance, ...]:
         """Mask (and keypoints) for given boxes and labels (1-based model labels): the model's mask,
-        or a classical cut where that fits the drawn box better (``detector.boxfill``)."""
+        or a classical cut where that fits the drawn box better (``detector.boxfill``); the cuts
+        alone where ``model_masks`` (default ``self.model_masks``) is off, keypoints still the model's."""
+        use_model = self.model_masks if model_masks is None else model_masks
         model, rh = self.model, self.model.roi_heads
         t = torch.from_numpy(array).to(self.device).permute(2, 0, 1).float().div_(255)
         oh, ow = t.shape[-2:]
@@ -249,21 +255,22 @@ class Predictor:
                 kp[..., 0] *= sx
                 kp[..., 1] *= sy
                 raw["keypoints"] = kp.cpu()
-        return tuple(i.with_(score=None, mask=fill_box(array, i.box, i.mask)[0])
+        return tuple(i.with_(score=None, mask=fill_box(array, i.box, i.mask if use_model else None)[0])
                      for i in self.to_instances(raw, oh, ow))
 
 
-def fill_boxes(predictor: Predictor | None, array: np.ndarray, boxes: list, category_ids: list[int]
-               ) -> tuple[Instance, ...]:
+def fill_boxes(predictor: Predictor | None, array: np.ndarray, boxes: list, category_ids: list[int],
+               model_masks: bool | None = None) -> tuple[Instance, ...]:
     """Masks for a person's boxes, one instance per box in order (project category ids): the
     model's second stage (mask, keypoints) for the categories it knows, the classical cuts of
-    ``detector.boxfill`` alone for the others and when there is no model yet."""
+    ``detector.boxfill`` alone for the others and when there is no model yet (``model_masks``:
+    ``Predictor.predict_in_boxes``)."""
     label_of = {cid: lab for lab, cid in predictor.category_ids.items()} if predictor else {}
     known = [k for k, c in enumerate(category_ids) if c in label_of]
     out: list[Instance | None] = [None] * len(boxes)
     if known:
         filled = predictor.predict_in_boxes(array, [boxes[k] for k in known],
-                                            [label_of[category_ids[k]] for k in known])
+                                            [label_of[category_ids[k]] for k in known], model_masks)
         for k, inst in zip(known, filled):
             out[k] = inst
     for k, (box, cid) in enumerate(zip(boxes, category_ids)):
@@ -273,12 +280,13 @@ def fill_boxes(predictor: Predictor | None, array: np.ndarray, boxes: list, cate
     return tuple(out)
 
 
-def truth_fill(predictor: Predictor | None, array: np.ndarray, truth: list[Instance]):
+def truth_fill(predictor: Predictor | None, array: np.ndarray, truth: list[Instance],
+               model_masks: bool | None = None):
     """The Box tool's fill of each of ``truth``'s boxes, in the form the simulated annotator
     asks for it (``detector.annotator.Fill``); None for an image without objects."""
     if not truth:
         return None
-    filled = fill_boxes(predictor, array, [g.box for g in truth], [g.category_id for g in truth])
+    filled = fill_boxes(predictor, array, [g.box for g in truth], [g.category_id for g in truth], model_masks)
     by_box = {tuple(g.box): f for g, f in zip(truth, filled)}
     return lambda box, category_id: by_box.get(tuple(box))
 

@@ -93,3 +93,38 @@ def slider_advice(metrics: dict | None) -> SliderAdvice | None:
     return SliderAdvice(best, float(by.get(f"{best:.2f}", 0.0)),
                         float(by["0.50"]) if "0.50" in by else None,
                         int(choice.get("images") or metrics.get("images") or 0))
+
+
+def fill_uses_model(metrics: dict | None) -> bool:
+    """Whether a version's masks stay among the Box tool's fill candidates: off only where its
+    held-out images were filled better by the classical cuts alone (``evaluation.fill_choice``);
+    on for versions never priced (a COCO start, a file from elsewhere, older versions)."""
+    return bool(((metrics or {}).get("fill") or {}).get("model_masks", True))
+
+
+def fill_note(metrics: dict | None) -> str:
+    """One line on how the Box tool fills boxes with this version, where its held-out images
+    decided ('' where they did not)."""
+    fill = (metrics or {}).get("fill")
+    if not fill:
+        return ""
+    m, c = fill.get("model_seconds_per_object"), fill.get("cuts_seconds_per_object")
+    if fill_uses_model(metrics):
+        return (f"Box tool: this model's masks compete with the classical cuts (held-out: ~{m:.0f} s an "
+                f"object with them, ~{c:.0f} s without)")
+    return (f"Box tool: the classical cuts alone fill boxes; this model's masks cost more to correct "
+            f"on its held-out images (~{m:.0f} s an object with them, ~{c:.0f} s without)")
+
+
+def version_for(project: Project, weights: str) -> ModelVersion | None:
+    """The version a loaded ``weights`` is ('' or 'active': the active one; else by file)."""
+    if weights in ("", "active"):
+        return project.active_model()
+    return next((m for m in project.models() if _same_file(m.path, weights)), None)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return a == b

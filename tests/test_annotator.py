@@ -126,3 +126,13 @@ def test_the_slider_that_costs_least_hides_false_positives_but_keeps_true_ones()
     both = A.slider_costs([(preds, TRUTH, good_fill), (wrong, TRUTH, good_fill)])
     assert both[0.5] == pytest.approx((by[0.5] + A.slider_costs([(wrong, TRUTH, good_fill)])[0.5]) / 2)
     assert A.best_slider({}) == 0.5 and A.slider_costs([]) == {}
+
+
+def test_drawing_every_object_is_priced_by_the_fill():
+    good = lambda box, cat: inst(*map(int, box), cat=cat, score=1.0)  # noqa: E731
+    half = lambda box, cat: inst(int(box[0]), int(box[1]), int((box[0] + box[2]) / 2), int(box[3]), cat=cat)  # noqa: E731
+    assert A.draw_seconds([(TRUTH, good)]) == (pytest.approx(C.box), 2)
+    # Half of each box filled: mask IoU 0.5, a touch-up each.
+    assert A.draw_seconds([(TRUTH, half), ([], good)]) == (pytest.approx(C.box + C.touch_up), 2)
+    assert A.draw_seconds([(TRUTH, None)]) == (pytest.approx(C.box + C.polygon), 2)
+    assert A.draw_seconds([]) == (0.0, 0)

@@ -16,7 +16,7 @@ from detector.domain import MODEL, ImageStatus
 from detector.store import Project
 from detector.synthetic import generate
 from detector.annotator import SLIDER_GRID
-from detector.versions import SliderAdvice, slider_advice
+from detector.versions import SliderAdvice, fill_note, slider_advice
 
 SMALL = dict(model_overrides={"rpn_batch_size_per_image": 64, "box_batch_size_per_image": 64,
                               "anchor_sizes": (8, 16, 32, 64, 128), "box_detections_per_img": 20},
@@ -89,6 +89,9 @@ def test_train_cancel_then_complete_swaps_model_and_reannotates(qtbot, window):
     assert w.acts.score_slider.value() == round(advice.value * 100)
     assert w.view.min_score == pytest.approx(advice.value) and "suggests" in w.acts.score_slider.toolTip()
     assert f"suggests confidence {advice.value:.2f}" in w.models.device_label.text()
+    # The Box tool's fill follows it too: the model's masks in it or not, as its held-out images said.
+    assert w.model_side.info.fill == fill_note(version.metrics) and "Box tool" in w.model_side.info.fill
+    assert w.model_side.info.fill in w.models.device_label.toolTip()
     other = 0.85 if advice.value != 0.85 else 0.75
     w.acts.suggest_slider(SliderAdvice(other, 10.0, 12.0, 2))  # the person has not moved it: set
     assert w.acts.score_slider.value() == round(other * 100)

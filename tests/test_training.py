@@ -21,6 +21,7 @@ from detector.model import build_model, load_checkpoint, save_checkpoint
 from detector.store import Project
 from detector.synthetic import generate
 from detector.training import Hook, TrainingError, train_project
+from detector.versions import fill_note, fill_uses_model
 
 from conftest import labelled as _labelled
 from conftest import small_train_config as cfg
@@ -66,6 +67,31 @@ def test_each_loss_falls_and_ap_rises(trained, tmp_path):
     assert after["slider"]["images"] == after["images"] and n == 19 and after["slider"]["best"] < 1.0
     cheapest = {k: min(m["slider"]["seconds_per_image"].values()) for k, m in (("a", after), ("b", before))}
     assert cheapest["a"] < cheapest["b"], (after["slider"], before["slider"])
+    # The Box tool's fill: an untrained model's masks are worse than the classical cuts, which
+    # then fill alone; the trained model's masks cost less to correct than the untrained one's.
+    assert before["fill"]["model_masks"] is False and not fill_uses_model(before), before["fill"]
+    assert before["fill"]["cuts_seconds_per_object"] < before["fill"]["model_seconds_per_object"]
+    assert after["fill"]["model_seconds_per_object"] < before["fill"]["model_seconds_per_object"]
+    assert after["fill"]["objects"] == before["fill"]["objects"] > 0
+    assert fill_uses_model(None) and "alone" in fill_note(before)
+
+
+@pytest.mark.slow
+def test_without_the_models_masks_a_box_gets_the_classical_cut_and_the_models_keypoints(trained):
+    from detector.boxfill import fill_box
+
+    folder, _, ckpt, _, _ = trained
+    with Project(folder) as p:
+        pred = Predictor(load_detector(p, str(ckpt)), "cpu")
+        label_of = {cid: lab for lab, cid in pred.category_ids.items()}
+        rec = next(r for r in p.images() if any(i.keypoints for i in p.instances(r.id)))
+        a = load_image(p.abspath(rec))
+        kite = next(i for i in p.instances(rec.id) if i.keypoints)
+        (on,) = pred.predict_in_boxes(a, [kite.box], [label_of[kite.category_id]])
+        pred.model_masks = False
+        (off,) = pred.predict_in_boxes(a, [kite.box], [label_of[kite.category_id]])
+    assert np.array_equal(M.decode(off.mask), M.decode(fill_box(a, kite.box)[0]))
+    assert off.keypoints == on.keypoints and any(v for _, _, v in off.keypoints)
 
 
 @pytest.mark.slow
