@@ -62,7 +62,7 @@ class InstancesPanel(QListWidget):
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
             item.setCheckState(Qt.CheckState.Unchecked if inst.id in hidden else Qt.CheckState.Checked)
             # The slider hides untouched predictions on the canvas: their rows go with them.
-            item.setData(SCORE_ROLE, None if inst.touched_by_person else inst.score)
+            item.setData(SCORE_ROLE, inst.slider_score)
             self.addItem(item)
         self.blockSignals(False)
         self.apply_threshold(min_score)  # after: its count is a signal

@@ -22,4 +22,4 @@ class ViewState:
         """Whether ``inst`` is drawn: not hidden by hand, and a person's or above the slider."""
         if inst.id in self.hidden_ids or inst.category_id in self.hidden_categories:
             return False
-        return inst.touched_by_person or inst.score is None or inst.score >= self.min_score
+        return inst.shown_at(self.min_score)

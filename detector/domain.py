@@ -98,6 +98,17 @@ class Instance:
         """True when a person made, edited or accepted it: predictions never replace it."""
         return self.changed_by != MODEL or self.accepted
 
+    @property
+    def slider_score(self) -> float | None:
+        """The score the confidence slider compares: an untouched prediction's; None (always
+        shown) for a person's instance or an unscored one."""
+        return None if self.touched_by_person else self.score
+
+    def shown_at(self, min_score: float) -> bool:
+        """The confidence slider's one rule: untouched predictions scored below it are hidden."""
+        s = self.slider_score
+        return s is None or s >= min_score
+
     def with_(self, **changes: Any) -> Instance:
         return replace(self, **changes)
 

@@ -112,7 +112,7 @@ def fill_note(metrics: dict | None) -> str:
     if fill_uses_model(metrics):
         return (f"Box tool: this model's masks compete with the classical cuts (held-out: ~{m:.0f} s an "
                 f"object with them, ~{c:.0f} s without)")
-    return (f"Box tool: the classical cuts alone fill boxes; this model's masks cost more to correct "
+    return (f"Box tool: the classical cuts alone fill boxes; this model's masks saved nothing "
             f"on its held-out images (~{m:.0f} s an object with them, ~{c:.0f} s without)")
 
 
