@@ -17,9 +17,12 @@ an IoU) says, without any ground truth, whether the candidate found the object. 
 
 The mask whose box fits best is taken, the model's on a near tie (``MODEL_MARGIN``) and GrabCut
 before the thresholds (``GRABCUT_MARGIN``). Measured on unseen images with ground-truth boxes
-(bench/RESULTS.md, "Box fill"): nuclei 25.6 -> 19.5 simulated seconds an object, demo 22.0 -> 10.0,
-and the three threshold levels (one before) took nuclei further (same section).
-Without a model (the first images of a project) the two classical cuts alone fill the box.
+(bench/RESULTS.md, "Box fill"): nuclei 25.6 -> 19.5 simulated seconds an object, demo 22.0 -> 10.0;
+the three threshold levels (one before) took the nuclei's fill without a model from 22.2 to 15.0
+(bench/bench_boxfill.py; RESULTS.md, "Three threshold levels for the box fill").
+Without a model (the first images of a project) the classical cuts alone fill the box, and so
+they do for a model whose masks did not make the fill cheaper on its held-out images (a weak first
+model's: ``evaluation.fill_choice``, ``Predictor.model_masks``).
 
 Work is per box on a crop around it, downscaled to at most ``MAX_SIDE`` px, so a box in a
 12-megapixel photo costs about what a small one does.
