@@ -113,7 +113,7 @@ class InferenceWorker(QObject):
 
             det = load_detector(self._proj(), weights or None)
             self.predictor = Predictor(det, self.device)
-            version = version_for(self._proj(), weights) if weights != "coco" else None
+            version = version_for(self._proj(), weights)  # None for a COCO start or another file
             metrics = version.metrics if version else None
             self.predictor.model_masks = fill_uses_model(metrics)
             self.identity = model_identity(self._proj(), weights or None)

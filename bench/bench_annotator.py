@@ -43,7 +43,7 @@ from detector.coco import import_coco, plan_import, read_json  # noqa: E402
 from detector.domain import ImageRecord  # noqa: E402
 from detector.evaluation import CocoEvaluator, fill_choice  # noqa: E402
 from detector.images import load_image  # noqa: E402
-from detector.inference import Predictor, load_detector, truth_fill  # noqa: E402
+from detector.inference import Predictor, load_detector, truth_fill, truth_fills  # noqa: E402
 from detector.model import load_checkpoint  # noqa: E402
 from detector.store import Project  # noqa: E402
 from detector.synthetic import generate  # noqa: E402
@@ -91,7 +91,7 @@ class Session:
         self.folder, self.truth = folder, truth
         self.predictor = Predictor(load_detector(project, ckpt), device) if ckpt else None
         self.cache: dict[str, tuple] = {}
-        self.fills: dict[tuple, object] = {}
+        self.fills: dict[str, tuple] = {}
 
     def predictions(self, path: str) -> tuple:
         if self.predictor is None:
@@ -100,20 +100,28 @@ class Session:
             self.cache[path] = self.predictor.predict([load_image(self.folder / path)])[0]
         return self.cache[path]
 
-    def fill_for(self, path: str, model_masks: bool | None = None):
+    def fill_for(self, path: str):
         """The app's box fill for this image's ground-truth boxes: the model's second stage, or a
         classical cut where that fits the box better, and the classical cuts alone before any
         model or where the model's masks are off (``detector.inference.fill_boxes``, what the Box
         tool does)."""
-        key = (path, self.predictor.model_masks if model_masks is None and self.predictor else model_masks)
-        if key not in self.fills:
-            self.fills[key] = truth_fill(self.predictor, load_image(self.folder / path), self.truth[path], model_masks)
-        return self.fills[key]
+        if self.predictor is None:
+            if path not in self.fills:
+                self.fills[path] = (truth_fill(None, load_image(self.folder / path), self.truth[path]),) * 2
+            return self.fills[path][0]
+        return self.fill_pair(path)[0 if self.predictor.model_masks else 1]
+
+    def fill_pair(self, path: str) -> tuple:
+        """(the fill with the model's masks among the candidates, with the cuts alone)."""
+        if path not in self.fills:
+            self.fills[path] = truth_fills(self.predictor, load_image(self.folder / path), self.truth[path])
+        return self.fills[path]
 
     def fill_choice(self, paths: list[str]) -> dict:
         """``evaluation.fill_choice`` on these images (the app's rule for the model's masks)."""
-        return fill_choice([(self.truth[p], self.fill_for(p, True)) for p in paths],
-                           [(self.truth[p], self.fill_for(p, False)) for p in paths])
+        pairs = [self.fill_pair(p) for p in paths]
+        return fill_choice([(self.truth[p], f[0]) for p, f in zip(paths, pairs)],
+                           [(self.truth[p], f[1]) for p, f in zip(paths, pairs)])
 
     def cost(self, path: str, slider: float) -> A.ImageCost:
         """Seconds to label ``path`` in Loupe: correct what the model shows; before any model, a

@@ -142,28 +142,25 @@ def _empty(source: str, window) -> Cut:
     return Cut(source, np.zeros((max(0, y1 - y0), max(0, x1 - x0)), bool), x0, y0)
 
 
+def _otsu_cut(source: str, rgb: np.ndarray, box, pad: int) -> Cut:
+    """Otsu's level of the box and ``pad`` px around it, applied inside the box; the object is
+    the side most of the box's border is not on."""
+    gray, window, inside = _gray_around(rgb, box, pad)
+    if gray is None:
+        return _empty(source, window)
+    level, _ = cv2.threshold(gray, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return _level_cut(source, gray[inside], level, None, window)
+
+
 def threshold_cut(rgb: np.ndarray, box) -> Cut:
     """Otsu's threshold of the box's gray values; the object is the side the border is not on."""
-    h, w = rgb.shape[:2]
-    x0, y0, x1, y1 = _window(box, w, h)
-    crop = rgb[y0:y1, x0:x1]
-    if crop.shape[0] < 2 or crop.shape[1] < 2:
-        return Cut("threshold", np.zeros(crop.shape[:2], bool), x0, y0)
-    small, _ = _scaled(crop)
-    gray = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2GRAY)
-    _, fg = cv2.threshold(gray, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    return Cut("threshold", _back(_largest_filled(_object_side(fg.astype(bool))), crop.shape[:2]), x0, y0)
+    return _otsu_cut("threshold", rgb, box, 0)
 
 
 def wide_threshold_cut(rgb: np.ndarray, box) -> Cut:
     """Otsu's level of the box and its surroundings (``WIDE_PAD``), applied inside the box."""
-    h, w = rgb.shape[:2]
-    x0, y0, x1, y1 = _window(box, w, h)
-    gray, window, inside = _gray_around(rgb, box, max(2, int(np.ceil(WIDE_PAD * max(x1 - x0, y1 - y0)))))
-    if gray is None:
-        return _empty("wide threshold", window)
-    level, _ = cv2.threshold(gray, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    return _level_cut("wide threshold", gray[inside], level, None, window)
+    x0, y0, x1, y1 = box
+    return _otsu_cut("wide threshold", rgb, box, max(2, int(np.ceil(WIDE_PAD * max(x1 - x0, y1 - y0)))))
 
 
 def half_level_cut(rgb: np.ndarray, box) -> Cut:
@@ -223,14 +220,26 @@ def model_cut(rle: Rle | None) -> Cut | None:
 CUTS = ((grabcut, GRABCUT_MARGIN), (threshold_cut, 0.0), (wide_threshold_cut, 0.0), (half_level_cut, 0.0))
 
 
+def _best(cands: list[tuple[Cut | None, float]], box) -> Cut:
+    """The candidate whose mask fits ``box`` best with its margin; on an exact tie the first."""
+    return max(((c, m) for c, m in cands if c is not None), key=lambda cm: box_fit(cm[0], box) + cm[1])[0]
+
+
 def best_cut(rgb: np.ndarray, box, model_rle: Rle | None = None, cuts=CUTS) -> Cut:
     """The candidate whose mask fits the drawn ``box`` best (module docstring); on an exact tie
     the first of model, GrabCut, the thresholds (``max`` keeps the first)."""
-    cands = [(model_cut(model_rle), MODEL_MARGIN)] + [(cut(rgb, box), margin) for cut, margin in cuts]
-    return max(((c, m) for c, m in cands if c is not None), key=lambda cm: box_fit(cm[0], box) + cm[1])[0]
+    return _best([(model_cut(model_rle), MODEL_MARGIN)] + [(cut(rgb, box), margin) for cut, margin in cuts], box)
 
 
 def fill_box(rgb: np.ndarray, box, model_rle: Rle | None = None) -> tuple[Rle, str]:
     """(the mask to give the person's box, which candidate it came from)."""
     cut = best_cut(rgb, box, model_rle)
     return cut.rle(rgb.shape[0], rgb.shape[1]), cut.source
+
+
+def fill_box_both(rgb: np.ndarray, box, model_rle: Rle | None) -> tuple[Rle, Rle]:
+    """(``fill_box``'s mask with the model's among the candidates, and with the cuts alone), the
+    cuts computed once: what ``evaluation.fill_choice`` compares."""
+    cuts = [(cut(rgb, box), margin) for cut, margin in CUTS]
+    h, w = rgb.shape[:2]
+    return _best([(model_cut(model_rle), MODEL_MARGIN)] + cuts, box).rle(h, w), _best(cuts, box).rle(h, w)

@@ -16,7 +16,7 @@ from .coco import build_coco, plan_import, read_json
 from .domain import Category, ImageRecord, Instance
 from .images import load_image
 from .annotator import best_slider, draw_seconds, slider_costs
-from .inference import Predictor, load_detector, truth_fill
+from .inference import Predictor, load_detector, truth_fills
 from .model import Detector
 
 # COCO's 17 person keypoint sigmas, used when a schema matches them; 0.05 otherwise.
@@ -153,7 +153,7 @@ def evaluate_detector(detector: Detector, items: list[tuple[ImageRecord, Path, l
         (preds,) = predictor.predict([a])
         ev.process(rec, gt, list(preds))
         if price_slider and len(priced) < SLIDER_IMAGES:
-            priced.append((preds, gt, truth_fill(predictor, a, gt, True), truth_fill(predictor, a, gt, False)))
+            priced.append((preds, gt, *truth_fills(predictor, a, gt)))
     metrics = ev.evaluate()
     metrics["images"] = len(items)
     if priced:

@@ -21,7 +21,7 @@ import torch
 from torchvision.models.detection.roi_heads import keypointrcnn_inference, maskrcnn_inference
 
 from . import masks as M
-from .boxfill import fill_box
+from .boxfill import fill_box, fill_box_both
 from .devices import device_description, is_out_of_memory, pick_device  # noqa: F401 (re-exported)
 from .errors import InferenceError
 from .domain import MODEL, Category, ImageStatus, Instance, Prediction
@@ -225,13 +225,19 @@ class Predictor:
         return Prediction(request_id, key, path, w, h, fut.result())
 
     # -- the box as the region: the model's second stage fills in mask and keypoints --------
-    @torch.inference_mode()
     def predict_in_boxes(self, array: np.ndarray, boxes: list[tuple[float, float, float, float]],
                          labels: list[int], model_masks: bool | None = None) -> tuple[Instance, ...]:
         """Mask (and keypoints) for given boxes and labels (1-based model labels): the model's mask,
         or a classical cut where that fits the drawn box better (``detector.boxfill``); the cuts
         alone where ``model_masks`` (default ``self.model_masks``) is off, keypoints still the model's."""
         use_model = self.model_masks if model_masks is None else model_masks
+        return tuple(i.with_(mask=fill_box(array, i.box, i.mask if use_model else None)[0])
+                     for i in self.model_in_boxes(array, boxes, labels))
+
+    @torch.inference_mode()
+    def model_in_boxes(self, array: np.ndarray, boxes: list[tuple[float, float, float, float]],
+                       labels: list[int]) -> tuple[Instance, ...]:
+        """The model's own mask and keypoints for given boxes and labels (no classical cut)."""
         model, rh = self.model, self.model.roi_heads
         t = torch.from_numpy(array).to(self.device).permute(2, 0, 1).float().div_(255)
         oh, ow = t.shape[-2:]
@@ -255,29 +261,33 @@ class Predictor:
                 kp[..., 0] *= sx
                 kp[..., 1] *= sy
                 raw["keypoints"] = kp.cpu()
-        return tuple(i.with_(score=None, mask=fill_box(array, i.box, i.mask if use_model else None)[0])
-                     for i in self.to_instances(raw, oh, ow))
+        return tuple(i.with_(score=None) for i in self.to_instances(raw, oh, ow))
+
+
+def _model_in_boxes(predictor: Predictor | None, array: np.ndarray, boxes: list, category_ids: list[int]
+                    ) -> list[Instance]:
+    """One instance per box in order: the model's own mask and keypoints for the categories it
+    knows, a plain box for the others and when there is no model."""
+    boxes = [tuple(float(v) for v in b) for b in boxes]
+    out = [Instance(cid, b, source=MODEL, changed_by=MODEL) for b, cid in zip(boxes, category_ids)]
+    label_of = {cid: lab for lab, cid in predictor.category_ids.items()} if predictor else {}
+    known = [k for k, c in enumerate(category_ids) if c in label_of]
+    if known:
+        found = predictor.model_in_boxes(array, [boxes[k] for k in known], [label_of[category_ids[k]] for k in known])
+        for k, inst in zip(known, found):
+            out[k] = inst
+    return out
 
 
 def fill_boxes(predictor: Predictor | None, array: np.ndarray, boxes: list, category_ids: list[int],
                model_masks: bool | None = None) -> tuple[Instance, ...]:
     """Masks for a person's boxes, one instance per box in order (project category ids): the
-    model's second stage (mask, keypoints) for the categories it knows, the classical cuts of
-    ``detector.boxfill`` alone for the others and when there is no model yet (``model_masks``:
-    ``Predictor.predict_in_boxes``)."""
-    label_of = {cid: lab for lab, cid in predictor.category_ids.items()} if predictor else {}
-    known = [k for k, c in enumerate(category_ids) if c in label_of]
-    out: list[Instance | None] = [None] * len(boxes)
-    if known:
-        filled = predictor.predict_in_boxes(array, [boxes[k] for k in known],
-                                            [label_of[category_ids[k]] for k in known], model_masks)
-        for k, inst in zip(known, filled):
-            out[k] = inst
-    for k, (box, cid) in enumerate(zip(boxes, category_ids)):
-        if out[k] is None:
-            box = tuple(float(v) for v in box)
-            out[k] = Instance(cid, box, fill_box(array, box)[0], source=MODEL, changed_by=MODEL)
-    return tuple(out)
+    model's second stage (mask, keypoints) for the categories it knows, and the classical cuts of
+    ``detector.boxfill`` where they fit the box better; the cuts alone for the other categories,
+    when there is no model yet, and where ``model_masks`` (default the predictor's) is off."""
+    use = predictor is not None and (predictor.model_masks if model_masks is None else model_masks)
+    return tuple(r.with_(mask=fill_box(array, r.box, r.mask if use else None)[0])
+                 for r in _model_in_boxes(predictor, array, boxes, category_ids))
 
 
 def truth_fill(predictor: Predictor | None, array: np.ndarray, truth: list[Instance],
@@ -286,7 +296,22 @@ def truth_fill(predictor: Predictor | None, array: np.ndarray, truth: list[Insta
     asks for it (``detector.annotator.Fill``); None for an image without objects."""
     if not truth:
         return None
-    filled = fill_boxes(predictor, array, [g.box for g in truth], [g.category_id for g in truth], model_masks)
+    return _by_box(truth, fill_boxes(predictor, array, [g.box for g in truth], [g.category_id for g in truth],
+                                     model_masks))
+
+
+def truth_fills(predictor: Predictor, array: np.ndarray, truth: list[Instance]):
+    """``truth_fill`` with the model's masks among the candidates and without them, from one pass
+    of the model's second stage and one set of classical cuts (``evaluation.fill_choice``)."""
+    if not truth:
+        return None, None
+    raw = _model_in_boxes(predictor, array, [g.box for g in truth], [g.category_id for g in truth])
+    pairs = [fill_box_both(array, r.box, r.mask) for r in raw]
+    return (_by_box(truth, [r.with_(mask=a) for r, (a, _) in zip(raw, pairs)]),
+            _by_box(truth, [r.with_(mask=b) for r, (_, b) in zip(raw, pairs)]))
+
+
+def _by_box(truth: list[Instance], filled):
     by_box = {tuple(g.box): f for g, f in zip(truth, filled)}
     return lambda box, category_id: by_box.get(tuple(box))
 

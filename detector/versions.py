@@ -96,8 +96,8 @@ def slider_advice(metrics: dict | None) -> SliderAdvice | None:
 
 
 def fill_uses_model(metrics: dict | None) -> bool:
-    """Whether a version's masks stay among the Box tool's fill candidates: off only where its
-    held-out images were filled better by the classical cuts alone (``evaluation.fill_choice``);
+    """Whether a version's masks stay among the Box tool's fill candidates: off where they did not
+    make its held-out images' fill cheaper than the classical cuts alone (``evaluation.fill_choice``);
     on for versions never priced (a COCO start, a file from elsewhere, older versions)."""
     return bool(((metrics or {}).get("fill") or {}).get("model_masks", True))
 
