@@ -30,6 +30,7 @@ class ImageCanvas(QGraphicsView):
     selection_changed = Signal(list)  # instance ids
     instance_changed = Signal(object, object)  # before, after (move, resize, keypoints, mask)
     box_drawn = Signal(tuple)  # (x1, y1, x2, y2), a new instance
+    object_clicked = Signal(float, float)  # a click with the Click tool: a new instance there
     polygon_drawn = Signal(list)  # [(x, y), ...], a new masked instance
     mask_painted = Signal(object)  # bool H x W: brush on nothing selected makes a new instance
     keypoint_picked = Signal(int, int)  # instance id, keypoint index (for V and 'next missing')

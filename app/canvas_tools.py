@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 class Tool(str, enum.Enum):
     SELECT = "select"
     BOX = "box"
+    CLICK = "click"
     POLYGON = "polygon"
     BRUSH = "brush"
     ERASER = "eraser"
@@ -159,6 +160,16 @@ class BoxTool(CanvasTool):
             c.box_drawn.emit(tuple(round(v, 2) for v in box))
 
 
+class ClickTool(CanvasTool):
+    """A click inside an object: its region is grown from there (``detector.clickfill``)."""
+
+    def press(self, c, p, x, y, modifiers) -> bool:
+        h, w = c.image_size
+        if 0 <= x < w and 0 <= y < h:
+            c.object_clicked.emit(round(x, 2), round(y, 2))
+        return True
+
+
 class PolygonTool(CanvasTool):
     """Clicks add points; Enter or a double click closes (the canvas's finish_polygon)."""
 
@@ -218,6 +229,6 @@ class KeypointTool(CanvasTool):
 
 
 def tool_handlers() -> dict[Tool, CanvasTool]:
-    return {Tool.SELECT: SelectTool(), Tool.BOX: BoxTool(), Tool.POLYGON: PolygonTool(),
+    return {Tool.SELECT: SelectTool(), Tool.BOX: BoxTool(), Tool.CLICK: ClickTool(), Tool.POLYGON: PolygonTool(),
             Tool.BRUSH: PaintTool(erase=False), Tool.ERASER: PaintTool(erase=True),
             Tool.KEYPOINT: KeypointTool()}

@@ -22,6 +22,7 @@ _NUDGE = 1001  # merge key for repeated edits of the same kind
 class Editor(QObject):
     changed = Signal()  # the current image's instances or status changed in the store
     fill_requested = Signal(int, list, list, list)  # image id, boxes, category ids, instance ids
+    click_requested = Signal(int, list, list)  # image id, points [(x, y)], category ids
     message = Signal(str)
 
     def __init__(self, canvas: ImageCanvas, parent=None):
@@ -34,6 +35,7 @@ class Editor(QObject):
         self._stacks: dict[int, QUndoStack] = {}
         canvas.instance_changed.connect(self._on_changed)
         canvas.box_drawn.connect(self.add_box)
+        canvas.object_clicked.connect(self.add_click)
         canvas.polygon_drawn.connect(self.add_polygon)
         canvas.mask_painted.connect(self.add_painted)
 
@@ -116,6 +118,36 @@ class Editor(QObject):
             return
         self.canvas.select_ids([i.id for i in cmd.stored])
         self.fill_requested.emit(self.image_id, [list(box)], [cat], [i.id for i in cmd.stored])
+
+    def add_click(self, x: float, y: float) -> None:
+        """A click with the Click tool: the worker grows the object's region from it
+        (``apply_clicks`` adds the instance)."""
+        cat = self._need_category()
+        if cat is None or self.image_id is None:
+            return
+        self.click_requested.emit(self.image_id, [[x, y]], [cat])
+
+    def apply_clicks(self, image_id: int, found: list[Instance], missed: int = 0) -> None:
+        """The instances grown from the person's clicks on ``image_id`` (the image on screen or one
+        the person has left since: the click is kept either way); a click that found nothing is
+        said in the status bar."""
+        if missed:
+            self.message.emit("Nothing stands out from its surroundings at the click: "
+                              "draw a box (W) around the object instead.")
+        if not found or self.project is None:
+            return
+        insts = [i.with_(image_id=image_id, id=None,
+                         keypoints=i.keypoints if i.keypoints else self._blank_keypoints(i.category_id))
+                 for i in found if i.category_id in self.categories]
+        st = self._stacks.get(image_id)
+        if not insts or st is None:
+            return
+        cmd = AddInstances(self.project, self._refresh, insts, "New object (click)")
+        st.push(cmd)
+        if cmd.error:
+            self.message.emit(f"Not saved: {cmd.error}")
+        elif image_id == self.image_id:
+            self.canvas.select_ids([i.id for i in cmd.stored])
 
     def add_polygon(self, points: list) -> None:
         cat = self._need_category()

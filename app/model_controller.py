@@ -35,6 +35,8 @@ class ModelController:
         s.warmed.connect(self._on_warmed)
         s.predicted.connect(self._on_prediction)
         s.filled.connect(lambda pred: w.editor.apply_fill(pred.image_id, list(pred.instances)))
+        s.clicked.connect(lambda pred: w.editor.apply_clicks(pred.image_id, list(pred.instances),
+                                                             int(pred.extra.get("missed", 0))))
         s.batch_started.connect(self._on_batch_started)
         s.batch_progress.connect(self._on_batch_progress)
         s.batch_done.connect(self._on_batch_done)
@@ -42,6 +44,7 @@ class ModelController:
         s.message.connect(w.say)
         w.starting.added.connect(self._on_starting_model)
         w.editor.fill_requested.connect(self.ask_fill)
+        w.editor.click_requested.connect(self.ask_click)
 
     def start(self) -> None:
         """A fresh worker for the open project (also Model > Restart model worker)."""
@@ -112,6 +115,10 @@ class ModelController:
     def ask_fill(self, image_id: int, boxes: list, category_ids: list, instance_ids: list) -> None:
         if not self.side.fill(image_id, boxes, category_ids, instance_ids):
             self.w.say("No project open: the box stays a plain box.", 6000)
+
+    def ask_click(self, image_id: int, points: list, category_ids: list) -> None:
+        if not self.side.fill_clicks(image_id, points, category_ids):
+            self.w.say("No project open.", 6000)
 
     def predict_all(self) -> None:
         if not self.side.predict_all(first=self.w.current_image_id):

@@ -1,9 +1,9 @@
 """The model side of the window: the inference worker on its own thread, the requests sent to it
 and what comes back, as plain signals the window routes to its widgets.
 
-The window asks (``start``, ``load``, ``predict_image``, ``predict_all``, ``fill``, ``cancel``) and
-listens (``ready``, ``predicted``, ``filled``, ``batch_progress``, ``batch_done``, ``state``,
-``message``); torch is imported on the worker's thread, never here.
+The window asks (``start``, ``load``, ``predict_image``, ``predict_all``, ``fill``, ``fill_clicks``,
+``cancel``) and listens (``ready``, ``predicted``, ``filled``, ``clicked``, ``batch_progress``,
+``batch_done``, ``state``, ``message``); torch is imported on the worker's thread, never here.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ class ModelSide(QObject):
     warmed = Signal(str)  # torch is in (device name), no model loaded
     predicted = Signal(object)  # Prediction, already stored
     filled = Signal(object)  # Prediction answering a box fill
+    clicked = Signal(object)  # Prediction answering the Click tool's clicks
     batch_started = Signal(int)  # images in the batch
     batch_progress = Signal(int, float)  # done, ETA seconds
     batch_done = Signal(str)  # "" or the error that stopped it
@@ -33,6 +34,7 @@ class ModelSide(QObject):
     request_warm = Signal()
     request_predict = Signal(int, list)
     request_fill = Signal(int, int, list, list, list)
+    request_click = Signal(int, int, list, list)
 
     def __init__(self, project: Callable[[], Project | None], parent=None):
         super().__init__(parent)
@@ -60,10 +62,12 @@ class ModelSide(QObject):
         self.request_warm.connect(worker.warm_up)
         self.request_predict.connect(worker.predict)
         self.request_fill.connect(worker.fill_boxes)
+        self.request_click.connect(worker.fill_clicks)
         worker.model_ready.connect(self._on_model_ready)
         worker.warmed.connect(self.warmed)
         worker.prediction.connect(self.predicted)
         worker.box_filled.connect(self.filled)
+        worker.clicks_filled.connect(self.clicked)
         worker.progress.connect(self._on_progress)
         worker.finished.connect(self._on_finished)
         worker.errored.connect(self._on_error)
@@ -79,7 +83,8 @@ class ModelSide(QObject):
     def stop(self) -> None:
         if self.thread is not None:
             wt, self.thread = self.thread, None
-            for sig in (self.request_load, self.request_warm, self.request_predict, self.request_fill):
+            for sig in (self.request_load, self.request_warm, self.request_predict, self.request_fill,
+                        self.request_click):
                 try:
                     sig.disconnect()
                 except (RuntimeError, TypeError):
@@ -116,6 +121,15 @@ class ModelSide(QObject):
             return False
         self._next_request += 1
         self.request_fill.emit(self._next_request, image_id, boxes, category_ids, instance_ids)
+        return True
+
+    def fill_clicks(self, image_id: int, points: list, category_ids: list) -> bool:
+        """Ask the worker for the objects at the person's clicks (``clicked`` answers); False when
+        no project is open."""
+        if self.thread is None:
+            return False
+        self._next_request += 1
+        self.request_click.emit(self._next_request, image_id, points, category_ids)
         return True
 
     def predict_all(self, first: int | None = None) -> bool:

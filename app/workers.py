@@ -60,6 +60,7 @@ class InferenceWorker(QObject):
     model_ready = Signal(object)  # ModelInfo
     prediction = Signal(object)  # Prediction (already stored in the project)
     box_filled = Signal(object)  # Prediction with the instances for a person's boxes
+    clicks_filled = Signal(object)  # Prediction with the instances for a person's clicks
     progress = Signal(object)  # Progress
     finished = Signal(int)  # request id
     errored = Signal(str)
@@ -167,6 +168,24 @@ class InferenceWorker(QObject):
             insts = tuple(inst.with_(id=iid) for inst, iid
                           in zip(fill_boxes(self.predictor, arr, boxes, category_ids), instance_ids))
             self.box_filled.emit(Prediction(request_id, image_id, rec.path, arr.shape[1], arr.shape[0], insts))
+        except Exception as exc:
+            self._fail(exc)
+
+    @Slot(int, int, list, list)
+    def fill_clicks(self, request_id: int, image_id: int, points: list, category_ids: list) -> None:
+        """Instances grown from a person's clicks (``detector.inference.fill_clicks``); the clicks
+        that found nothing are counted in ``extra["missed"]``."""
+        try:
+            from detector.images import load_image
+            from detector.inference import fill_clicks
+
+            project = self._proj()
+            rec = project.image(image_id)
+            arr = load_image(project.abspath(rec))
+            found = fill_clicks(self.predictor, arr, points, category_ids)
+            insts = tuple(i for i in found if i is not None)
+            self.clicks_filled.emit(Prediction(request_id, image_id, rec.path, arr.shape[1], arr.shape[0], insts,
+                                               extra={"missed": len(found) - len(insts)}))
         except Exception as exc:
             self._fail(exc)
 

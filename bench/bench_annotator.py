@@ -13,15 +13,18 @@ held-out choice, the default 0.5 and the best value in hindsight compare within 
 Box tool's fill follows each model as in the app too: its masks stay among the fill's candidates
 unless the classical cuts alone filled its held-out images' boxes for less
 (``evaluation.fill_choice``; ``held_out_fill``, and ``test_fill`` on the unseen images for hindsight).
+A missed object is clicked with the Click tool first and boxed where the click's region is wrong
+(``detector.annotator``), as the app's slider pricing assumes; ``--no-click`` prices boxes only,
+and every row also gives ``seconds_per_image_without_click`` (same model and slider, boxes only).
 
     python bench/bench_annotator.py [--data demo|nuclei] [--order random|uncertainty]
                                     [--rounds 3] [--per-round K] [--budget-s S] [--slider auto|V]
-                                    [--quick]
+                                    [--quick] [--no-click]
 
 Prints one JSON line per round and a final line with ``seconds_per_image_by_round``,
 ``manual_seconds_per_image`` (a polygon per object, as in a tool without assistance),
-``no_model_seconds_per_image`` (Loupe before any model: a box per object, the classical cut's
-fill corrected), ``ratio_after_last_round`` and ``order``.
+``no_model_seconds_per_image`` (Loupe before any model: a click or a box per object, the
+classical cuts' fill corrected), ``ratio_after_last_round`` and ``order``.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from detector.coco import import_coco, plan_import, read_json  # noqa: E402
 from detector.domain import ImageRecord  # noqa: E402
 from detector.evaluation import CocoEvaluator, fill_choice  # noqa: E402
 from detector.images import load_image  # noqa: E402
-from detector.inference import Predictor, load_detector, truth_fill, truth_fills  # noqa: E402
+from detector.inference import Predictor, load_detector, truth_click, truth_fill, truth_fills  # noqa: E402
 from detector.model import load_checkpoint  # noqa: E402
 from detector.store import Project  # noqa: E402
 from detector.synthetic import generate  # noqa: E402
@@ -87,11 +90,22 @@ def subset(data: dict, paths: set[str]) -> dict:
 class Session:
     """The current model over the project: predictions, box-prompted fill, costs, AP."""
 
-    def __init__(self, project: Project, folder: Path, truth: dict, ckpt: str | None, device: str | None):
+    def __init__(self, project: Project, folder: Path, truth: dict, ckpt: str | None, device: str | None,
+                 click: bool = True):
         self.folder, self.truth = folder, truth
         self.predictor = Predictor(load_detector(project, ckpt), device) if ckpt else None
         self.cache: dict[str, tuple] = {}
         self.fills: dict[str, tuple] = {}
+        self.click = click  # the person uses the Click tool for missed objects
+        self.clicks: dict[str, object] = {}
+
+    def click_for(self, path: str, click: bool | None = None):
+        """The Click tool on this image (``detector.inference.truth_click``), None when not used."""
+        if not (self.click if click is None else click):
+            return None
+        if path not in self.clicks:
+            self.clicks[path] = truth_click(self.predictor, load_image(self.folder / path))
+        return self.clicks[path]
 
     def predictions(self, path: str) -> tuple:
         if self.predictor is None:
@@ -123,15 +137,16 @@ class Session:
         return fill_choice([(self.truth[p], f[0]) for p, f in zip(paths, pairs)],
                            [(self.truth[p], f[1]) for p, f in zip(paths, pairs)])
 
-    def cost(self, path: str, slider: float) -> A.ImageCost:
+    def cost(self, path: str, slider: float, click: bool | None = None) -> A.ImageCost:
         """Seconds to label ``path`` in Loupe: correct what the model shows; before any model, a
-        box per object, filled by the classical cuts."""
+        click or a box per object, filled by the classical cuts."""
         shown = A.shown_at(self.predictions(path), slider) if self.predictor is not None else []
-        return A.review_cost(shown, self.truth[path], self.fill_for(path))
+        return A.review_cost(shown, self.truth[path], self.fill_for(path), click=self.click_for(path, click))
 
     def slider_costs(self, paths: list[str]) -> dict[float, float]:
         """Mean seconds an image at each slider value (``detector.annotator.slider_costs``)."""
-        return A.slider_costs([(self.predictions(p), self.truth[p], self.fill_for(p)) for p in paths])
+        return A.slider_costs([(self.predictions(p), self.truth[p], self.fill_for(p), self.click_for(p))
+                               for p in paths])
 
     def metrics(self, paths: list[str]) -> dict:
         ev = CocoEvaluator(list({c.id: c for c in self.predictor.detector.categories}.values()))
@@ -162,6 +177,8 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="demo, 3 rounds, 60 s of training a round, 12 test images")
+    ap.add_argument("--no-click", action="store_true",
+                    help="the person draws a box for every missed object (no Click tool), slider chosen so too")
     args = ap.parse_args()
     if args.quick:
         args.budget_s, args.test = args.budget_s or 60, args.test or 12
@@ -181,10 +198,14 @@ def main() -> None:
             by_name[c.name] = project.ensure_category(c)
         truth = {im.path: [i.with_(category_id=by_name[n].id) for n, i in im.instances] for im in planned.values()}
         manual = sum(A.manual_cost(truth[p]).seconds for p in test) / len(test)
-        session = Session(project, folder, truth, None, args.device)
-        # Before any model: a box per object, filled by the classical cuts (what the Box tool does).
+        click = not args.no_click
+        session = Session(project, folder, truth, None, args.device, click)
+        # Before any model: a click (with the Click tool) or a box per object, filled by the
+        # classical cuts (what the Box tool does).
         no_model = sum(session.cost(p, slider).seconds for p in test) / len(test)
-        print(json.dumps({"data": args.data, "round": 0, "seconds_per_image": round(no_model, 1),
+        no_model_boxes = sum(session.cost(p, slider, click=False).seconds for p in test) / len(test)
+        print(json.dumps({"data": args.data, "round": 0, "click": click, "seconds_per_image": round(no_model, 1),
+                          "seconds_per_image_without_click": round(no_model_boxes, 1),
                           "manual_seconds_per_image": round(manual, 1)}), flush=True)
         ckpt, per_round, reviewed, review_s = None, [], [], 0.0
         for r in range(1, args.rounds + 1):
@@ -205,7 +226,7 @@ def main() -> None:
             result = train_project(project, cfg, out)
             train_s = time.perf_counter() - t
             ckpt = str(out)
-            session = Session(project, folder, truth, ckpt, args.device)
+            session = Session(project, folder, truth, ckpt, args.device, click)
             held = load_checkpoint(out).get("holdout", {}).get("images", [])
             held_fill = session.fill_choice(held)  # the app's rule: the model's masks fill boxes or not
             test_fill = session.fill_choice(test)
@@ -216,10 +237,12 @@ def main() -> None:
                 slider = held_pick
             test_costs = session.slider_costs(test)
             costs = [session.cost(p, slider) for p in test]
+            without_click = sum(session.cost(p, slider, click=False).seconds for p in test) / len(test)
             m = session.metrics(test)
             actions = sum((c.actions for c in costs), start=type(costs[0].actions)())
             row = {"round": r, "reviewed": len(reviewed), "steps": result.steps, "train_s": round(train_s, 1),
                    "seconds_per_image": round(sum(c.seconds for c in costs) / len(test), 1),
+                   "seconds_per_image_without_click": round(without_click, 1),
                    "slider": slider, "held_out_images": len(held), "held_out_pick": held_pick,
                    "fill_model_masks": held_fill["model_masks"], "held_out_fill": held_fill, "test_fill": test_fill,
                    "test_best_slider": A.best_slider(test_costs),
@@ -235,7 +258,7 @@ def main() -> None:
     print(json.dumps({
         "data": args.data, "order": args.order, "measure": args.measure if args.order == "uncertainty" else None,
         "rounds": args.rounds, "per_round": k, "steps": args.steps or None, "budget_s": args.budget_s or None,
-        "test_images": len(test), "slider": args.slider,
+        "test_images": len(test), "slider": args.slider, "click": click,
         "slider_by_round": [row["slider"] for row in per_round],
         "reviewed_by_round": [row["reviewed"] for row in per_round],
         "seconds_per_image_by_round": sec, "manual_seconds_per_image": round(manual, 1),

@@ -13,7 +13,11 @@ Per set and image type: mean mask IoU, the shares under 0.5 (the annotator trace
 at 0.75 or more (accepted as is), and the simulated seconds an object (``detector.annotator``: a
 box, + a touch-up under 0.75, + a polygon under 0.5); and the milliseconds a box.
 
-    python bench/bench_boxfill.py [--data nuclei|demo] [--box-noise 0.04] [--seed 0]
+``--click`` adds the Click tool (``detector.clickfill``): every object clicked at its deepest
+point, its region's IoU, and the seconds an object when a person clicks first and, where the
+region is wrong, undoes and draws the box (filled by ``all``), as ``detector.annotator`` prices it.
+
+    python bench/bench_boxfill.py [--data nuclei|demo] [--box-noise 0.04] [--seed 0] [--click]
 
 Prints one JSON line per candidate set.
 """
@@ -35,6 +39,9 @@ sys.path.insert(0, str(ROOT))
 from detector import annotator as A  # noqa: E402
 from detector import boxfill as BF  # noqa: E402
 from detector import masks as M  # noqa: E402
+from detector.clickfill import click_point  # noqa: E402
+from detector.domain import Instance  # noqa: E402
+from detector.inference import fill_clicks  # noqa: E402
 from detector.coco import plan_import, read_json  # noqa: E402
 from detector.images import load_image  # noqa: E402
 from detector.synthetic import generate  # noqa: E402
@@ -82,6 +89,7 @@ def main() -> None:
     ap.add_argument("--data", choices=("nuclei", "demo"), default="nuclei")
     ap.add_argument("--box-noise", type=float, default=0.0, help="edge error as a share of the side (0: exact)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--click", action="store_true", help="also the Click tool, clicked first")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         images = objects(args.data, Path(tmp))
@@ -114,6 +122,38 @@ def main() -> None:
                                    "seconds_per_object": round(priced(v), 1)} for k, v in sorted(by_kind.items())},
                    "picks": picks, "ms_per_box": round(1000 * spent / max(n, 1), 2)}
             print(json.dumps(row), flush=True)
+        if args.click:
+            print(json.dumps(click_row(args, images, boxes)), flush=True)
+
+
+def click_row(args, images, boxes) -> dict:
+    """The Click tool first, a box (the ``all`` fill) where its region is wrong."""
+    by_kind: dict[str, list[float]] = {}
+    seconds: dict[str, list[float]] = {}
+    spent = 0.0
+    for (kind, path, pairs), drawn_boxes in zip(images, boxes):
+        rgb = load_image(path)
+        h, w = rgb.shape[:2]
+        for (box, truth), box_drawn in zip(pairs, drawn_boxes):
+            rle = M.encode(truth)
+            gt = Instance(1, tuple(float(v) for v in box), rle)
+            fill = lambda _box, cid, b=box_drawn: Instance(cid, b, BF.best_cut(rgb, b).rle(h, w))  # noqa: E731
+            t = time.perf_counter()
+            made = fill_clicks(None, rgb, [click_point(truth)], [1])[0]
+            spent += time.perf_counter() - t
+            by_kind.setdefault(kind, []).append(A.iou(made, gt) if made is not None else 0.0)
+            seconds.setdefault(kind, []).append(A.draw_seconds([([gt], fill, lambda xy, cid, m=made: m)])[0])
+    every = np.asarray([v for vs in by_kind.values() for v in vs])
+    spend = [v for vs in seconds.values() for v in vs]
+    return {"data": args.data, "set": "click first", "box_noise": args.box_noise, "objects": len(every),
+            "click_mean_iou": round(float(every.mean()), 3),
+            "click_under_0_5": round(float(np.mean(every < A.MATCH_IOU)), 3),
+            "click_good_0_75": round(float(np.mean(every >= A.GOOD_IOU)), 3),
+            "seconds_per_object": round(float(np.mean(spend)), 1),
+            "by_type": {k: {"objects": len(v), "click_mean_iou": round(float(np.mean(v)), 3),
+                            "seconds_per_object": round(float(np.mean(seconds[k])), 1)}
+                        for k, v in sorted(by_kind.items())},
+            "ms_per_click": round(1000 * spent / max(len(every), 1), 2)}
 
 
 if __name__ == "__main__":

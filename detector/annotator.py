@@ -14,8 +14,13 @@ The cost table (``Costs``) is the one place the seconds live. Sources:
 - checking a box is right: 1.6 s (Papadopoulos et al. 2016, "We don't need no bounding-boxes");
 - correcting a mostly right mask with an assisting tool: 14 s (Segment Anything, Kirillov et al.
   2023, sec. 4: 34 s -> 14 s per mask with model assistance); used for a brush touch-up;
-- single clicks and key presses (delete, pick a class, place or drag a keypoint): one click each,
-  1.75 s, from the extreme-clicking figure.
+- single clicks and key presses (delete, pick a class, place or drag a keypoint, undo, a click
+  with the Click tool): one click each, 1.75 s, from the extreme-clicking figure.
+
+With the Click tool (``click``: ``detector.clickfill``) a missed object is clicked at its deepest
+point first; a region that is right is kept, a close one touched up or undone, a wrong one undone,
+and then the object is drawn as a box (``_draw``). A person sees the region at once, so a failed
+click costs the click and the undo.
 
 Matching (stated thresholds): a prediction is the same object as a ground-truth instance at IoU
 >= ``MATCH_IOU`` (0.5, COCO's loosest AP threshold); its mask (box, for box-only data) is
@@ -34,6 +39,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from . import masks as M
+from .clickfill import click_point
 from .domain import Instance
 
 MATCH_IOU = 0.5
@@ -70,6 +76,10 @@ COSTS = Costs()
 #: ``fill(box, category_id) -> Instance | None``: the model's mask (and keypoints) for a box a
 #: person drew, as Loupe's box-prompted fill gives it; None where the model cannot fill.
 Fill = Callable[[tuple[float, float, float, float], int], "Instance | None"]
+
+#: ``click((x, y), category_id) -> Instance | None``: what the Click tool makes of a click at
+#: (x, y) (mask, box, keypoints); None where it finds nothing.
+Click = Callable[[tuple[float, float], int], "Instance | None"]
 
 
 @dataclass
@@ -143,9 +153,12 @@ def _keypoint_cost(pred_kps, gt: Instance, cost: ImageCost, costs: Costs) -> Non
             cost.add("hide keypoint", costs.click)
 
 
-def _draw(gt: Instance, fill: Fill | None, costs: Costs) -> ImageCost:
+def _draw(gt: Instance, fill: Fill | None, costs: Costs, click: Click | None = None) -> ImageCost:
     """A missed object, or one redrawn: a box, the model fills it (mask and keypoints); what the
-    fill still gets wrong is touched up (IoU >= MATCH_IOU) or traced by hand."""
+    fill still gets wrong is touched up (IoU >= MATCH_IOU) or traced by hand. With ``click``, a
+    click first (``_click_first``)."""
+    if click is not None and gt.mask is not None:
+        return _click_first(gt, fill, costs, click)
     cost = ImageCost()
     cost.add("draw box", costs.box)
     filled = fill(gt.box, gt.category_id) if fill is not None else None
@@ -159,21 +172,55 @@ def _draw(gt: Instance, fill: Fill | None, costs: Costs) -> ImageCost:
     return cost
 
 
+def _click_first(gt: Instance, fill: Fill | None, costs: Costs, click: Click) -> ImageCost:
+    """A click at the object's deepest point: its region kept (IoU >= GOOD_IOU), touched up or
+    undone and boxed, whichever is cheaper (>= MATCH_IOU), else undone (when it made anything)
+    and the object drawn as a box (``_draw``)."""
+    cost = ImageCost()
+    cost.add("click object", costs.click)
+    made = click(click_point(M.decode(gt.mask).astype(bool)), gt.category_id)
+    q = iou(made, gt) if made is not None and made.mask is not None else 0.0
+    boxed = _draw(gt, fill, costs)
+    if q >= GOOD_IOU:
+        _keypoint_cost(made.keypoints, gt, cost, costs)
+        return cost
+    redo = ImageCost()
+    if made is not None:
+        redo.add("undo", costs.click)
+    _merge(redo, boxed)
+    if q >= MATCH_IOU:
+        fix = ImageCost()
+        fix.add("touch up mask", costs.touch_up)
+        _keypoint_cost(made.keypoints, gt, fix, costs)
+        redo = min(fix, redo, key=lambda c: c.seconds)
+    _merge(cost, redo)
+    return cost
+
+
 def _merge(into: ImageCost, other: ImageCost) -> None:
     into.seconds += other.seconds
     into.actions.update(other.actions)
 
 
 def review_cost(shown: Sequence[Instance], truth: Sequence[Instance], fill: Fill | None = None,
-                costs: Costs = COSTS) -> ImageCost:
+                costs: Costs = COSTS, click: Click | None = None, drawn: dict | None = None) -> ImageCost:
     """Seconds to correct ``shown`` (the predictions above the slider) into ``truth``.
 
     Per image a look and Space, and a glance at each shown instance. A matched prediction: fix
     its class if wrong; a mask below GOOD_IOU is touched up with the brush, or redrawn as a box
     the model fills where that is cheaper; a box-only instance gets its corners dragged;
     keypoints are dragged, placed or hidden. Every prediction matching nothing is deleted; every
-    missed instance is drawn as a box and filled (``_draw``).
+    missed instance is drawn as a box and filled (``_draw``), or clicked first with ``click``.
+    ``drawn`` keeps each truth object's ``_draw`` between calls on the same image (it does not
+    depend on what is shown: ``slider_costs`` prices ~20 slider values).
     """
+    def draw(j: int) -> ImageCost:
+        if drawn is None:
+            return _draw(truth[j], fill, costs, click)
+        if j not in drawn:
+            drawn[j] = _draw(truth[j], fill, costs, click)
+        return drawn[j]
+
     cost = ImageCost()
     cost.add("look", costs.look_image)
     cost.add("verify", costs.verify_instance, len(shown))
@@ -192,21 +239,21 @@ def review_cost(shown: Sequence[Instance], truth: Sequence[Instance], fill: Fill
             fix.add("touch up mask", costs.touch_up)
             _keypoint_cost(p.keypoints, g, fix, costs)
             if fill is not None:
-                fix = min(fix, _draw(g, fill, costs), key=lambda c: c.seconds)
+                fix = min(fix, draw(j), key=lambda c: c.seconds)
             _merge(cost, fix)
     cost.add("delete", costs.delete, len(shown) - len(pairs))
     matched = {j for _, j, _ in pairs}
-    for j, g in enumerate(truth):
+    for j in range(len(truth)):
         if j not in matched:
-            _merge(cost, _draw(g, fill, costs))
+            _merge(cost, draw(j))
     return cost
 
 
-def draw_seconds(items: Sequence[tuple[Sequence[Instance], Fill | None]], costs: Costs = COSTS
-                 ) -> tuple[float, int]:
+def draw_seconds(items: Sequence[tuple], costs: Costs = COSTS) -> tuple[float, int]:
     """(mean seconds an object, objects) to draw every object of each item's truth as a box and
-    correct its fill (``_draw``). ``items``: (truth, fill) per image."""
-    seconds = [_draw(g, f, costs).seconds for t, f in items for g in t]
+    correct its fill (``_draw``). ``items``: (truth, fill) per image, or (truth, fill, click) to
+    click each object first."""
+    seconds = [_draw(g, it[1], costs, it[2] if len(it) > 2 else None).seconds for it in items for g in it[0]]
     return (sum(seconds) / len(seconds) if seconds else 0.0), len(seconds)
 
 
@@ -234,14 +281,15 @@ def shown_at(predictions: Sequence[Instance], min_score: float) -> list[Instance
 SLIDER_GRID = tuple(round(0.05 * k, 2) for k in range(2, 21))
 
 
-def slider_costs(items: Sequence[tuple[Sequence[Instance], Sequence[Instance], Fill | None]],
-                 grid: Sequence[float] = SLIDER_GRID, costs: Costs = COSTS) -> dict[float, float]:
+def slider_costs(items: Sequence[tuple], grid: Sequence[float] = SLIDER_GRID, costs: Costs = COSTS
+                 ) -> dict[float, float]:
     """Mean seconds an image to correct each item's predictions into its truth, at each slider
-    value. ``items``: (predictions, truth, fill) per image."""
+    value. ``items``: (predictions, truth, fill) per image, or (predictions, truth, fill, click)."""
     if not items:
         return {}
-    return {s: sum(review_cost(shown_at(p, s), t, f, costs).seconds for p, t, f in items) / len(items)
-            for s in grid}
+    drawn: list[dict] = [{} for _ in items]
+    return {s: sum(review_cost(shown_at(it[0], s), it[1], it[2], costs, it[3] if len(it) > 3 else None, d).seconds
+                   for it, d in zip(items, drawn)) / len(items) for s in grid}
 
 
 def best_slider(by_slider: dict[float, float], default: float = 0.5) -> float:

@@ -16,7 +16,7 @@ from .coco import build_coco, plan_import, read_json
 from .domain import Category, ImageRecord, Instance
 from .images import load_image
 from .annotator import best_slider, draw_seconds, slider_costs
-from .inference import Predictor, load_detector, truth_fills
+from .inference import Predictor, load_detector, truth_click, truth_fills
 from .model import Detector
 
 # COCO's 17 person keypoint sigmas, used when a schema matches them; 0.05 otherwise.
@@ -140,9 +140,10 @@ def evaluate_detector(detector: Detector, items: list[tuple[ImageRecord, Path, l
                       device: str | None = None, batch_size: int = 4, price_slider: bool = True) -> dict:
     """AP of ``detector`` on (record, path, ground truth) items; whether its masks help the Box
     tool's fill (``fill``: ``fill_choice``); and what correcting its predictions into the ground
-    truth would cost a person at each confidence slider value, with that fill (``slider``:
-    ``slider_choice``). Both on the first ``SLIDER_IMAGES`` items: pricing fills every
-    ground-truth box, and 2-9 images already chose within 2 s of the best value, bench/RESULTS.md."""
+    truth would cost a person at each confidence slider value, with that fill and the Click tool
+    for the objects it misses (``slider``: ``slider_choice``). Both on the first ``SLIDER_IMAGES``
+    items: pricing fills every ground-truth box, and 2-9 images already chose within 2 s of the
+    best value, bench/RESULTS.md."""
     predictor = Predictor(detector, device, batch_size)
     # One entry per project category (a COCO start may map several model classes to one).
     ev = CocoEvaluator(list({c.id: c for c in detector.categories}.values()))
@@ -153,13 +154,14 @@ def evaluate_detector(detector: Detector, items: list[tuple[ImageRecord, Path, l
         (preds,) = predictor.predict([a])
         ev.process(rec, gt, list(preds))
         if price_slider and len(priced) < SLIDER_IMAGES:
-            priced.append((preds, gt, *truth_fills(predictor, a, gt)))
+            priced.append((preds, gt, *truth_fills(predictor, a, gt), truth_click(predictor, a)))
     metrics = ev.evaluate()
     metrics["images"] = len(items)
     if priced:
-        fill = metrics["fill"] = fill_choice([(gt, f) for _, gt, f, _ in priced], [(gt, f) for _, gt, _, f in priced])
-        metrics["slider"] = slider_choice([(p, gt, with_model if fill["model_masks"] else cuts)
-                                           for p, gt, with_model, cuts in priced])
+        fill = metrics["fill"] = fill_choice([(gt, f) for _, gt, f, _, _ in priced],
+                                             [(gt, f) for _, gt, _, f, _ in priced])
+        metrics["slider"] = slider_choice([(p, gt, with_model if fill["model_masks"] else cuts, click)
+                                           for p, gt, with_model, cuts, click in priced])
     return metrics
 
 
@@ -182,7 +184,7 @@ def fill_choice(with_model, cuts_only) -> dict:
 def slider_choice(priced) -> dict:
     """The confidence slider that leaves a person the least to correct on these images, priced
     by the simulated annotator (``detector.annotator``): ``best``, and the seconds an image at
-    each value. (predictions, truth, fill) per image."""
+    each value. (predictions, truth, fill[, click]) per image."""
     by = slider_costs(priced)
     return {"best": best_slider(by), "images": len(priced),
             "seconds_per_image": {f"{s:.2f}": round(c, 2) for s, c in by.items()}}

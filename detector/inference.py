@@ -22,6 +22,7 @@ from torchvision.models.detection.roi_heads import keypointrcnn_inference, maskr
 
 from . import masks as M
 from .boxfill import fill_box, fill_box_both
+from .clickfill import fill_click
 from .devices import device_description, is_out_of_memory, pick_device  # noqa: F401 (re-exported)
 from .errors import InferenceError
 from .domain import MODEL, Category, ImageStatus, Instance, Prediction
@@ -309,6 +310,37 @@ def truth_fills(predictor: Predictor, array: np.ndarray, truth: list[Instance]):
     pairs = [fill_box_both(array, r.box, r.mask) for r in raw]
     return (_by_box(truth, [r.with_(mask=a) for r, (a, _) in zip(raw, pairs)]),
             _by_box(truth, [r.with_(mask=b) for r, (_, b) in zip(raw, pairs)]))
+
+
+def fill_clicks(predictor: Predictor | None, array: np.ndarray, points: list, category_ids: list[int]
+                ) -> tuple[Instance | None, ...]:
+    """The Click tool: per click (x, y) an instance of its category with the region grown from it
+    (``detector.clickfill``) and that region's box, or None where nothing stands out there. For a
+    category with keypoints the model (where it knows the category) places them in the box."""
+    found = [fill_click(array, p) for p in points]
+    out: list[Instance | None] = [None if f is None else Instance(cid, f[1], f[0])
+                                  for f, cid in zip(found, category_ids)]
+    label_of = {cid: lab for lab, cid in predictor.category_ids.items()} if predictor else {}
+    posed = [k for k, f in enumerate(found) if f is not None and k < len(category_ids)
+             and category_ids[k] in label_of and label_of[category_ids[k]] in predictor._slices]
+    if posed:
+        raw = _model_in_boxes(predictor, array, [found[k][1] for k in posed], [category_ids[k] for k in posed])
+        for k, r in zip(posed, raw):
+            out[k] = out[k].with_(keypoints=r.keypoints)
+    return tuple(out)
+
+
+def truth_click(predictor: Predictor | None, array: np.ndarray):
+    """The Click tool on ``array`` in the form the simulated annotator asks for it
+    (``detector.annotator.Click``), each click worked out once."""
+    done: dict = {}
+
+    def click(xy, category_id):
+        key = (tuple(xy), category_id)
+        if key not in done:
+            done[key] = fill_clicks(predictor, array, [xy], [category_id])[0]
+        return done[key]
+    return click
 
 
 def _by_box(truth: list[Instance], filled):

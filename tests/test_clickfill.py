@@ -1,0 +1,145 @@
+"""The Click tool: one click inside an object grows its mask; touching objects are cut apart; the
+simulated annotator prices a click first; and the real window adds the object a click finds."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detector import annotator as A
+from detector import clickfill as CF
+from detector import masks as M
+from detector.coco import import_coco
+from detector.domain import Instance
+from detector.inference import fill_clicks
+from detector.synthetic import generate, make_scene
+from test_boxfill import _cells, _iou, _truth
+
+
+def _cut_iou(cut, truth: np.ndarray) -> float:
+    assert cut is not None
+    return _iou(cut.rle(*truth.shape), truth)
+
+
+def test_a_click_finds_each_shape_of_a_scene():
+    ious = []
+    for seed in range(6):
+        rgb, objects = make_scene(np.random.default_rng(seed), 320, 240)
+        for o in objects:
+            ious.append(_cut_iou(CF.click_cut(rgb, CF.click_point(o.mask)), o.mask))
+    # Shapes overlap one another and differ in colour, not always in brightness.
+    assert np.mean(ious) > 0.9 and np.mean(np.array(ious) >= 0.75) > 0.9
+
+
+def test_touching_cells_are_cut_apart_and_a_window_grows_to_a_large_object():
+    h, w = 120, 160
+    yy, xx = np.mgrid[0:h, 0:w]
+    left = (yy - 60) ** 2 + (xx - 60) ** 2 <= 20 ** 2
+    right = (yy - 60) ** 2 + (xx - 98) ** 2 <= 20 ** 2  # overlaps ``left``: one blob at any level
+    img = np.full((h, w), 10.0)
+    img[left | right] = 120
+    seam = (np.abs(xx - 79) <= 2) & (left | right)
+    img[seam] = 90  # the seam between them is a little darker
+    rgb = np.repeat(img[..., None], 3, axis=2).astype(np.uint8)
+    got = CF.click_cut(rgb, (55, 60))
+    assert _cut_iou(got, left) > 0.85
+    assert _cut_iou(CF.click_cut(rgb, (100, 60)), right) > 0.85
+    # Without the seam only the neck separates them.
+    img[seam] = 120
+    rgb = np.repeat(img[..., None], 3, axis=2).astype(np.uint8)
+    assert _cut_iou(CF.click_cut(rgb, (55, 60)), left) > 0.85
+
+    big = np.full((400, 500), 200, np.uint8)  # a dark disc much larger than the first window
+    disc = (np.mgrid[0:400, 0:500][0] - 200) ** 2 + (np.mgrid[0:400, 0:500][1] - 250) ** 2 <= 150 ** 2
+    big[disc] = 40
+    assert _cut_iou(CF.click_cut(np.repeat(big[..., None], 3, axis=2), (250, 200)), disc) > 0.95
+
+
+def test_dim_cells_and_nothing_to_find():
+    rgb, masks = _cells(seed=3)
+    ious = [_cut_iou(CF.click_cut(rgb, CF.click_point(m)), m) for m in masks]
+    assert np.mean(ious) > 0.8
+    flat = np.full((60, 80, 3), 90, np.uint8)
+    assert CF.click_cut(flat, (40, 30)) is None and CF.fill_click(flat, (40, 30)) is None
+    (found,) = fill_clicks(None, rgb, [CF.click_point(masks[0])], [7])
+    assert found.category_id == 7 and found.box == pytest.approx(M.bbox_xyxy(found.mask))
+    assert fill_clicks(None, flat, [(5, 5)], [7]) == (None,)
+
+
+def _disc(h=60, w=80, r=12):
+    yy, xx = np.mgrid[0:h, 0:w]
+    return (yy - 30) ** 2 + (xx - 40) ** 2 <= r ** 2
+
+
+def test_the_annotator_clicks_first_and_boxes_where_the_click_fails():
+    truth_mask = _disc()
+    rle = M.encode(truth_mask)
+    gt = Instance(1, M.bbox_xyxy(rle), rle)
+    c = A.COSTS
+    right = lambda xy, cid: Instance(cid, gt.box, rle)  # noqa: E731
+    wrong_rle = M.encode(_disc(r=30))
+    wrong = lambda xy, cid: Instance(cid, M.bbox_xyxy(wrong_rle), wrong_rle)  # noqa: E731
+    nothing = lambda xy, cid: None  # noqa: E731
+    fill = lambda box, cid: Instance(cid, box, rle)  # noqa: E731  the box fill gets it right
+    seen = []
+    spy = lambda xy, cid: seen.append(xy) or right(xy, cid)  # noqa: E731
+
+    base = c.look_image
+    assert A.review_cost([], [gt], fill).seconds == pytest.approx(base + c.box)
+    assert A.review_cost([], [gt], fill, click=spy).seconds == pytest.approx(base + c.click)
+    assert seen and truth_mask[int(seen[0][1]), int(seen[0][0])]  # clicked inside the object
+    assert A.review_cost([], [gt], fill, click=wrong).seconds == pytest.approx(base + 2 * c.click + c.box)
+    assert A.review_cost([], [gt], fill, click=nothing).seconds == pytest.approx(base + c.click + c.box)
+    box_only = Instance(1, gt.box)  # no mask to click: a box
+    assert A.review_cost([], [box_only], fill, click=right).seconds == pytest.approx(base + c.box)
+    seconds, n = A.draw_seconds([([gt], fill, right)])
+    assert n == 1 and seconds == pytest.approx(c.click)
+
+
+def test_the_click_tool_adds_the_object_in_the_real_window(qtbot, tmp_path, open_window):
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+
+    from app.canvas import Tool
+    from detector.store import Project
+
+    folder = tmp_path / "f"
+    gt = generate(folder, n_images=4, seed=21, size=(200, 150))
+    data = json.loads(gt.read_text())
+    target_name = data["images"][-1]["file_name"]
+    objects = _truth(gt)[target_name]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != data["images"][-1]["id"]]
+    part = tmp_path / "part.json"
+    part.write_text(json.dumps(data))
+    Image.new("RGB", (120, 90), (90, 90, 90)).save(folder / "flat.png")
+    with Project(folder) as p:
+        p.scan()
+        import_coco(p, part)
+        target = next(r.id for r in p.images() if r.path == target_name)
+        w = open_window(p)
+        with qtbot.waitSignal(w.image_shown, timeout=10_000):
+            w.show_image(target)
+        _, truth = max(objects, key=lambda o: o[1].sum())
+        w.acts.set_tool(Tool.CLICK)
+        w.editor.current_category = next(iter(w.editor.categories))
+        canvas = w.canvas
+        x, y = CF.click_point(truth)
+        QTest.mouseClick(canvas.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
+                         canvas.mapFromScene(x, y))
+        qtbot.waitUntil(lambda: len(p.instances(target)) == 1, timeout=60_000)
+        (inst,) = p.instances(target)
+        assert _iou(inst.mask, truth) > 0.9 and inst.box == pytest.approx(M.bbox_xyxy(inst.mask))
+        assert canvas.selected_ids() == [inst.id]
+        w.editor.stack().undo()  # one step: undo takes the object away
+        assert p.instances(target) == []
+
+        # A click on an image with nothing in it: nothing is added, the status bar says what to do.
+        flat = next(r.id for r in p.images() if r.path == "flat.png")
+        with qtbot.waitSignal(w.image_shown, timeout=10_000):
+            w.show_image(flat)
+        with qtbot.waitSignal(w.editor.message, timeout=60_000) as said:
+            QTest.mouseClick(canvas.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
+                             canvas.mapFromScene(50.5, 40.5))
+        assert "draw a box" in said.args[0]
+        assert p.instances(flat) == []
