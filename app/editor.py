@@ -120,10 +120,20 @@ class Editor(QObject):
         self.fill_requested.emit(self.image_id, [list(box)], [cat], [i.id for i in cmd.stored])
 
     def add_click(self, x: float, y: float) -> None:
-        """A click with the Click tool: the worker grows the object's region from it
-        (``apply_clicks`` adds the instance)."""
+        """A click with the Click tool: a prediction there that the confidence slider hides is
+        shown (accepted, in the current category); else the worker grows the object's region
+        from the click (``apply_clicks`` adds the instance)."""
         cat = self._need_category()
         if cat is None or self.image_id is None:
+            return
+        hidden = [i for i in self._instances() if not i.shown_at(self.view.min_score)
+                  and i.id not in self.view.hidden_ids and i.category_id not in self.view.hidden_categories]
+        under = M.instances_at(hidden, (x, y))
+        if under:
+            p = under[0]
+            kps = p.keypoints if p.category_id == cat else self._blank_keypoints(cat)
+            self.edit([(p, p.with_(accepted=True, category_id=cat, keypoints=kps))], "Show the prediction (click)")
+            self.canvas.select_ids([p.id])
             return
         self.click_requested.emit(self.image_id, [[x, y]], [cat])
 

@@ -141,7 +141,8 @@ class Session:
         """Seconds to label ``path`` in Loupe: correct what the model shows; before any model, a
         click or a box per object, filled by the classical cuts."""
         shown = A.shown_at(self.predictions(path), slider) if self.predictor is not None else []
-        return A.review_cost(shown, self.truth[path], self.fill_for(path), click=self.click_for(path, click))
+        return A.review_cost(shown, self.truth[path], self.fill_for(path), click=self.click_for(path, click),
+                             predictions=self.predictions(path))
 
     def slider_costs(self, paths: list[str]) -> dict[float, float]:
         """Mean seconds an image at each slider value (``detector.annotator.slider_costs``)."""

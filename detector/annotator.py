@@ -18,8 +18,10 @@ The cost table (``Costs``) is the one place the seconds live. Sources:
   with the Click tool): one click each, 1.75 s, from the extreme-clicking figure.
 
 With the Click tool (``click``: ``detector.clickfill``) a missed object is clicked at its deepest
-point first; a region that is right is kept, a close one touched up or undone, a wrong one undone,
-and then the object is drawn as a box (``_draw``). A person sees the region at once, so a failed
+point first. Where the model has a prediction there that the slider hides, the click shows it
+(the highest-scored one whose mask holds the point); else the region grown from the click is
+added. A result that is right is kept, a close one touched up or undone, a wrong one undone, and
+then the object is drawn as a box (``_draw``). A person sees the result at once, so a failed
 click costs the click and the undo.
 
 Matching (stated thresholds): a prediction is the same object as a ground-truth instance at IoU
@@ -153,12 +155,14 @@ def _keypoint_cost(pred_kps, gt: Instance, cost: ImageCost, costs: Costs) -> Non
             cost.add("hide keypoint", costs.click)
 
 
-def _draw(gt: Instance, fill: Fill | None, costs: Costs, click: Click | None = None) -> ImageCost:
+def _draw(gt: Instance, fill: Fill | None, costs: Costs, click: Click | None = None,
+          under: Instance | None = None) -> ImageCost:
     """A missed object, or one redrawn: a box, the model fills it (mask and keypoints); what the
     fill still gets wrong is touched up (IoU >= MATCH_IOU) or traced by hand. With ``click``, a
-    click first (``_click_first``)."""
+    click first (``_click_first``), which shows ``under`` (a hidden prediction at the click)
+    where there is one."""
     if click is not None and gt.mask is not None:
-        return _click_first(gt, fill, costs, click)
+        return _click_first(gt, fill, costs, click, under)
     cost = ImageCost()
     cost.add("draw box", costs.box)
     filled = fill(gt.box, gt.category_id) if fill is not None else None
@@ -172,13 +176,19 @@ def _draw(gt: Instance, fill: Fill | None, costs: Costs, click: Click | None = N
     return cost
 
 
-def _click_first(gt: Instance, fill: Fill | None, costs: Costs, click: Click) -> ImageCost:
-    """A click at the object's deepest point: its region kept (IoU >= GOOD_IOU), touched up or
-    undone and boxed, whichever is cheaper (>= MATCH_IOU), else undone (when it made anything)
-    and the object drawn as a box (``_draw``)."""
+def _click_first(gt: Instance, fill: Fill | None, costs: Costs, click: Click,
+                 under: Instance | None = None) -> ImageCost:
+    """A click at the object's deepest point: the hidden prediction ``under`` it shown, else the
+    region grown from it; kept (IoU >= GOOD_IOU), touched up or undone and boxed, whichever is
+    cheaper (>= MATCH_IOU), else undone (when it made anything) and the object drawn as a box
+    (``_draw``)."""
     cost = ImageCost()
     cost.add("click object", costs.click)
-    made = click(click_point(M.decode(gt.mask).astype(bool)), gt.category_id)
+    if under is not None:
+        kps = under.keypoints if under.category_id == gt.category_id else ()
+        made = under.with_(category_id=gt.category_id, keypoints=kps)
+    else:
+        made = click(click_point(M.decode(gt.mask).astype(bool)), gt.category_id)
     q = iou(made, gt) if made is not None and made.mask is not None else 0.0
     boxed = _draw(gt, fill, costs)
     if q >= GOOD_IOU:
@@ -203,7 +213,8 @@ def _merge(into: ImageCost, other: ImageCost) -> None:
 
 
 def review_cost(shown: Sequence[Instance], truth: Sequence[Instance], fill: Fill | None = None,
-                costs: Costs = COSTS, click: Click | None = None, drawn: dict | None = None) -> ImageCost:
+                costs: Costs = COSTS, click: Click | None = None, drawn: dict | None = None,
+                predictions: Sequence[Instance] = ()) -> ImageCost:
     """Seconds to correct ``shown`` (the predictions above the slider) into ``truth``.
 
     Per image a look and Space, and a glance at each shown instance. A matched prediction: fix
@@ -211,15 +222,23 @@ def review_cost(shown: Sequence[Instance], truth: Sequence[Instance], fill: Fill
     the model fills where that is cheaper; a box-only instance gets its corners dragged;
     keypoints are dragged, placed or hidden. Every prediction matching nothing is deleted; every
     missed instance is drawn as a box and filled (``_draw``), or clicked first with ``click``.
-    ``drawn`` keeps each truth object's ``_draw`` between calls on the same image (it does not
-    depend on what is shown: ``slider_costs`` prices ~20 slider values).
+    ``predictions``: every prediction on the image, for the click to show one the slider hides.
+    ``drawn`` keeps each truth object's ``_draw`` between calls on the same image (``slider_costs``
+    prices ~20 slider values).
     """
+    memo = drawn if drawn is not None else {}
+    shown_ids = {id(p) for p in shown}
+
     def draw(j: int) -> ImageCost:
-        if drawn is None:
-            return _draw(truth[j], fill, costs, click)
-        if j not in drawn:
-            drawn[j] = _draw(truth[j], fill, costs, click)
-        return drawn[j]
+        g, under = truth[j], None
+        if click is not None and g.mask is not None and predictions:
+            if ("at", j) not in memo:
+                memo[("at", j)] = M.instances_at(predictions, click_point(M.decode(g.mask).astype(bool)))
+            under = next((p for p in memo[("at", j)] if id(p) not in shown_ids), None)
+        key = (j, id(under))
+        if key not in memo:
+            memo[key] = _draw(g, fill, costs, click, under)
+        return memo[key]
 
     cost = ImageCost()
     cost.add("look", costs.look_image)
@@ -288,7 +307,8 @@ def slider_costs(items: Sequence[tuple], grid: Sequence[float] = SLIDER_GRID, co
     if not items:
         return {}
     drawn: list[dict] = [{} for _ in items]
-    return {s: sum(review_cost(shown_at(it[0], s), it[1], it[2], costs, it[3] if len(it) > 3 else None, d).seconds
+    return {s: sum(review_cost(shown_at(it[0], s), it[1], it[2], costs, it[3] if len(it) > 3 else None, d,
+                               it[0]).seconds
                    for it, d in zip(items, drawn)) / len(items) for s in grid}
 
 

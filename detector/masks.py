@@ -286,3 +286,21 @@ def brush(mask: Rle | None, box: tuple[float, float, float, float], stroke: np.n
     start = box if mask is None else bbox_xyxy(rle)
     bx = bbox_xyxy(rle)
     return rle, (min(start[0], bx[0]), min(start[1], bx[1]), max(start[2], bx[2]), max(start[3], bx[3]))
+
+
+def instances_at(instances, xy: tuple[float, float]) -> list:
+    """The instances whose mask (box, without one) holds the point ``xy``, highest score first
+    (unscored ones first): what a click on a prediction the slider hides shows."""
+    x, y = float(xy[0]), float(xy[1])
+    out = []
+    for inst in instances:
+        x1, y1, x2, y2 = inst.box
+        if not (x1 <= x <= x2 and y1 <= y <= y2):
+            continue
+        if inst.mask is not None:
+            crop, cx, cy = decode_crop(inst.mask)
+            r, c = int(y) - cy, int(x) - cx
+            if not (0 <= r < crop.shape[0] and 0 <= c < crop.shape[1] and crop[r, c]):
+                continue
+        out.append(inst)
+    return sorted(out, key=lambda i: -(i.score if i.score is not None else 1.0))

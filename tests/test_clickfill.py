@@ -11,7 +11,7 @@ from detector import annotator as A
 from detector import clickfill as CF
 from detector import masks as M
 from detector.coco import import_coco
-from detector.domain import Instance
+from detector.domain import ImageStatus, Instance
 from detector.inference import fill_clicks
 from detector.synthetic import generate, make_scene
 from test_boxfill import _cells, _iou, _truth
@@ -96,6 +96,21 @@ def test_the_annotator_clicks_first_and_boxes_where_the_click_fails():
     seconds, n = A.draw_seconds([([gt], fill, right)])
     assert n == 1 and seconds == pytest.approx(c.click)
 
+    # A prediction the slider hides, under the click: the click shows it (the grown region is
+    # not asked for); shown above the slider it is only verified.
+    pred = Instance(2, gt.box, rle, score=0.3, source="model", changed_by="model")
+    assert A.review_cost([], [gt], fill, click=nothing, predictions=[pred]).seconds == pytest.approx(base + c.click)
+    corner = np.zeros(truth_mask.shape, bool)
+    corner[0:3, 0:3] = True
+    elsewhere = Instance(1, (0, 0, 3, 3), M.encode(corner), score=0.3, source="model", changed_by="model")
+    assert A.review_cost([], [gt], fill, click=nothing, predictions=[elsewhere]).seconds == \
+        pytest.approx(base + c.click + c.box)
+    by = A.slider_costs([([pred], [gt], fill, nothing)], grid=(0.2, 0.5))
+    assert by[0.2] == pytest.approx(base + c.verify_instance + c.fix_class)  # shown: checked, class fixed
+    assert by[0.5] == pytest.approx(base + c.click)
+    assert M.instances_at([pred, elsewhere], (40.5, 30.5)) == [pred]
+    assert M.instances_at([pred], (29, 19)) == []  # inside the box, outside the mask
+
 
 def test_the_click_tool_adds_the_object_in_the_real_window(qtbot, tmp_path, open_window):
     from PySide6.QtCore import Qt
@@ -143,3 +158,22 @@ def test_the_click_tool_adds_the_object_in_the_real_window(qtbot, tmp_path, open
                              canvas.mapFromScene(50.5, 40.5))
         assert "draw a box" in said.args[0]
         assert p.instances(flat) == []
+
+        # A prediction the slider hides: a click on it shows it (accepted), as one undo step.
+        with qtbot.waitSignal(w.image_shown, timeout=10_000):
+            w.show_image(target)
+        box, truth = min(objects, key=lambda o: o[1].sum())
+        p.set_status(target, ImageStatus.PREDICTED)
+        (low,) = p.replace_predictions(target, [Instance(2, box, M.encode(truth), score=0.2)])
+        w.refresh_instances()
+        w.acts.score_slider.setValue(50)
+        assert not canvas.items_by_id[low.id].isVisible()
+        x, y = CF.click_point(truth)
+        QTest.mouseClick(canvas.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
+                         canvas.mapFromScene(x, y))
+        (shown,) = p.instances(target)
+        assert shown.id == low.id and shown.accepted and shown.mask == low.mask
+        assert shown.category_id == w.editor.current_category
+        assert canvas.items_by_id[low.id].isVisible()
+        w.editor.stack().undo()
+        assert not p.instance(low.id).accepted
