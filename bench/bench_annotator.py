@@ -15,7 +15,8 @@ unless the classical cuts alone filled its held-out images' boxes for less
 (``evaluation.fill_choice``; ``held_out_fill``, and ``test_fill`` on the unseen images for hindsight).
 A missed object is clicked with the Click tool first and boxed where the click's region is wrong
 (``detector.annotator``), as the app's slider pricing assumes; ``--no-click`` prices boxes only,
-and every row also gives ``seconds_per_image_without_click`` (same model and slider, boxes only).
+and every row also gives ``seconds_per_image_without_click`` (same model and slider, boxes only)
+and ``seconds_per_image_click_region_only`` (a click never shows a hidden prediction).
 
     python bench/bench_annotator.py [--data demo|nuclei] [--order random|uncertainty]
                                     [--rounds 3] [--per-round K] [--budget-s S] [--slider auto|V]
@@ -137,12 +138,13 @@ class Session:
         return fill_choice([(self.truth[p], f[0]) for p, f in zip(paths, pairs)],
                            [(self.truth[p], f[1]) for p, f in zip(paths, pairs)])
 
-    def cost(self, path: str, slider: float, click: bool | None = None) -> A.ImageCost:
+    def cost(self, path: str, slider: float, click: bool | None = None, hidden: bool = True) -> A.ImageCost:
         """Seconds to label ``path`` in Loupe: correct what the model shows; before any model, a
-        click or a box per object, filled by the classical cuts."""
+        click or a box per object, filled by the classical cuts. ``hidden``: a click shows a
+        prediction the slider hides where there is one (as the app does)."""
         shown = A.shown_at(self.predictions(path), slider) if self.predictor is not None else []
         return A.review_cost(shown, self.truth[path], self.fill_for(path), click=self.click_for(path, click),
-                             predictions=self.predictions(path))
+                             predictions=self.predictions(path) if hidden else ())
 
     def slider_costs(self, paths: list[str]) -> dict[float, float]:
         """Mean seconds an image at each slider value (``detector.annotator.slider_costs``)."""
@@ -239,11 +241,13 @@ def main() -> None:
             test_costs = session.slider_costs(test)
             costs = [session.cost(p, slider) for p in test]
             without_click = sum(session.cost(p, slider, click=False).seconds for p in test) / len(test)
+            region_only = sum(session.cost(p, slider, hidden=False).seconds for p in test) / len(test)
             m = session.metrics(test)
             actions = sum((c.actions for c in costs), start=type(costs[0].actions)())
             row = {"round": r, "reviewed": len(reviewed), "steps": result.steps, "train_s": round(train_s, 1),
                    "seconds_per_image": round(sum(c.seconds for c in costs) / len(test), 1),
                    "seconds_per_image_without_click": round(without_click, 1),
+                   "seconds_per_image_click_region_only": round(region_only, 1),
                    "slider": slider, "held_out_images": len(held), "held_out_pick": held_pick,
                    "fill_model_masks": held_fill["model_masks"], "held_out_fill": held_fill, "test_fill": test_fill,
                    "test_best_slider": A.best_slider(test_costs),
