@@ -33,6 +33,7 @@ class Editor(QObject):
         self.categories: dict[int, Category] = {}
         self.undo_group = QUndoGroup(self)
         self._stacks: dict[int, QUndoStack] = {}
+        self.click_shows_hidden = True  # the loaded model's held-out images say (versions.click_shows_hidden)
         canvas.instance_changed.connect(self._on_changed)
         canvas.box_drawn.connect(self.add_box)
         canvas.object_clicked.connect(self.add_click)
@@ -121,14 +122,15 @@ class Editor(QObject):
 
     def add_click(self, x: float, y: float) -> None:
         """A click with the Click tool: a prediction there that the confidence slider hides is
-        shown (accepted, in the current category); else the worker grows the object's region
-        from the click (``apply_clicks`` adds the instance)."""
+        shown (accepted, in the current category), unless the loaded model's held-out images said
+        its hidden masks cost more (``click_shows_hidden``); else the worker grows the object's
+        region from the click (``apply_clicks`` adds the instance)."""
         cat = self._need_category()
         if cat is None or self.image_id is None:
             return
         hidden = [i for i in self._instances() if not i.shown_at(self.view.min_score)
                   and i.id not in self.view.hidden_ids and i.category_id not in self.view.hidden_categories]
-        under = M.instances_at(hidden, (x, y))
+        under = M.instances_at(hidden, (x, y)) if self.click_shows_hidden else []
         if under:
             p = under[0]
             kps = p.keypoints if p.category_id == cat else self._blank_keypoints(cat)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from PySide6.QtWidgets import QLabel, QMessageBox, QProgressBar
 
 from detector.domain import Prediction
-from detector.versions import SliderAdvice, slider_advice, version_for
+from detector.versions import SliderAdvice, click_shows_hidden, slider_advice, version_for
 
 from .model_side import ModelSide
 from .workers import ModelInfo
@@ -88,6 +88,8 @@ class ModelController:
     def _on_ready(self, info: ModelInfo) -> None:
         w = self.w
         advice = self._advice_for(info.name)
+        version = version_for(w.project, info.name) if w.project is not None else None
+        w.editor.click_shows_hidden = click_shows_hidden(version.metrics if version else None)
         self.device_label.setText(f"{info.device} · model: {Path(info.name).stem}"
                                   + (f" · suggests confidence {advice.value:.2f}" if advice else ""))
         tips = [f"Confidence {advice.value:.2f}: {advice.text()}"] if advice else []

@@ -13,10 +13,12 @@ held-out choice, the default 0.5 and the best value in hindsight compare within 
 Box tool's fill follows each model as in the app too: its masks stay among the fill's candidates
 unless the classical cuts alone filled its held-out images' boxes for less
 (``evaluation.fill_choice``; ``held_out_fill``, and ``test_fill`` on the unseen images for hindsight).
-A missed object is clicked with the Click tool first and boxed where the click's region is wrong
-(``detector.annotator``), as the app's slider pricing assumes; ``--no-click`` prices boxes only,
-and every row also gives ``seconds_per_image_without_click`` (same model and slider, boxes only)
-and ``seconds_per_image_click_region_only`` (a click never shows a hidden prediction).
+A missed object is clicked with the Click tool first and boxed where the click's result is wrong
+(``detector.annotator``), as the app's slider pricing assumes; the click shows a prediction the
+slider hides where the held-out images say that is cheaper than the grown region, as in the app
+(``evaluation.slider_choice``; ``click_shows_hidden``). ``--no-click`` prices boxes only, and
+every row also gives ``seconds_per_image_without_click`` (same model and slider, boxes only) and
+``seconds_per_image_click_region_only`` / ``_click_shows_hidden`` (either way, the same slider).
 
     python bench/bench_annotator.py [--data demo|nuclei] [--order random|uncertainty]
                                     [--rounds 3] [--per-round K] [--budget-s S] [--slider auto|V]
@@ -45,7 +47,7 @@ from detector import active  # noqa: E402
 from detector import annotator as A  # noqa: E402
 from detector.coco import import_coco, plan_import, read_json  # noqa: E402
 from detector.domain import ImageRecord  # noqa: E402
-from detector.evaluation import CocoEvaluator, fill_choice  # noqa: E402
+from detector.evaluation import CocoEvaluator, fill_choice, slider_choice  # noqa: E402
 from detector.images import load_image  # noqa: E402
 from detector.inference import Predictor, load_detector, truth_click, truth_fill, truth_fills  # noqa: E402
 from detector.model import load_checkpoint  # noqa: E402
@@ -98,6 +100,7 @@ class Session:
         self.cache: dict[str, tuple] = {}
         self.fills: dict[str, tuple] = {}
         self.click = click  # the person uses the Click tool for missed objects
+        self.show_hidden = True  # a click shows a prediction the slider hides (the app's choice per model)
         self.clicks: dict[str, object] = {}
 
     def click_for(self, path: str, click: bool | None = None):
@@ -138,18 +141,22 @@ class Session:
         return fill_choice([(self.truth[p], f[0]) for p, f in zip(paths, pairs)],
                            [(self.truth[p], f[1]) for p, f in zip(paths, pairs)])
 
-    def cost(self, path: str, slider: float, click: bool | None = None, hidden: bool = True) -> A.ImageCost:
+    def cost(self, path: str, slider: float, click: bool | None = None, hidden: bool | None = None
+             ) -> A.ImageCost:
         """Seconds to label ``path`` in Loupe: correct what the model shows; before any model, a
-        click or a box per object, filled by the classical cuts. ``hidden``: a click shows a
-        prediction the slider hides where there is one (as the app does)."""
+        click or a box per object, filled by the classical cuts. ``hidden`` (default: the
+        session's ``show_hidden``): a click shows a prediction the slider hides where there is one."""
         shown = A.shown_at(self.predictions(path), slider) if self.predictor is not None else []
+        hidden = self.show_hidden if hidden is None else hidden
         return A.review_cost(shown, self.truth[path], self.fill_for(path), click=self.click_for(path, click),
                              predictions=self.predictions(path) if hidden else ())
 
+    def items(self, paths: list[str]) -> list[tuple]:
+        return [(self.predictions(p), self.truth[p], self.fill_for(p), self.click_for(p)) for p in paths]
+
     def slider_costs(self, paths: list[str]) -> dict[float, float]:
         """Mean seconds an image at each slider value (``detector.annotator.slider_costs``)."""
-        return A.slider_costs([(self.predictions(p), self.truth[p], self.fill_for(p), self.click_for(p))
-                               for p in paths])
+        return A.slider_costs(self.items(paths), show_hidden=self.show_hidden)
 
     def metrics(self, paths: list[str]) -> dict:
         ev = CocoEvaluator(list({c.id: c for c in self.predictor.detector.categories}.values()))
@@ -234,21 +241,26 @@ def main() -> None:
             held_fill = session.fill_choice(held)  # the app's rule: the model's masks fill boxes or not
             test_fill = session.fill_choice(test)
             session.predictor.model_masks = held_fill["model_masks"]
-            held_costs = session.slider_costs(held)
-            held_pick = A.best_slider(held_costs)
+            held_choice = slider_choice(session.items(held))  # the app's rule: slider, and what a click shows
+            session.show_hidden = held_choice["click_shows_hidden"] is not False
+            held_costs = {float(s): c for s, c in held_choice["seconds_per_image"].items()}
+            held_pick = held_choice["best"]
             if args.slider == "auto":
                 slider = held_pick
             test_costs = session.slider_costs(test)
             costs = [session.cost(p, slider) for p in test]
             without_click = sum(session.cost(p, slider, click=False).seconds for p in test) / len(test)
             region_only = sum(session.cost(p, slider, hidden=False).seconds for p in test) / len(test)
+            with_hidden = sum(session.cost(p, slider, hidden=True).seconds for p in test) / len(test)
             m = session.metrics(test)
             actions = sum((c.actions for c in costs), start=type(costs[0].actions)())
             row = {"round": r, "reviewed": len(reviewed), "steps": result.steps, "train_s": round(train_s, 1),
                    "seconds_per_image": round(sum(c.seconds for c in costs) / len(test), 1),
                    "seconds_per_image_without_click": round(without_click, 1),
                    "seconds_per_image_click_region_only": round(region_only, 1),
+                   "seconds_per_image_click_shows_hidden": round(with_hidden, 1),
                    "slider": slider, "held_out_images": len(held), "held_out_pick": held_pick,
+                   "click_shows_hidden": session.show_hidden if click else None,
                    "fill_model_masks": held_fill["model_masks"], "held_out_fill": held_fill, "test_fill": test_fill,
                    "test_best_slider": A.best_slider(test_costs),
                    "test_seconds_by_slider": {f"{s:.2f}": round(c, 1) for s, c in test_costs.items()},

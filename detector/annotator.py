@@ -300,15 +300,16 @@ def shown_at(predictions: Sequence[Instance], min_score: float) -> list[Instance
 SLIDER_GRID = tuple(round(0.05 * k, 2) for k in range(2, 21))
 
 
-def slider_costs(items: Sequence[tuple], grid: Sequence[float] = SLIDER_GRID, costs: Costs = COSTS
-                 ) -> dict[float, float]:
+def slider_costs(items: Sequence[tuple], grid: Sequence[float] = SLIDER_GRID, costs: Costs = COSTS,
+                 show_hidden: bool = True) -> dict[float, float]:
     """Mean seconds an image to correct each item's predictions into its truth, at each slider
-    value. ``items``: (predictions, truth, fill) per image, or (predictions, truth, fill, click)."""
+    value. ``items``: (predictions, truth, fill) per image, or (predictions, truth, fill, click);
+    ``show_hidden``: a click shows a prediction the slider hides (else it grows a region)."""
     if not items:
         return {}
     drawn: list[dict] = [{} for _ in items]
     return {s: sum(review_cost(shown_at(it[0], s), it[1], it[2], costs, it[3] if len(it) > 3 else None, d,
-                               it[0]).seconds
+                               it[0] if show_hidden else ()).seconds
                    for it, d in zip(items, drawn)) / len(items) for s in grid}
 
 

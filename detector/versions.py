@@ -95,6 +95,14 @@ def slider_advice(metrics: dict | None) -> SliderAdvice | None:
                         int(choice.get("images") or metrics.get("images") or 0))
 
 
+def click_shows_hidden(metrics: dict | None) -> bool:
+    """Whether the Click tool shows a prediction the slider hides at the click: off where the
+    region grown from the click cost less on the version's held-out images
+    (``evaluation.slider_choice``); on where it was never priced."""
+    shown = ((metrics or {}).get("slider") or {}).get("click_shows_hidden")
+    return True if shown is None else bool(shown)
+
+
 def fill_uses_model(metrics: dict | None) -> bool:
     """Whether a version's masks stay among the Box tool's fill candidates: off where they did not
     make its held-out images' fill cheaper than the classical cuts alone (``evaluation.fill_choice``);

@@ -112,6 +112,31 @@ def test_the_annotator_clicks_first_and_boxes_where_the_click_fails():
     assert M.instances_at([pred], (29, 19)) == []  # inside the box, outside the mask
 
 
+def test_held_out_images_decide_whether_a_click_shows_a_hidden_prediction():
+    from detector.evaluation import slider_choice
+    from detector.versions import click_shows_hidden
+
+    truth_mask = _disc()
+    rle = M.encode(truth_mask)
+    gt = Instance(1, M.bbox_xyxy(rle), rle)
+    right = lambda xy, cid: Instance(cid, gt.box, rle)  # noqa: E731
+    fill = lambda box, cid: Instance(cid, box, rle)  # noqa: E731
+    good = Instance(1, gt.box, rle, score=0.3, source="model", changed_by="model")
+    blob = M.encode(_disc(r=25))  # a hidden prediction far too big
+    bad = Instance(1, M.bbox_xyxy(blob), blob, score=0.3, source="model", changed_by="model")
+    corner = np.zeros(truth_mask.shape, bool)
+    corner[0:3, 0:3] = True
+    false = Instance(1, (0, 0, 3, 3), M.encode(corner), score=0.3, source="model", changed_by="model")
+    wrong = lambda xy, cid: None  # noqa: E731  the grown region finds nothing
+    # A false positive as sure as the object: shown, it costs a delete; hidden, nothing.
+    chose_good = slider_choice([([good, false], [gt], fill, wrong)])
+    chose_bad = slider_choice([([bad, false], [gt], fill, right)])
+    assert chose_good["click_shows_hidden"] is True and chose_bad["click_shows_hidden"] is False
+    assert slider_choice([([good], [gt], fill)])["click_shows_hidden"] is None  # no Click tool priced
+    assert click_shows_hidden({"slider": chose_good}) and not click_shows_hidden({"slider": chose_bad})
+    assert click_shows_hidden(None) and click_shows_hidden({"slider": {"best": 0.5}})  # never priced
+
+
 def test_the_click_tool_adds_the_object_in_the_real_window(qtbot, tmp_path, open_window):
     from PySide6.QtCore import Qt
     from PySide6.QtTest import QTest
@@ -177,3 +202,13 @@ def test_the_click_tool_adds_the_object_in_the_real_window(qtbot, tmp_path, open
         assert canvas.items_by_id[low.id].isVisible()
         w.editor.stack().undo()
         assert not p.instance(low.id).accepted
+
+        # Where the model's held-out images said its hidden masks cost more, the click grows a
+        # region there instead, and the prediction stays hidden.
+        w.editor.click_shows_hidden = False
+        QTest.mouseClick(canvas.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
+                         canvas.mapFromScene(x, y))
+        qtbot.waitUntil(lambda: len(p.instances(target)) == 2, timeout=60_000)
+        assert not p.instance(low.id).accepted
+        (grown,) = [i for i in p.instances(target) if i.id != low.id]
+        assert _iou(grown.mask, truth) > 0.8
