@@ -104,11 +104,9 @@ def test_a_box_in_a_big_photo_is_cut_on_a_smaller_copy():
     assert M.area(rle) in (0, 400)
 
 
-def test_the_box_tool_fills_a_mask_before_any_model_exists(qtbot, tmp_path, open_window):
-    from app.canvas import Tool
-    from detector.store import Project
-    from test_app_editing import drag
-
+def unlabelled_scene(tmp_path):
+    """(folder, a COCO file with the categories and every image's objects but the last image's,
+    that image's name, its [(box, mask)] objects): a synthetic folder to draw on."""
     folder = tmp_path / "f"
     gt = generate(folder, n_images=4, seed=21, size=(200, 150))
     data = json.loads(gt.read_text())
@@ -117,18 +115,34 @@ def test_the_box_tool_fills_a_mask_before_any_model_exists(qtbot, tmp_path, open
     data["annotations"] = [a for a in data["annotations"] if a["image_id"] != data["images"][-1]["id"]]
     part = tmp_path / "part.json"
     part.write_text(json.dumps(data))  # the categories, and nothing on the image drawn on
+    return folder, part, target_name, objects
+
+
+def opened_on(qtbot, p, part, target_name, open_window, tool):
+    """(the window on ``target_name`` with ``tool`` and the first category, its image id), after
+    scanning the folder and importing ``part``."""
+    p.scan()
+    import_coco(p, part)
+    target = next(r.id for r in p.images() if r.path == target_name)
+    w = open_window(p)
+    with qtbot.waitSignal(w.image_shown, timeout=10_000):
+        w.show_image(target)
+    w.acts.set_tool(tool)
+    w.editor.current_category = next(iter(w.editor.categories))
+    return w, target
+
+
+def test_the_box_tool_fills_a_mask_before_any_model_exists(qtbot, tmp_path, open_window):
+    from app.canvas import Tool
+    from detector.store import Project
+    from test_app_editing import drag
+
+    folder, part, target_name, objects = unlabelled_scene(tmp_path)
     with Project(folder) as p:
-        p.scan()
-        import_coco(p, part)
+        w, target = opened_on(qtbot, p, part, target_name, open_window, Tool.BOX)
         assert p.active_model() is None
-        target = next(r.id for r in p.images() if r.path == target_name)
-        w = open_window(p)
-        with qtbot.waitSignal(w.image_shown, timeout=10_000):
-            w.show_image(target)
         # The biggest object, drawn as a box with the Box tool.
         box, truth = max(objects, key=lambda o: o[1].sum())
-        w.acts.set_tool(Tool.BOX)
-        w.editor.current_category = next(iter(w.editor.categories))
         drag(w.canvas, box[:2], box[2:])
         qtbot.waitUntil(lambda: any(i.mask is not None for i in p.instances(target)), timeout=60_000)
         (inst,) = p.instances(target)

@@ -1,7 +1,6 @@
 """The Click tool: one click inside an object grows its mask; touching objects are cut apart; the
 simulated annotator prices a click first; and the real window adds the object a click finds."""
 
-import json
 
 import numpy as np
 import pytest
@@ -10,11 +9,10 @@ from PIL import Image
 from detector import annotator as A
 from detector import clickfill as CF
 from detector import masks as M
-from detector.coco import import_coco
 from detector.domain import ImageStatus, Instance
 from detector.inference import fill_clicks
-from detector.synthetic import generate, make_scene
-from test_boxfill import _cells, _iou, _truth
+from detector.synthetic import make_scene
+from test_boxfill import _cells, _iou, opened_on, unlabelled_scene
 
 
 def _cut_iou(cut, truth: np.ndarray) -> float:
@@ -144,25 +142,11 @@ def test_the_click_tool_adds_the_object_in_the_real_window(qtbot, tmp_path, open
     from app.canvas import Tool
     from detector.store import Project
 
-    folder = tmp_path / "f"
-    gt = generate(folder, n_images=4, seed=21, size=(200, 150))
-    data = json.loads(gt.read_text())
-    target_name = data["images"][-1]["file_name"]
-    objects = _truth(gt)[target_name]
-    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != data["images"][-1]["id"]]
-    part = tmp_path / "part.json"
-    part.write_text(json.dumps(data))
+    folder, part, target_name, objects = unlabelled_scene(tmp_path)
     Image.new("RGB", (120, 90), (90, 90, 90)).save(folder / "flat.png")
     with Project(folder) as p:
-        p.scan()
-        import_coco(p, part)
-        target = next(r.id for r in p.images() if r.path == target_name)
-        w = open_window(p)
-        with qtbot.waitSignal(w.image_shown, timeout=10_000):
-            w.show_image(target)
+        w, target = opened_on(qtbot, p, part, target_name, open_window, Tool.CLICK)
         _, truth = max(objects, key=lambda o: o[1].sum())
-        w.acts.set_tool(Tool.CLICK)
-        w.editor.current_category = next(iter(w.editor.categories))
         canvas = w.canvas
         x, y = CF.click_point(truth)
         QTest.mouseClick(canvas.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
