@@ -174,10 +174,13 @@ def test_auto_training_after_n_reviews_promotes_by_ap_and_reannotates(qtbot, win
     old_ap, new_ap = second.metrics["compared_with"], second.metrics["segm"]["AP"]
     assert old_ap is not None
     assert second.active == (new_ap >= old_ap)  # promoted only when not worse
-    if second.active:  # swapped in: the image nobody reviewed yet is annotated again
-        qtbot.waitUntil(lambda: w.model_side.batch_request < 0 and all(
-            i.changed_at > second.created_at for i in p.instances(todo[1]) if i.changed_by == MODEL), timeout=120_000)
-        assert p.instances(todo[1])
+    if second.active:  # swapped in: the image nobody reviewed yet is annotated again, by it
+        from detector.inference import model_identity
+
+        by_second = model_identity(p, second.path)
+        qtbot.waitUntil(lambda: w.model_side.batch_request < 0 and p.image(todo[1]).predicted_by == by_second,
+                        timeout=120_000)
+        assert all(i.changed_at > second.created_at for i in p.instances(todo[1]) if i.changed_by == MODEL)
     else:
         assert p.active_model().id == first.id and "not better" in w.training.panel.result.text()
 
