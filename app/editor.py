@@ -128,7 +128,9 @@ class Editor(QObject):
         cat = self._need_category()
         if cat is None or self.image_id is None:
             return
-        hidden = [i for i in self._instances() if not i.shown_at(self.view.min_score)
+        # what the canvas holds but the slider hides (not hidden by hand; no store read on a click)
+        on_canvas = [it.instance for it in self.canvas.items_by_id.values()]
+        hidden = [i for i in on_canvas if not i.shown_at(self.view.min_score)
                   and i.id not in self.view.hidden_ids and i.category_id not in self.view.hidden_categories]
         under = M.instances_at(hidden, (x, y)) if self.click_shows_hidden else []
         if under:

@@ -156,13 +156,13 @@ def _keypoint_cost(pred_kps, gt: Instance, cost: ImageCost, costs: Costs) -> Non
 
 
 def _draw(gt: Instance, fill: Fill | None, costs: Costs, click: Click | None = None,
-          under: Instance | None = None) -> ImageCost:
+          under: Instance | None = None, xy: tuple[float, float] | None = None) -> ImageCost:
     """A missed object, or one redrawn: a box, the model fills it (mask and keypoints); what the
     fill still gets wrong is touched up (IoU >= MATCH_IOU) or traced by hand. With ``click``, a
-    click first (``_click_first``), which shows ``under`` (a hidden prediction at the click)
-    where there is one."""
+    click first (``_click_first``, at ``xy`` when the caller has it), which shows ``under`` (a
+    hidden prediction at the click) where there is one."""
     if click is not None and gt.mask is not None:
-        return _click_first(gt, fill, costs, click, under)
+        return _click_first(gt, fill, costs, click, under, xy)
     cost = ImageCost()
     cost.add("draw box", costs.box)
     filled = fill(gt.box, gt.category_id) if fill is not None else None
@@ -177,7 +177,7 @@ def _draw(gt: Instance, fill: Fill | None, costs: Costs, click: Click | None = N
 
 
 def _click_first(gt: Instance, fill: Fill | None, costs: Costs, click: Click,
-                 under: Instance | None = None) -> ImageCost:
+                 under: Instance | None = None, xy: tuple[float, float] | None = None) -> ImageCost:
     """A click at the object's deepest point: the hidden prediction ``under`` it shown, else the
     region grown from it; kept (IoU >= GOOD_IOU), touched up or undone and boxed, whichever is
     cheaper (>= MATCH_IOU), else undone (when it made anything) and the object drawn as a box
@@ -188,7 +188,7 @@ def _click_first(gt: Instance, fill: Fill | None, costs: Costs, click: Click,
         kps = under.keypoints if under.category_id == gt.category_id else ()
         made = under.with_(category_id=gt.category_id, keypoints=kps)
     else:
-        made = click(click_point(M.decode(gt.mask).astype(bool)), gt.category_id)
+        made = click(xy or click_point(M.decode(gt.mask).astype(bool)), gt.category_id)
     q = iou(made, gt) if made is not None and made.mask is not None else 0.0
     boxed = _draw(gt, fill, costs)
     if q >= GOOD_IOU:
@@ -230,14 +230,16 @@ def review_cost(shown: Sequence[Instance], truth: Sequence[Instance], fill: Fill
     shown_ids = {id(p) for p in shown}
 
     def draw(j: int) -> ImageCost:
-        g, under = truth[j], None
-        if click is not None and g.mask is not None and predictions:
-            if ("at", j) not in memo:
-                memo[("at", j)] = M.instances_at(predictions, click_point(M.decode(g.mask).astype(bool)))
-            under = next((p for p in memo[("at", j)] if id(p) not in shown_ids), None)
+        g, under, xy = truth[j], None, None
+        if click is not None and g.mask is not None:
+            if ("at", j) not in memo:  # where the click goes, and what is under it: once an object
+                xy = click_point(M.decode(g.mask).astype(bool))
+                memo[("at", j)] = xy, M.instances_at(predictions, xy)
+            xy, candidates = memo[("at", j)]
+            under = next((p for p in candidates if id(p) not in shown_ids), None)
         key = (j, id(under))
         if key not in memo:
-            memo[key] = _draw(g, fill, costs, click, under)
+            memo[key] = _draw(g, fill, costs, click, under, xy)
         return memo[key]
 
     cost = ImageCost()

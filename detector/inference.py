@@ -321,8 +321,8 @@ def fill_clicks(predictor: Predictor | None, array: np.ndarray, points: list, ca
     out: list[Instance | None] = [None if f is None else Instance(cid, f[1], f[0])
                                   for f, cid in zip(found, category_ids)]
     label_of = {cid: lab for lab, cid in predictor.category_ids.items()} if predictor else {}
-    posed = [k for k, f in enumerate(found) if f is not None and k < len(category_ids)
-             and category_ids[k] in label_of and label_of[category_ids[k]] in predictor._slices]
+    posed = [k for k, (f, cid) in enumerate(zip(found, category_ids))
+             if f is not None and cid in label_of and label_of[cid] in predictor._slices]
     if posed:
         raw = _model_in_boxes(predictor, array, [found[k][1] for k in posed], [category_ids[k] for k in posed])
         for k, r in zip(posed, raw):
