@@ -1,6 +1,9 @@
 """The model side of the window: the inference worker on its own thread, the requests sent to it
 and what comes back, as plain signals the window routes to its widgets.
 
+Pre-annotation runs on the worker's thread, the person's box fills and clicks on a second one
+(``workers.FillWorker``), so they are answered while a batch runs.
+
 The window asks (``start``, ``load``, ``predict_image``, ``predict_all``, ``fill``, ``fill_clicks``,
 ``cancel``) and listens (``ready``, ``predicted``, ``filled``, ``clicked``, ``batch_progress``,
 ``batch_done``, ``state``, ``message``); torch is imported on the worker's thread, never here.
@@ -61,13 +64,14 @@ class ModelSide(QObject):
         self.request_load.connect(worker.load_model)
         self.request_warm.connect(worker.warm_up)
         self.request_predict.connect(worker.predict)
-        self.request_fill.connect(worker.fill_boxes)
-        self.request_click.connect(worker.fill_clicks)
+        self.request_fill.connect(self.thread.fill.fill_boxes)  # never behind a batch: own thread
+        self.request_click.connect(self.thread.fill.fill_clicks)
         worker.model_ready.connect(self._on_model_ready)
         worker.warmed.connect(self.warmed)
         worker.prediction.connect(self.predicted)
-        worker.box_filled.connect(self.filled)
-        worker.clicks_filled.connect(self.clicked)
+        self.thread.fill.box_filled.connect(self.filled)
+        self.thread.fill.clicks_filled.connect(self.clicked)
+        self.thread.fill.errored.connect(lambda m: self.message.emit(m, 15000))
         worker.progress.connect(self._on_progress)
         worker.finished.connect(self._on_finished)
         worker.errored.connect(self._on_error)

@@ -59,8 +59,6 @@ class InferenceWorker(QObject):
     warmed = Signal(str)  # the model side is imported; the device it will use
     model_ready = Signal(object)  # ModelInfo
     prediction = Signal(object)  # Prediction (already stored in the project)
-    box_filled = Signal(object)  # Prediction with the instances for a person's boxes
-    clicks_filled = Signal(object)  # Prediction with the instances for a person's clicks
     progress = Signal(object)  # Progress
     finished = Signal(int)  # request id
     errored = Signal(str)
@@ -93,16 +91,21 @@ class InferenceWorker(QObject):
             self._fail(exc)
 
     def _fail(self, exc: BaseException) -> None:
+        self.report(exc, self.errored)
+
+    @staticmethod
+    def report(exc: BaseException, errored) -> None:
+        """``exc`` as one line on ``errored`` (a GPU out of memory said as such)."""
         try:
             from detector.inference import is_out_of_memory
         except Exception:  # the model side itself failed to import: say so as it is
             def is_out_of_memory(_exc):
                 return False
         if is_out_of_memory(exc):
-            self.errored.emit("The GPU ran out of memory during inference: lower the batch size or "
+            errored.emit("The GPU ran out of memory during inference: lower the batch size or "
                               "close other GPU programs. The app keeps working.")
         else:
-            self.errored.emit(str(exc) or type(exc).__name__)
+            errored.emit(str(exc) or type(exc).__name__)
 
     @Slot(str)
     def load_model(self, weights: str) -> None:
@@ -152,6 +155,34 @@ class InferenceWorker(QObject):
         """Cancel requests up to ``through_request``, also those still queued (any thread)."""
         self.cancelled_through = max(self.cancelled_through, through_request)
 
+    @Slot()
+    def close(self) -> None:
+        if self._project is not None:
+            self._project.close()
+            self._project = None
+
+
+class FillWorker(QObject):
+    """The person's own requests, Box tool fills and Click tool regions, on a thread of their own,
+    so that they never wait behind a pre-annotation batch (one slot call on the inference thread:
+    re-annotating a folder after training took minutes there, and every box and click waited for
+    it). The model is the inference worker's, read as each request arrives (forward passes in
+    inference mode share it safely); the project has a connection of its own on this thread."""
+
+    box_filled = Signal(object)  # Prediction with the instances for a person's boxes
+    clicks_filled = Signal(object)  # Prediction with the instances for a person's clicks
+    errored = Signal(str)
+
+    def __init__(self, source: InferenceWorker):
+        super().__init__()
+        self.source = source
+        self._project: Project | None = None
+
+    def _proj(self) -> Project:
+        if self._project is None:
+            self._project = Project(self.source.folder, self.source.db_path)
+        return self._project
+
     @Slot(int, int, list, list, list)
     def fill_boxes(self, request_id: int, image_id: int, boxes: list, category_ids: list,
                    instance_ids: list) -> None:
@@ -166,10 +197,10 @@ class InferenceWorker(QObject):
             rec = project.image(image_id)
             arr = load_image(project.abspath(rec))
             insts = tuple(inst.with_(id=iid) for inst, iid
-                          in zip(fill_boxes(self.predictor, arr, boxes, category_ids), instance_ids))
+                          in zip(fill_boxes(self.source.predictor, arr, boxes, category_ids), instance_ids))
             self.box_filled.emit(Prediction(request_id, image_id, rec.path, arr.shape[1], arr.shape[0], insts))
         except Exception as exc:
-            self._fail(exc)
+            self.source.report(exc, self.errored)
 
     @Slot(int, int, list, list)
     def fill_clicks(self, request_id: int, image_id: int, points: list, category_ids: list) -> None:
@@ -182,12 +213,12 @@ class InferenceWorker(QObject):
             project = self._proj()
             rec = project.image(image_id)
             arr = load_image(project.abspath(rec))
-            found = fill_clicks(self.predictor, arr, points, category_ids)
+            found = fill_clicks(self.source.predictor, arr, points, category_ids)
             insts = tuple(i for i in found if i is not None)
             self.clicks_filled.emit(Prediction(request_id, image_id, rec.path, arr.shape[1], arr.shape[0], insts,
                                                extra={"missed": len(found) - len(insts)}))
         except Exception as exc:
-            self._fail(exc)
+            self.source.report(exc, self.errored)
 
     @Slot()
     def close(self) -> None:
@@ -209,16 +240,24 @@ class _Cancelled:
 
 
 class WorkerThread(QObject):
-    """Owns the QThread and the worker; ``stop()`` cancels work and joins the thread."""
+    """Owns the worker threads: the inference worker's and its ``FillWorker``'s; ``stop()`` cancels
+    work and joins both."""
 
     def __init__(self, worker: InferenceWorker, parent=None):
         super().__init__(parent)
-        self.thread = QThread(parent)
-        self.thread.setObjectName("loupe-inference")
         self.worker = worker
-        worker.moveToThread(self.thread)
-        self.thread.finished.connect(worker.deleteLater)
-        self.thread.start()
+        self.fill = FillWorker(worker)
+        self.thread = self._started(worker, "loupe-inference", parent)
+        self.fill_thread = self._started(self.fill, "loupe-fill", parent)
+
+    @staticmethod
+    def _started(worker: QObject, name: str, parent) -> QThread:
+        thread = QThread(parent)
+        thread.setObjectName(name)
+        worker.moveToThread(thread)
+        thread.finished.connect(worker.deleteLater)
+        thread.start()
+        return thread
 
     def stop(self) -> None:
         """Cancel running work and join the thread. Model work stops between batches; what cannot
@@ -226,6 +265,9 @@ class WorkerThread(QObject):
         for: a QThread destroyed while it runs aborts the process (quitting in the first seconds
         after launch did, exit status 134)."""
         self.worker.cancel_event.set()
-        self.thread.quit()
-        self.thread.wait()
+        for thread in (self.thread, self.fill_thread):
+            thread.quit()
+        for thread in (self.thread, self.fill_thread):
+            thread.wait()
         self.worker.close()
+        self.fill.close()

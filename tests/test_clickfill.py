@@ -196,3 +196,49 @@ def test_the_click_tool_adds_the_object_in_the_real_window(qtbot, tmp_path, open
         assert not p.instance(low.id).accepted
         (grown,) = [i for i in p.instances(target) if i.id != low.id]
         assert _iou(grown.mask, truth) > 0.8
+
+
+def test_clicks_and_boxes_are_answered_while_the_model_thread_is_busy(qtbot, tmp_path, open_window,
+                                                                      monkeypatch):
+    """The inference thread is busy for minutes at a time: a pre-annotation batch is one call there
+    (re-annotating a folder after training), the first model load imports torch. The person's
+    clicks and box fills do not wait for it. Here the worker's start is held on that thread."""
+    import threading
+
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+
+    from app import workers
+    from app.canvas import Tool
+    from detector.store import Project
+    from test_app_editing import drag
+
+    entered, release = threading.Event(), threading.Event()
+    ran_on: list[str] = []
+
+    def held(*_a, **_k):  # inside the worker's warm_up slot, on the inference thread
+        ran_on.append(threading.current_thread().name)
+        entered.set()
+        release.wait(120)
+
+    monkeypatch.setattr(workers, "settle_imports", held)
+    folder, part, target_name, objects = unlabelled_scene(tmp_path)
+    with Project(folder) as p:
+        w, target = opened_on(qtbot, p, part, target_name, open_window, Tool.CLICK)
+        try:
+            qtbot.waitUntil(entered.is_set, timeout=60_000)  # after the worker's torch import
+            assert ran_on != [threading.main_thread().name]
+            (_, big), (box, small) = sorted(objects, key=lambda o: -o[1].sum())[:2]
+            x, y = CF.click_point(big)
+            QTest.mouseClick(w.canvas.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
+                             w.canvas.mapFromScene(x, y))
+            qtbot.waitUntil(lambda: len(p.instances(target)) == 1, timeout=30_000)
+            w.acts.set_tool(Tool.BOX)
+            drag(w.canvas, box[:2], box[2:])
+            qtbot.waitUntil(lambda: len(p.instances(target)) == 2
+                            and all(i.mask is not None for i in p.instances(target)), timeout=30_000)
+            assert not release.is_set()  # both answered while the inference thread was held
+            by_size = sorted(p.instances(target), key=lambda i: -M.area(i.mask))
+            assert _iou(by_size[0].mask, big) > 0.9 and _iou(by_size[1].mask, small) > 0.8
+        finally:
+            release.set()
