@@ -191,13 +191,18 @@ class FillWorker(QObject):
         each answer carries the id of the instance it fills."""
         try:
             from detector.images import load_image
-            from detector.inference import fill_boxes
 
             project = self._proj()
             rec = project.image(image_id)
             arr = load_image(project.abspath(rec))
-            insts = tuple(inst.with_(id=iid) for inst, iid
-                          in zip(fill_boxes(self.source.predictor, arr, boxes, category_ids), instance_ids))
+            predictor = self.source.predictor
+            if predictor is None:  # the classical cuts: no torch, no wait for its first import
+                from detector.boxfill import box_instances
+                filled = box_instances(arr, boxes, category_ids)
+            else:
+                from detector.inference import fill_boxes
+                filled = fill_boxes(predictor, arr, boxes, category_ids)
+            insts = tuple(inst.with_(id=iid) for inst, iid in zip(filled, instance_ids))
             self.box_filled.emit(Prediction(request_id, image_id, rec.path, arr.shape[1], arr.shape[0], insts))
         except Exception as exc:
             self.source.report(exc, self.errored)
@@ -208,12 +213,17 @@ class FillWorker(QObject):
         that found nothing are counted in ``extra["missed"]``."""
         try:
             from detector.images import load_image
-            from detector.inference import fill_clicks
 
             project = self._proj()
             rec = project.image(image_id)
             arr = load_image(project.abspath(rec))
-            found = fill_clicks(self.source.predictor, arr, points, category_ids)
+            predictor = self.source.predictor
+            if predictor is None:  # the region alone: no torch, no wait for its first import
+                from detector.clickfill import click_instances
+                found = click_instances(arr, points, category_ids)
+            else:
+                from detector.inference import fill_clicks
+                found = fill_clicks(predictor, arr, points, category_ids)
             insts = tuple(i for i in found if i is not None)
             self.clicks_filled.emit(Prediction(request_id, image_id, rec.path, arr.shape[1], arr.shape[0], insts,
                                                extra={"missed": len(found) - len(insts)}))

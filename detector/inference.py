@@ -21,8 +21,8 @@ import torch
 from torchvision.models.detection.roi_heads import keypointrcnn_inference, maskrcnn_inference
 
 from . import masks as M
-from .boxfill import fill_box, fill_box_both
-from .clickfill import fill_click
+from .boxfill import box_instances, fill_box, fill_box_both
+from .clickfill import click_instances
 from .devices import device_description, is_out_of_memory, pick_device  # noqa: F401 (re-exported)
 from .errors import InferenceError
 from .domain import MODEL, Category, ImageStatus, Instance, Prediction
@@ -286,7 +286,9 @@ def fill_boxes(predictor: Predictor | None, array: np.ndarray, boxes: list, cate
     model's second stage (mask, keypoints) for the categories it knows, and the classical cuts of
     ``detector.boxfill`` where they fit the box better; the cuts alone for the other categories,
     when there is no model yet, and where ``model_masks`` (default the predictor's) is off."""
-    use = predictor is not None and (predictor.model_masks if model_masks is None else model_masks)
+    if predictor is None:
+        return box_instances(array, boxes, category_ids)
+    use = predictor.model_masks if model_masks is None else model_masks
     return tuple(r.with_(mask=fill_box(array, r.box, r.mask if use else None)[0])
                  for r in _model_in_boxes(predictor, array, boxes, category_ids))
 
@@ -317,14 +319,12 @@ def fill_clicks(predictor: Predictor | None, array: np.ndarray, points: list, ca
     """The Click tool: per click (x, y) an instance of its category with the region grown from it
     (``detector.clickfill``) and that region's box, or None where nothing stands out there. For a
     category with keypoints the model (where it knows the category) places them in the box."""
-    found = [fill_click(array, p) for p in points]
-    out: list[Instance | None] = [None if f is None else Instance(cid, f[1], f[0])
-                                  for f, cid in zip(found, category_ids)]
+    out = click_instances(array, points, category_ids)
     label_of = {cid: lab for lab, cid in predictor.category_ids.items()} if predictor else {}
-    posed = [k for k, (f, cid) in enumerate(zip(found, category_ids))
+    posed = [k for k, (f, cid) in enumerate(zip(out, category_ids))
              if f is not None and cid in label_of and label_of[cid] in predictor._slices]
     if posed:
-        raw = _model_in_boxes(predictor, array, [found[k][1] for k in posed], [category_ids[k] for k in posed])
+        raw = _model_in_boxes(predictor, array, [out[k].box for k in posed], [category_ids[k] for k in posed])
         for k, r in zip(posed, raw):
             out[k] = out[k].with_(keypoints=r.keypoints)
     return tuple(out)

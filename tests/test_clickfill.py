@@ -2,6 +2,9 @@
 simulated annotator prices a click first; and the real window adds the object a click finds."""
 
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -242,3 +245,32 @@ def test_clicks_and_boxes_are_answered_while_the_model_thread_is_busy(qtbot, tmp
             assert _iou(by_size[0].mask, big) > 0.9 and _iou(by_size[1].mask, small) > 0.8
         finally:
             release.set()
+
+
+def test_without_a_model_boxes_and_clicks_need_no_torch(tmp_path):
+    """Before any model, the fill thread answers from the classical cuts and the grown region
+    alone, without importing torch (the inference thread's first import takes 7-15 s on a busy
+    laptop); the answers are those of the model side's functions with no model."""
+    import subprocess
+    import sys
+
+    from detector.images import load_image
+    from detector.inference import fill_boxes, fill_clicks
+
+    folder, _, target_name, objects = unlabelled_scene(tmp_path)
+    (box, truth), = objects[:1]
+    xy = list(CF.click_point(truth))
+    code = ("import json, sys\nfrom detector.images import load_image\n"
+            "from detector.boxfill import box_instances\nfrom detector.clickfill import click_instances\n"
+            f"a = load_image({str(folder / target_name)!r})\n"
+            f"b = box_instances(a, [{list(box)!r}], [2])[0]\nc = click_instances(a, [{xy!r}], [1])[0]\n"
+            "print(json.dumps([b.box, b.mask, c.box, c.mask, 'torch' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    b_box, b_mask, c_box, c_mask, torch_in = json.loads(out.stdout)
+    assert not torch_in
+    arr = load_image(folder / target_name)
+    (b,), (c,) = fill_boxes(None, arr, [box], [2]), fill_clicks(None, arr, [xy], [1])
+    assert (list(b.box), b.mask, b.category_id) == (b_box, b_mask, 2)
+    assert (list(c.box), c.mask, c.category_id) == (c_box, c_mask, 1)
+    assert _iou(c.mask, truth) > 0.8
