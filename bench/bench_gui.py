@@ -6,7 +6,9 @@
    (what a mouse handler calling the model would do), i.e. the longest single model call.
    Also measured: the heartbeat's longest gap with the window idle (the floor), next-image
    (D) latency with neighbours prefetched, and the longest gap while the Train button's child
-   process trains and the live chart draws its losses.
+   process trains and the live chart draws its losses; and how long a Click tool click made a
+   second into the batch takes to be answered (baseline: the batch's time left then, which the
+   click waited for while fills shared the inference thread).
 2. Launch. ``python main.py FOLDER`` with LOUPE_SMOKE=1 until it prints "smoke ok" (its first
    image is on screen). Named baseline: ``python -c "import torch, torchvision, PySide6.QtWidgets"``,
    the imports no Qt+torch app can avoid.
@@ -102,6 +104,14 @@ def launch_time(folder: Path, repeats: int) -> dict:
             "ratio_vs_imports": round(o / b, 2)}
 
 
+def _json_first_box(gt: Path, name: str) -> list[float]:
+    """The first object's box (x0, y0, x1, y1) on image ``name`` of the COCO file ``gt``."""
+    data = json.loads(Path(gt).read_text())
+    image_id = next(im["id"] for im in data["images"] if im["file_name"] == name)
+    x, y, w, h = next(a["bbox"] for a in data["annotations"] if a["image_id"] == image_id)
+    return [x, y, x + w, y + h]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=24)
@@ -163,12 +173,24 @@ def main() -> None:
                  and win.editor.image_id == win.current_image_id, 30)
             nav.append(time.perf_counter() - t)
 
+        # A click with the Click tool a second into the batch: answered by the fill thread at once
+        # (named baseline: the batch's time left then, what the click waited for when fills and
+        # clicks shared the inference thread).
+        answered: list[float] = []
+        win.model_side.clicked.connect(lambda _p: answered.append(time.perf_counter()))
+        win.editor.current_category = next(iter(win.editor.categories))
+        truth = _json_first_box(gt, project.image(win.current_image_id).path)
         hb.start()
         t = time.perf_counter()
         win.models.predict_all()
+        spin(app, lambda: time.perf_counter() > t + 1.0, 30)
+        clicked_at = time.perf_counter()
+        win.editor.add_click((truth[0] + truth[2]) / 2, (truth[1] + truth[3]) / 2)
         spin(app, lambda: win.model_side.batch_request < 0, 1800)
         busy_s = time.perf_counter() - t
         busy = hb.stop()
+        batch_end = time.perf_counter()
+        spin(app, lambda: bool(answered), 60)
 
         # Training from the window: the child process streams losses to the live chart.
         import json as _json
@@ -209,6 +231,8 @@ def main() -> None:
         "gui_stall_idle": idle,
         "train_in_app_s": round(train_s, 1), "train_steps": args.train_steps,
         "gui_stall_while_training": training,
+        "click_during_batch_ms": round(1000 * (answered[0] - clicked_at), 1),
+        "baseline_batch_left_at_click_ms": round(1000 * (batch_end - clicked_at), 1),
         "baseline_model_call_on_gui_thread_ms": round(1000 * max(calls), 1),
         "stall_ratio_baseline_over_ours": round(max(calls) * 1000 / max(1e-3, busy["max_ms"]), 1),
         "next_image_ms": {"max": round(1000 * max(nav), 1), "median": round(1000 * sorted(nav)[len(nav) // 2], 1)},
