@@ -103,7 +103,7 @@ class InferenceWorker(QObject):
                 return False
         if is_out_of_memory(exc):
             errored.emit("The GPU ran out of memory during inference: lower the batch size or "
-                              "close other GPU programs. The app keeps working.")
+                         "close other GPU programs. The app keeps working.")
         else:
             errored.emit(str(exc) or type(exc).__name__)
 
