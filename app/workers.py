@@ -187,43 +187,33 @@ class FillWorker(QObject):
     def fill_boxes(self, request_id: int, image_id: int, boxes: list, category_ids: list,
                    instance_ids: list) -> None:
         """Masks (and keypoints) for a person's boxes: the model's second stage where it knows the
-        category, else (and before any model) a classical cut (``detector.inference.fill_boxes``);
+        category, else (and before any model) a classical cut (``detector.fills.fill_boxes``);
         each answer carries the id of the instance it fills."""
         try:
+            from detector.fills import fill_boxes  # no torch: none needed before a model is loaded
             from detector.images import load_image
 
             project = self._proj()
             rec = project.image(image_id)
             arr = load_image(project.abspath(rec))
-            predictor = self.source.predictor
-            if predictor is None:  # the classical cuts: no torch, no wait for its first import
-                from detector.boxfill import box_instances
-                filled = box_instances(arr, boxes, category_ids)
-            else:
-                from detector.inference import fill_boxes
-                filled = fill_boxes(predictor, arr, boxes, category_ids)
-            insts = tuple(inst.with_(id=iid) for inst, iid in zip(filled, instance_ids))
+            insts = tuple(inst.with_(id=iid) for inst, iid
+                          in zip(fill_boxes(self.source.predictor, arr, boxes, category_ids), instance_ids))
             self.box_filled.emit(Prediction(request_id, image_id, rec.path, arr.shape[1], arr.shape[0], insts))
         except Exception as exc:
             self.source.report(exc, self.errored)
 
     @Slot(int, int, list, list)
     def fill_clicks(self, request_id: int, image_id: int, points: list, category_ids: list) -> None:
-        """Instances grown from a person's clicks (``detector.inference.fill_clicks``); the clicks
+        """Instances grown from a person's clicks (``detector.fills.fill_clicks``); the clicks
         that found nothing are counted in ``extra["missed"]``."""
         try:
+            from detector.fills import fill_clicks
             from detector.images import load_image
 
             project = self._proj()
             rec = project.image(image_id)
             arr = load_image(project.abspath(rec))
-            predictor = self.source.predictor
-            if predictor is None:  # the region alone: no torch, no wait for its first import
-                from detector.clickfill import click_instances
-                found = click_instances(arr, points, category_ids)
-            else:
-                from detector.inference import fill_clicks
-                found = fill_clicks(predictor, arr, points, category_ids)
+            found = fill_clicks(self.source.predictor, arr, points, category_ids)
             insts = tuple(i for i in found if i is not None)
             self.clicks_filled.emit(Prediction(request_id, image_id, rec.path, arr.shape[1], arr.shape[0], insts,
                                                extra={"missed": len(found) - len(insts)}))

@@ -36,7 +36,6 @@ import cv2
 import numpy as np
 
 from . import masks as M
-from .domain import MODEL, Instance
 from .masks import Rle
 
 MODEL_MARGIN = 0.05  # the model's mask is kept unless another fits the box this much better
@@ -236,14 +235,6 @@ def fill_box(rgb: np.ndarray, box, model_rle: Rle | None = None) -> tuple[Rle, s
     """(the mask to give the person's box, which candidate it came from)."""
     cut = best_cut(rgb, box, model_rle)
     return cut.rle(rgb.shape[0], rgb.shape[1]), cut.source
-
-
-def box_instances(rgb: np.ndarray, boxes: list, category_ids: list[int]) -> tuple[Instance, ...]:
-    """The Box tool without a model (no torch): one instance per box in order, its mask the best
-    classical cut (what ``detector.inference.fill_boxes`` gives before any model)."""
-    boxes = [tuple(float(v) for v in b) for b in boxes]
-    return tuple(Instance(cid, b, fill_box(rgb, b)[0], source=MODEL, changed_by=MODEL)
-                 for b, cid in zip(boxes, category_ids))
 
 
 def fill_box_both(rgb: np.ndarray, box, model_rle: Rle | None) -> tuple[Rle, Rle]:

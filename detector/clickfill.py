@@ -29,7 +29,6 @@ import cv2
 import numpy as np
 
 from . import masks as M
-from .domain import Instance
 from .boxfill import MAX_SIDE, Cut, _back, _largest_filled
 from .masks import Rle
 
@@ -158,17 +157,6 @@ def fill_click(rgb: np.ndarray, xy: tuple[float, float]) -> tuple[Rle, tuple[flo
         return None
     rle = cut.rle(rgb.shape[0], rgb.shape[1])
     return rle, M.bbox_xyxy(rle)
-
-
-def click_instances(rgb: np.ndarray, points: list, category_ids: list[int]) -> list[Instance | None]:
-    """Per click (x, y) an instance of its category with the region grown from it and that
-    region's box, None where nothing stands out there: the Click tool without a model (no torch;
-    ``detector.inference.fill_clicks`` adds a model's keypoints)."""
-    out: list[Instance | None] = []
-    for p, cid in zip(points, category_ids):
-        f = fill_click(rgb, p)
-        out.append(None if f is None else Instance(cid, f[1], f[0]))
-    return out
 
 
 def click_point(mask: np.ndarray) -> tuple[float, float]:

@@ -21,10 +21,10 @@ import torch
 from torchvision.models.detection.roi_heads import keypointrcnn_inference, maskrcnn_inference
 
 from . import masks as M
-from .boxfill import box_instances, fill_box, fill_box_both
-from .clickfill import click_instances
+from .boxfill import fill_box, fill_box_both
 from .devices import device_description, is_out_of_memory, pick_device  # noqa: F401 (re-exported)
 from .errors import InferenceError
+from .fills import fill_boxes, fill_clicks, model_in_boxes  # noqa: F401 (fill_* re-exported)
 from .domain import MODEL, Category, ImageStatus, Instance, Prediction
 from .images import ImageReadError, load_image
 from .model import CheckpointError, Detector, build_model, detector_from_checkpoint, load_checkpoint
@@ -265,34 +265,6 @@ class Predictor:
         return tuple(i.with_(score=None) for i in self.to_instances(raw, oh, ow))
 
 
-def _model_in_boxes(predictor: Predictor | None, array: np.ndarray, boxes: list, category_ids: list[int]
-                    ) -> list[Instance]:
-    """One instance per box in order: the model's own mask and keypoints for the categories it
-    knows, a plain box for the others and when there is no model."""
-    boxes = [tuple(float(v) for v in b) for b in boxes]
-    out = [Instance(cid, b, source=MODEL, changed_by=MODEL) for b, cid in zip(boxes, category_ids)]
-    label_of = {cid: lab for lab, cid in predictor.category_ids.items()} if predictor else {}
-    known = [k for k, c in enumerate(category_ids) if c in label_of]
-    if known:
-        found = predictor.model_in_boxes(array, [boxes[k] for k in known], [label_of[category_ids[k]] for k in known])
-        for k, inst in zip(known, found):
-            out[k] = inst
-    return out
-
-
-def fill_boxes(predictor: Predictor | None, array: np.ndarray, boxes: list, category_ids: list[int],
-               model_masks: bool | None = None) -> tuple[Instance, ...]:
-    """Masks for a person's boxes, one instance per box in order (project category ids): the
-    model's second stage (mask, keypoints) for the categories it knows, and the classical cuts of
-    ``detector.boxfill`` where they fit the box better; the cuts alone for the other categories,
-    when there is no model yet, and where ``model_masks`` (default the predictor's) is off."""
-    if predictor is None:
-        return box_instances(array, boxes, category_ids)
-    use = predictor.model_masks if model_masks is None else model_masks
-    return tuple(r.with_(mask=fill_box(array, r.box, r.mask if use else None)[0])
-                 for r in _model_in_boxes(predictor, array, boxes, category_ids))
-
-
 def truth_fill(predictor: Predictor | None, array: np.ndarray, truth: list[Instance],
                model_masks: bool | None = None):
     """The Box tool's fill of each of ``truth``'s boxes, in the form the simulated annotator
@@ -308,26 +280,10 @@ def truth_fills(predictor: Predictor, array: np.ndarray, truth: list[Instance]):
     of the model's second stage and one set of classical cuts (``evaluation.fill_choice``)."""
     if not truth:
         return None, None
-    raw = _model_in_boxes(predictor, array, [g.box for g in truth], [g.category_id for g in truth])
+    raw = model_in_boxes(predictor, array, [g.box for g in truth], [g.category_id for g in truth])
     pairs = [fill_box_both(array, r.box, r.mask) for r in raw]
     return (_by_box(truth, [r.with_(mask=a) for r, (a, _) in zip(raw, pairs)]),
             _by_box(truth, [r.with_(mask=b) for r, (_, b) in zip(raw, pairs)]))
-
-
-def fill_clicks(predictor: Predictor | None, array: np.ndarray, points: list, category_ids: list[int]
-                ) -> tuple[Instance | None, ...]:
-    """The Click tool: per click (x, y) an instance of its category with the region grown from it
-    (``detector.clickfill``) and that region's box, or None where nothing stands out there. For a
-    category with keypoints the model (where it knows the category) places them in the box."""
-    out = click_instances(array, points, category_ids)
-    label_of = {cid: lab for lab, cid in predictor.category_ids.items()} if predictor else {}
-    posed = [k for k, (f, cid) in enumerate(zip(out, category_ids))
-             if f is not None and cid in label_of and label_of[cid] in predictor._slices]
-    if posed:
-        raw = _model_in_boxes(predictor, array, [out[k].box for k in posed], [category_ids[k] for k in posed])
-        for k, r in zip(posed, raw):
-            out[k] = out[k].with_(keypoints=r.keypoints)
-    return tuple(out)
 
 
 def truth_click(predictor: Predictor | None, array: np.ndarray):

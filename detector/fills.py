@@ -1,0 +1,65 @@
+"""The Box tool's fills and the Click tool's regions for a person's boxes and clicks: the model's
+second stage where a model is loaded and knows the category, the classical cuts
+(``detector.boxfill``) and the grown region (``detector.clickfill``) otherwise.
+
+No torch here: the model is reached through the predictor's methods, so before any model the
+app's fill thread answers without waiting for torch's first import (``detector.inference``
+re-exports these for its callers).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .boxfill import fill_box
+from .clickfill import fill_click
+from .domain import MODEL, Instance
+
+if TYPE_CHECKING:
+    from .inference import Predictor
+
+
+def model_in_boxes(predictor: Predictor | None, array: np.ndarray, boxes: list, category_ids: list[int]
+                   ) -> list[Instance]:
+    """One instance per box in order: the model's own mask and keypoints for the categories it
+    knows, a plain box for the others and when there is no model."""
+    boxes = [tuple(float(v) for v in b) for b in boxes]
+    out = [Instance(cid, b, source=MODEL, changed_by=MODEL) for b, cid in zip(boxes, category_ids)]
+    label_of = {cid: lab for lab, cid in predictor.category_ids.items()} if predictor else {}
+    known = [k for k, c in enumerate(category_ids) if c in label_of]
+    if known:
+        found = predictor.model_in_boxes(array, [boxes[k] for k in known], [label_of[category_ids[k]] for k in known])
+        for k, inst in zip(known, found):
+            out[k] = inst
+    return out
+
+
+def fill_boxes(predictor: Predictor | None, array: np.ndarray, boxes: list, category_ids: list[int],
+               model_masks: bool | None = None) -> tuple[Instance, ...]:
+    """Masks for a person's boxes, one instance per box in order (project category ids): the
+    model's second stage (mask, keypoints) for the categories it knows, and the classical cuts of
+    ``detector.boxfill`` where they fit the box better; the cuts alone for the other categories,
+    when there is no model yet, and where ``model_masks`` (default the predictor's) is off."""
+    use = predictor is not None and (predictor.model_masks if model_masks is None else model_masks)
+    return tuple(r.with_(mask=fill_box(array, r.box, r.mask if use else None)[0])
+                 for r in model_in_boxes(predictor, array, boxes, category_ids))
+
+
+def fill_clicks(predictor: Predictor | None, array: np.ndarray, points: list, category_ids: list[int]
+                ) -> tuple[Instance | None, ...]:
+    """The Click tool: per click (x, y) an instance of its category with the region grown from it
+    (``detector.clickfill``) and that region's box, or None where nothing stands out there. For a
+    category with keypoints the model (where it knows the category) places them in the box."""
+    found = [fill_click(array, p) for p in points]
+    out: list[Instance | None] = [None if f is None else Instance(cid, f[1], f[0])
+                                  for f, cid in zip(found, category_ids)]
+    label_of = {cid: lab for lab, cid in predictor.category_ids.items()} if predictor else {}
+    posed = [k for k, (f, cid) in enumerate(zip(found, category_ids))
+             if f is not None and cid in label_of and label_of[cid] in predictor._slices]
+    if posed:
+        raw = model_in_boxes(predictor, array, [found[k][1] for k in posed], [category_ids[k] for k in posed])
+        for k, r in zip(posed, raw):
+            out[k] = out[k].with_(keypoints=r.keypoints)
+    return tuple(out)
