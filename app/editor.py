@@ -144,7 +144,8 @@ class Editor(QObject):
     def apply_clicks(self, image_id: int, found: list[Instance], missed: int = 0) -> None:
         """The instances grown from the person's clicks on ``image_id`` (the image on screen or one
         the person has left since: the click is kept either way); a click that found nothing is
-        said in the status bar."""
+        said in the status bar. A region that is an object already drawn (mask IoU >= 0.5, COCO's
+        match, with one the view shows) is not added twice: that object is selected instead."""
         if missed:
             self.message.emit("Nothing stands out from its surroundings at the click: "
                               "draw a box (W) around the object instead.")
@@ -156,12 +157,32 @@ class Editor(QObject):
         st = self._stacks.get(image_id)
         if not insts or st is None:
             return
+        insts = self._not_drawn_yet(image_id, insts)
+        if not insts:
+            return
         cmd = AddInstances(self.project, self._refresh, insts, "New object (click)")
         st.push(cmd)
         if cmd.error:
             self.message.emit(f"Not saved: {cmd.error}")
         elif image_id == self.image_id:
             self.canvas.select_ids([i.id for i in cmd.stored])
+
+    def _not_drawn_yet(self, image_id: int, insts: list[Instance]) -> list[Instance]:
+        """``insts`` less those that match an object the view shows on the image (mask IoU >= 0.5);
+        the matched objects are selected (on screen) and the status bar says so."""
+        shown = [i for i in self.project.instances(image_id) if self.view.is_shown(i)]
+        if not shown:
+            return insts
+        ious = M.iou_matrix(insts, shown)
+        twice = {k: int(np.argmax(ious[k])) for k in range(len(insts)) if ious[k].max() >= 0.5}
+        if twice:
+            names = sorted({self.categories[shown[j].category_id].name for j in twice.values()
+                            if shown[j].category_id in self.categories})
+            self.message.emit(f"Already drawn: the {', '.join(names) or 'object'} there "
+                              "is selected, not added twice.")
+            if image_id == self.image_id:
+                self.canvas.select_ids(sorted({shown[j].id for j in twice.values()}))
+        return [inst for k, inst in enumerate(insts) if k not in twice]
 
     def add_polygon(self, points: list) -> None:
         cat = self._need_category()

@@ -141,7 +141,7 @@ def click_row(args, images, boxes) -> dict:
             t = time.perf_counter()
             made = fill_clicks(None, rgb, [click_point(truth)], [1])[0]
             spent += time.perf_counter() - t
-            by_kind.setdefault(kind, []).append(A.iou(made, gt) if made is not None else 0.0)
+            by_kind.setdefault(kind, []).append(M.iou(made, gt) if made is not None else 0.0)
             seconds.setdefault(kind, []).append(A.draw_seconds([([gt], fill, lambda xy, cid, m=made: m)])[0])
     every = np.asarray([v for vs in by_kind.values() for v in vs])
     spend = [v for vs in seconds.values() for v in vs]

@@ -38,7 +38,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from . import masks as M
 from .clickfill import click_point
@@ -95,34 +94,10 @@ class ImageCost:
             self.seconds += seconds * n
 
 
-def _iou_matrix(preds: Sequence[Instance], gts: Sequence[Instance]) -> np.ndarray:
-    if not preds or not gts:
-        return np.zeros((len(preds), len(gts)))
-    boxes = mask_utils.iou([_xywh(p.box) for p in preds], [_xywh(g.box) for g in gts], [0] * len(gts))
-    out = np.asarray(boxes, dtype=float).reshape(len(preds), len(gts))
-    pi = [k for k, p in enumerate(preds) if p.mask is not None]
-    gi = [k for k, g in enumerate(gts) if g.mask is not None]
-    if pi and gi:
-        m = mask_utils.iou([M.to_pycocotools(preds[k].mask) for k in pi],
-                           [M.to_pycocotools(gts[k].mask) for k in gi], [0] * len(gi))
-        out[np.ix_(pi, gi)] = np.asarray(m, dtype=float).reshape(len(pi), len(gi))
-    return out
-
-
-def iou(a: Instance, b: Instance) -> float:
-    """Mask IoU where both have masks, else box IoU."""
-    return float(_iou_matrix([a], [b])[0, 0])
-
-
-def _xywh(box) -> list[float]:
-    x1, y1, x2, y2 = box
-    return [x1, y1, x2 - x1, y2 - y1]
-
-
 def match(preds: Sequence[Instance], gts: Sequence[Instance]) -> list[tuple[int, int, float]]:
     """Greedy by score: each prediction takes the free ground-truth instance it overlaps most,
     at IoU >= MATCH_IOU (any class: a wrong class is fixed, not redrawn)."""
-    ious = _iou_matrix(preds, gts)
+    ious = M.iou_matrix(preds, gts)
     order = sorted(range(len(preds)), key=lambda k: -(preds[k].score if preds[k].score is not None else 1.0))
     taken: set[int] = set()
     pairs = []
@@ -167,7 +142,7 @@ def _draw(gt: Instance, fill: Fill | None, costs: Costs, click: Click | None = N
     cost.add("draw box", costs.box)
     filled = fill(gt.box, gt.category_id) if fill is not None else None
     if gt.mask is not None:
-        q = iou(filled, gt) if filled is not None and filled.mask is not None else 0.0
+        q = M.iou(filled, gt) if filled is not None and filled.mask is not None else 0.0
         if q < MATCH_IOU:
             cost.add("trace polygon", costs.polygon)
         elif q < GOOD_IOU:
@@ -189,7 +164,7 @@ def _click_first(gt: Instance, fill: Fill | None, costs: Costs, click: Click,
         made = under.with_(category_id=gt.category_id, keypoints=kps)
     else:
         made = click(xy or click_point(M.decode(gt.mask).astype(bool)), gt.category_id)
-    q = iou(made, gt) if made is not None and made.mask is not None else 0.0
+    q = M.iou(made, gt) if made is not None and made.mask is not None else 0.0
     boxed = _draw(gt, fill, costs)
     if q >= GOOD_IOU:
         _keypoint_cost(made.keypoints, gt, cost, costs)

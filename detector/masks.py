@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -304,3 +305,29 @@ def instances_at(instances, xy: tuple[float, float]) -> list:
                 continue
         out.append(inst)
     return sorted(out, key=lambda i: -(i.score if i.score is not None else 1.0))
+
+
+def _xywh(box) -> list[float]:
+    x1, y1, x2, y2 = box
+    return [x1, y1, x2 - x1, y2 - y1]
+
+
+def iou_matrix(a: Sequence, b: Sequence) -> np.ndarray:
+    """IoU of every object of ``a`` with every one of ``b`` (anything with ``box`` and ``mask``,
+    such as Instance): of the masks where both have one, else of the boxes."""
+    if not a or not b:
+        return np.zeros((len(a), len(b)))
+    boxes = mask_utils.iou([_xywh(p.box) for p in a], [_xywh(g.box) for g in b], [0] * len(b))
+    out = np.asarray(boxes, dtype=float).reshape(len(a), len(b))
+    ai = [k for k, p in enumerate(a) if p.mask is not None]
+    bi = [k for k, g in enumerate(b) if g.mask is not None]
+    if ai and bi:
+        m = mask_utils.iou([to_pycocotools(a[k].mask) for k in ai],
+                           [to_pycocotools(b[k].mask) for k in bi], [0] * len(bi))
+        out[np.ix_(ai, bi)] = np.asarray(m, dtype=float).reshape(len(ai), len(bi))
+    return out
+
+
+def iou(a, b) -> float:
+    """Mask IoU of two objects where both have masks, else box IoU."""
+    return float(iou_matrix([a], [b])[0, 0])

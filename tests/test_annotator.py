@@ -56,7 +56,7 @@ def test_a_false_positive_costs_one_delete():
 
 def test_a_wrong_class_is_fixed_and_a_loose_mask_touched_up():
     loose = inst(5, 5, 25, 19, score=0.8)  # IoU 0.7 with TRUTH[0]
-    assert 0.5 <= A.iou(loose, TRUTH[0]) < 0.75
+    assert 0.5 <= M.iou(loose, TRUTH[0]) < 0.75
     shown = [loose, TRUTH[1].with_(category_id=2, score=0.9)]
     cost = A.review_cost(shown, TRUTH)
     assert cost.seconds == pytest.approx(look(2) + C.touch_up + C.fix_class)
