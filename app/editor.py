@@ -178,8 +178,8 @@ class Editor(QObject):
         if twice:
             names = sorted({self.categories[shown[j].category_id].name for j in twice.values()
                             if shown[j].category_id in self.categories})
-            self.message.emit(f"Already drawn: the {', '.join(names) or 'object'} there "
-                              "is selected, not added twice.")
+            self.message.emit(f"Already drawn: the {', '.join(names) or 'object'} there is selected, "
+                              "not added twice (to redo it: Delete, then click again).")
             if image_id == self.image_id:
                 self.canvas.select_ids(sorted({shown[j].id for j in twice.values()}))
         return [inst for k, inst in enumerate(insts) if k not in twice]
