@@ -26,6 +26,7 @@ class Profile:
     iterations: int | None = None  # None: the trainer's (20 epochs, at least 100 steps)
     time_budget_s: float | None = None  # fit the step count to this many seconds (at most iterations)
     time_budget_max_s: float | None = None  # ... or up to this many while short of BUDGET_EPOCHS
+    crop: int = 0  # train on square windows of this many px at the model's scale; 0: whole images
 
 
 def _round32(v: float) -> int:
@@ -45,6 +46,15 @@ OBJECT_PX = 48  # the median object's shorter side, in model-input pixels, that 
 # and its cost follows the pixels: objects at ~32 px (the smallest anchor) there. bench/RESULTS.md
 # ("A CPU without AMX") has the runs: the demo's first model kept its AP50 in ~60 % of the time.
 FLOAT32_CPU_OBJECT_PX = 32
+
+# cpu-fast trains on 256 px windows of images that go in at 384 px or more (the model still sees
+# whole images when it predicts). A step's cost follows the pixels while the heads take at most 16
+# positive regions an image, so on large images with many objects a whole image buys little more
+# than a window: nuclei's first model made 2.7x the steps in the same time and rose from 0.21 to
+# 0.34 unseen segm AP50 (bench/RESULTS.md, "Windows instead of whole images"). Smaller inputs (the
+# demo's, objects scaled to ~32-48 px in 128-224 px) stay whole.
+CROP_PX = 256
+CROP_FROM_PX = 384
 
 
 def fast_size(sizes: list[tuple[int, int]], objects: list[float], cap: int = CPU_MAX_SIZE,
@@ -121,9 +131,10 @@ def choose(name: str, device: torch.device, sizes: list[tuple[int, int]],
     size = fast_size(sizes, objects or [], CPU_MAX_SIZE, obj_px)
     kind = "a CPU in float32" if float32_cpu else "a CPU"
     rpn = ", proposals from strides 8-64" if float32_cpu else ""
-    # (apply_profile appends the backbone, input size, batch and sampled regions)
+    crop = CROP_PX if size >= CROP_FROM_PX else 0
+    # (apply_profile appends the backbone, input size, batch and sampled regions, and the windows)
     return Profile("cpu-fast", f"{kind}: objects scaled to ~{obj_px} px (128-{CPU_MAX_SIZE} px){rpn}, a 150 s run "
                                f"(up to {CPU_FAST_BUDGET_MAX_S:.0f} s below {BUDGET_EPOCHS} passes)",
                    backbone=LIGHT_BACKBONE, min_size=size, batch_size=2, iterations=500, time_budget_s=150.0,
-                   time_budget_max_s=CPU_FAST_BUDGET_MAX_S,
+                   time_budget_max_s=CPU_FAST_BUDGET_MAX_S, crop=crop,
                    model_overrides={**LIGHT_OVERRIDES, **({"rpn_stride4": False} if float32_cpu else {})})

@@ -64,6 +64,9 @@ class TrainConfig:
     classifier_loss_weight: float | None = None  # of the region classifier's loss; None: 2 with AdamW, else 1
     label_smoothing: float | None = None  # of the region classifier's targets; None: 0 (a resumed run's own)
     rotate: float = 0.0  # with augment: largest random rotation in degrees (half the images); 0: none
+    # With augment: train on square windows of this many pixels at the model's scale instead of
+    # whole images (detector.train_data); None: the profile's; 0: whole images
+    crop: int | None = None
     ema: float = 0.0  # decay of a moving average of the weights, saved instead of the last ones; 0: off
     seed: int = 0
     holdout: float = 0.2
@@ -243,6 +246,9 @@ OPTIONS = (
     Option("rotate", "--rotate", "with augmentation, turn half the images by up to DEG degrees either way "
                                  "(masks, boxes and keypoints with them; default %(default)s)",
            type=float, metavar="DEG"),
+    Option("crop", "--crop", "with augmentation, train on random square windows of PX pixels at the model's "
+                             "scale instead of whole images (default: the profile's; cpu-fast 256 where the "
+                             "images go in at 384 px or more; 0: whole images)", type=int, metavar="PX"),
     Option("ema", "--ema", "keep an exponential moving average of the weights with this decay per step "
                            "(e.g. 0.99) and save it instead of the last weights (default: off)",
            type=float, metavar="DECAY"),

@@ -75,6 +75,10 @@ class LabelledImages(torch.utils.data.Dataset):
         self.augment = augment
         self.seed = seed
         self.rng = random.Random(seed)
+        # (window px, min_size, max_size): with augment, a random window of about window x window
+        # pixels at the model's scale (scale jitter included) instead of the whole image; the trainer
+        # sets it and lets the model's transform skip its own resize (use_windows)
+        self.windows: tuple[int, int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -119,6 +123,37 @@ class LabelledImages(torch.utils.data.Dataset):
             kps[..., 0] *= sx
             kps[..., 1] *= sy
         return rgb, boxes, labels, masks, kps
+
+    def _window(self, rgb, labels, masks, kps):
+        """A random window of the image at the model's scale for it (what GeneralizedRCNNTransform
+        would resize it to, times a scale-jitter factor 0.8-1.2 like the whole images'), about
+        ``windows[0]`` pixels square (the whole side where the image is smaller). Objects keep
+        what lies inside (at least 4 pixels); a window with an object's middle in it is preferred
+        (five draws). Returns (rgb, boxes, labels, masks, kps) like _read, resized."""
+        c, min_size, max_size = self.windows
+        h, w = rgb.shape[:2]
+        g = min(min_size / min(h, w), max_size / max(h, w)) * self.rng.choice((0.8, 0.9, 1.0, 1.1, 1.2))
+        wh, ww = min(h, max(1, round(c / g))), min(w, max(1, round(c / g)))
+        centres = [(float(ys.mean()), float(xs.mean())) for ys, xs in (np.nonzero(m) for m in masks) if len(ys)]
+        for _ in range(5):
+            y0, x0 = self.rng.randint(0, h - wh), self.rng.randint(0, w - ww)
+            if any(y0 <= cy < y0 + wh and x0 <= cx < x0 + ww for cy, cx in centres):
+                break
+        th, tw = max(1, round(wh * g)), max(1, round(ww * g))
+        part = np.ascontiguousarray(rgb[y0:y0 + wh, x0:x0 + ww])
+        rgb = np.array(Image.fromarray(part).resize((tw, th), Image.BILINEAR))
+        m = torch.from_numpy(np.ascontiguousarray(masks[:, y0:y0 + wh, x0:x0 + ww]))
+        m = torch.nn.functional.interpolate(m[None].float(), size=(th, tw), mode="nearest")[0] > 0.5 \
+            if len(m) else torch.zeros((0, th, tw), dtype=torch.bool)
+        keep = m.flatten(1).sum(1) >= 4
+        kps = kps[keep].clone()
+        kps[..., 0] = (kps[..., 0] - x0) * (tw / ww)
+        kps[..., 1] = (kps[..., 1] - y0) * (th / wh)
+        outside = (kps[..., 0] < 0) | (kps[..., 0] >= tw) | (kps[..., 1] < 0) | (kps[..., 1] >= th)
+        kps[outside] = 0.0  # a keypoint cut off by the window is not labelled there
+        m = m[keep]
+        labels = [lab for lab, k in zip(labels, keep.tolist()) if k]
+        return rgb, _mask_boxes(m).numpy(), labels, m.numpy(), kps
 
     def _copy_paste(self, i: int, rgb, boxes, labels, masks, kps):
         """Simple Copy-Paste (Ghiasi et al., CVPR 2021): a random half of another image's objects,
@@ -177,6 +212,8 @@ class LabelledImages(torch.utils.data.Dataset):
         rgb, boxes_np, labels, masks, kps = self._read(i)
         if self.augment and self.copy_paste > 0 and len(self.samples) > 1 and self.rng.random() < self.copy_paste:
             rgb, boxes_np, labels, masks, kps = self._copy_paste(i, rgb, boxes_np, labels, masks, kps)
+        if self.augment and self.windows is not None:
+            rgb, boxes_np, labels, masks, kps = self._window(rgb, labels, masks, kps)
         h, w = rgb.shape[:2]
         masks = masks.astype(np.uint8)
         image = tv_tensors.Image(torch.from_numpy(rgb).permute(2, 0, 1))

@@ -160,11 +160,13 @@ def apply_profile(cfg: TrainConfig, sizes: list[tuple[int, int]],
     out = replace(cfg, backbone=backbone, min_size=min_size, iterations=iterations, time_budget_s=budget,
                   time_budget_max_s=budget_max,
                   max_size=cfg.max_size or max(min_size, int(min_size * 5 / 3)),
-                  batch_size=cfg.batch_size or prof.batch_size, model_overrides=overrides)
+                  batch_size=cfg.batch_size or prof.batch_size, model_overrides=overrides,
+                  crop=prof.crop if cfg.crop is None else cfg.crop)
     rois = overrides.get("box_batch_size_per_image", ModelConfig.box_batch_size_per_image)
     net = backbone or "the checkpoint's or ResNet-50 FPN v2"
+    windows = f", trained on {out.crop} px windows" if out.crop and out.augment and out.crop < min_size else ""
     prof = replace(prof, reason=f"{prof.reason} -> {net} backbone, {min_size} px, batch {out.batch_size}, "
-                                f"{rois} sampled regions")
+                                f"{rois} sampled regions{windows}")
     return out, prof
 
 

@@ -38,6 +38,10 @@ LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_bo
 
 MIN_BUDGET_STEPS = 40  # a time budget never cuts a run shorter than this
 CALIBRATION_STEPS = 6  # steps timed (after the first) before a time budget sets the step count
+# A run whose step count a time budget fitted ends at the step that passes this share of the budget
+# (or of its longer limit), should the machine slow down after the last look (a shared VM did: a
+# 270 s run took 406 s)
+DEADLINE_SLACK = 1.05
 
 
 # ------------------------------------------------------------------------------------------
@@ -81,6 +85,7 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch
         self._budget_fitted = not cfg.time_budget_s
         self._refit_step: int | None = None  # a time budget's second look at the step time
+        self._deadline: float | None = None  # perf_counter() past which a fitted run ends (DEADLINE_SLACK)
         self.step = 0
         self.images_seen = 0
         self.local_images = 0  # this rank's own count, to show every rank took part
@@ -108,6 +113,10 @@ class Trainer:
             self.model.transform.min_size = tuple(int(s * f) for f in (0.8, 0.9, 1.0, 1.1, 1.2)) \
                 if cfg.augment else (s,)
             self.model.transform.max_size = cfg.max_size
+            if cfg.augment and cfg.crop and cfg.crop < s:
+                # windows at the model's scale, resized by the dataset: the transform keeps them as they are
+                self.dataset.windows = (cfg.crop, s, cfg.max_size or int(s * 5 / 3))
+                self.model.transform._skip_resize = True
         self.ddp = None
         self._pool: ThreadPoolExecutor | None = None  # the step's threads while run() runs
         if self.distributed:
@@ -255,6 +264,7 @@ class Trainer:
                 batches.close()  # stops the prefetch thread, whichever way the loop ended
             self.stop_step_threads()
             self.model.transform.min_size = (self.cfg.min_size,)
+            self.model.transform._skip_resize = False
             self.model.eval()
             for h in self.hooks:
                 h.after_train(self)
@@ -286,9 +296,14 @@ class Trainer:
         passes over its images goes on towards them, up to that limit. The learning-rate schedule
         follows the step count."""
         budget = self.cfg.time_budget_s
-        if not budget or (self._budget_fitted and self.step != self._refit_step):
+        if not budget:
             return
         now = time.perf_counter()
+        if self._deadline is not None and now > self._deadline and MIN_BUDGET_STEPS <= self.step < self.total_steps:
+            self.total_steps = self.step  # slower than measured since the last look: end here
+            return
+        if self._budget_fitted and self.step != self._refit_step:
+            return
         if self.step == 1:
             self._t_budget0, self._t_first = now, now - self._t_start  # the first step pays for warm-up
             return
@@ -312,6 +327,8 @@ class Trainer:
         cap = self._step_cap
         self.total_steps = max(min(cap, fit), min(cap, MIN_BUDGET_STEPS), self.step)
         first = not self._budget_fitted
+        if first:
+            self._deadline = self._t_start + max(budget, longest or 0.0) * DEADLINE_SLACK
         if first:  # a fifth of the run the budget gives, not of the profile's cap (500 -> a 100-step
             # cap on the warm-up, a third of a 160-step run); set once, so a later look moves no step
             # from warm-up to decay

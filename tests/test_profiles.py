@@ -1,5 +1,7 @@
 """Training profiles: which settings a one-click Train fills in, by device, data and start."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -102,6 +104,23 @@ def test_cpu_fast_may_go_on_past_its_budget_unless_the_person_set_a_length(monke
         assert out.time_budget_max_s is None, own
     out, _ = apply_profile(TrainConfig(weights="none", time_budget_max_s=200.0), DEMO)
     assert (out.time_budget_s, out.time_budget_max_s) == (150.0, 200.0)
+
+
+def test_cpu_fast_trains_large_inputs_on_windows_and_small_ones_whole(monkeypatch):
+    """Images that go in at 384 px or more train as 256 px windows (nuclei enlarged to the cap);
+    the demo's small inputs stay whole; --crop chooses, 0 turns it off; the profile line says so."""
+    for f32 in (False, True):
+        assert profiles.choose("auto", CPU, NUCLEI, [15.0], float32_cpu=f32).crop == profiles.CROP_PX
+        assert profiles.choose("auto", CPU, DEMO, [70.0], float32_cpu=f32).crop == 0
+    assert profiles.choose("auto", GPU, NUCLEI, [15.0]).crop == 0  # not measured on a GPU
+    monkeypatch.setattr(train_setup, "pick_device", lambda name=None: CPU)
+    base = TrainConfig(weights="none")
+    got, prof = apply_profile(base, NUCLEI)  # no objects known: the images' own size (388 px)
+    assert got.min_size >= 384 and got.crop == 256 and "trained on 256 px windows" in prof.reason
+    assert apply_profile(replace(base, crop=0), NUCLEI)[1].reason.endswith("sampled regions")
+    assert apply_profile(replace(base, crop=192), NUCLEI)[0].crop == 192
+    got, prof = apply_profile(base, DEMO)
+    assert got.crop == 0 and "windows" not in prof.reason
 
 
 def test_a_cpu_that_trains_in_float32_gets_fewer_pixels_and_an_rpn_from_stride_8(monkeypatch):

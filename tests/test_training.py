@@ -499,6 +499,34 @@ def test_a_time_budget_looks_again_once_the_step_time_settles(tmp_path, monkeypa
     p.close()
 
 
+def test_a_fitted_run_ends_at_its_deadline_when_the_machine_slows_down(tmp_path, monkeypatch):
+    """After the last look the machine slows (a shared VM): the run ends at the first step past
+    DEADLINE_SLACK x its budget instead of making every step it fitted."""
+    import types
+
+    import detector.training as T
+
+    monkeypatch.setattr(T, "MIN_BUDGET_STEPS", 4)
+    monkeypatch.setattr(T, "CALIBRATION_STEPS", 2)
+
+    class Slowing(_Clock):
+        def after_step(self, trainer, event):
+            self.t += 1.0 if trainer.step <= 3 else 0.25 if trainer.step <= 10 else 2.0
+
+    clock = Slowing(0, 0, 0)
+    monkeypatch.setattr(T, "time", types.SimpleNamespace(perf_counter=clock.perf_counter, time=lambda: 0.0,
+                                                         sleep=lambda s: None))
+    p, _ = _labelled(tmp_path / "f", n=2)
+    events = []
+    r = train_project(p, cfg(iterations=500, time_budget_s=12.0, warmup_steps=50), tmp_path / "m.pt",
+                      hooks=[clock], on_event=events.append)
+    totals = [e.total_steps for e in events if e.kind == "step"]
+    assert totals[6] == 25  # the second look, as in the test above
+    # steps 11-14 take 2 s each: 12.75 s when step 15 ends, past 12.6 (12 x 1.05): it is the last
+    assert r.ok and r.steps == 15 and totals[-1] == 15
+    p.close()
+
+
 def test_a_time_budget_counts_the_runs_set_up(tmp_path, monkeypatch):
     """The budget is the run's, not the steps': seconds spent reading the data and building the
     model (a GPU's start) leave fewer steps, so the model is saved when the budget says."""
@@ -647,6 +675,73 @@ def test_rotation_turns_image_masks_keypoints_together_and_refits_boxes(tmp_path
     assert v == 2 and mask[int(y), int(x)]  # the corner keypoint still on its (turned) object
     assert far[2] == 0  # turned out of the picture: unlabelled
     assert ((t["boxes"][0][2:] - t["boxes"][0][:2]) > 20).all()  # turned by over a few degrees: a wider box
+
+
+def test_windows_at_the_models_scale_carry_their_pixels_masks_and_keypoints(tmp_path):
+    """--crop: a training image becomes a window of about the asked size at the model's scale
+    (scale jitter 0.8-1.2); its pixels, masks and keypoints move together, boxes are refit to the
+    masks, a keypoint outside is unlabelled; an image smaller than the window comes whole, resized
+    as the model's transform would; the trainer has the transform keep the windows' size."""
+    from PIL import Image
+
+    from detector.train_data import LabelledImages, Sample
+    from detector.training import Trainer
+
+    cats = (Category("kite", "#ffffff", ("near", "far"), id=1),)
+    rgb = np.zeros((300, 400, 3), np.uint8)
+    rgb[100:160, 200:260] = 255  # the object: a bright 60 x 60 square
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    inst = Instance(1, (200.0, 100.0, 260.0, 160.0), M.from_box((200, 100, 260, 160), 300, 400),
+                    ((201.0, 101.0, 2), (399.5, 299.5, 2)))  # a corner of the square; the picture's corner
+    ds = LabelledImages([Sample(tmp_path / "a.png", [inst], 400, 300)], cats, augment=True, seed=0)
+    ds._colour = lambda image: image
+    ds.windows = (64, 150, 400)  # the model's scale: 0.5 (shorter side 300 -> 150)
+    jitter = (0.8, 0.9, 1.0, 1.1, 1.2)
+    seen = 0
+    for seed in range(30):
+        ds.rng.seed(seed)
+        image, t = ds[0]
+        assert 63 <= image.shape[1] <= 65 and 63 <= image.shape[2] <= 65
+        if not len(t["masks"]):
+            continue
+        seen += 1
+        mask = t["masks"][0].bool()
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        assert t["boxes"][0].tolist() == [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+        assert image[:, mask].mean() > 0.9 and (image[:, ~mask].mean() < 0.1 if (~mask).any() else True)
+        assert any(abs(mask.sum().item() - (30 * f) ** 2) < 30 * f * 4 for f in jitter) or \
+            mask.sum() < (36 ** 2)  # whole (60 px at 0.5 x jitter) or cut by the window's edge
+        (x, y, v), far = t["keypoints"][0].tolist()
+        assert far[2] == 0  # the picture's corner is outside every window that shows the square
+        if v:  # the square's corner: at the mask's corner (within a pixel or two of resizing)
+            assert mask[max(0, int(y) - 2):int(y) + 3, max(0, int(x) - 2):int(x) + 3].any()
+    assert seen >= 25  # windows with an object's middle are preferred
+    ds.windows = (1000, 150, 400)  # larger than the image: the whole of it at the model's scale
+    image, t = ds[0]
+    assert any(image.shape[1:] == (round(300 * 0.5 * f), round(400 * 0.5 * f)) for f in jitter)
+    f = image.shape[1] / 300
+    assert t["masks"][0].sum().item() == pytest.approx((60 * f) ** 2, rel=0.1)
+    assert t["keypoints"][0][1].tolist() == pytest.approx([399.5 * f, 299.5 * f, 2], abs=1.5)
+
+    from conftest import FAST
+    from detector.model import ModelConfig
+    from detector.training import collect_samples
+
+    p, _ = _labelled(tmp_path / "f", n=4, seed=1)
+    samples, groups = collect_samples(p, p.images())
+    labels = tuple(p.categories())
+    p.close()
+    det = build_model(categories=labels, weights="none",
+                      config=ModelConfig(backbone="resnet18", min_size=96, max_size=128, **FAST))
+    trainer = Trainer(det, samples, groups, cfg(iterations=2, augment=True, crop=48), tmp_path / "m.pt")
+    assert trainer.dataset.windows == (48, 96, 128) and trainer.model.transform._skip_resize
+    sizes = []
+    trainer.model.backbone.register_forward_hook(lambda m, i, o: sizes.append(tuple(i[0].shape[-2:])))
+    assert trainer.run().ok
+    assert sizes and all(max(s) <= 64 for s in sizes)  # windows of ~48 px (jitter 1.2, padded to 32s)
+    assert not trainer.model.transform._skip_resize and trainer.model.transform.min_size == (96,)
+    whole = Trainer(det, samples, groups, cfg(iterations=1, augment=False, crop=48), tmp_path / "n.pt")
+    assert whole.dataset.windows is None and not whole.model.transform._skip_resize  # no augmentation: whole
 
 
 @pytest.mark.parametrize("field, loss, layer, other", [
