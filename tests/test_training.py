@@ -458,35 +458,44 @@ def test_cpu_bfloat16_training_where_the_cpu_has_amx_and_float32_when_asked(tmp_
 
 
 class _Clock(Hook):
-    """A fake clock for the trainer: each step takes ``slow`` seconds up to step ``until``, then ``fast``."""
+    """A fake clock for the trainer: each step takes ``slow`` seconds up to step ``until``, then
+    ``fast``, then (from step ``later``, if given) ``slower``."""
 
-    def __init__(self, until, slow, fast):
-        self.t, self.until, self.slow, self.fast = 0.0, until, slow, fast
+    def __init__(self, until, slow, fast, later=None, slower=0.0):
+        self.t, self.until, self.slow, self.fast, self.later, self.slower = 0.0, until, slow, fast, later, slower
 
     def perf_counter(self):
         return self.t
 
     def after_step(self, trainer, event):
-        self.t += self.slow if trainer.step <= self.until else self.fast
+        if self.later is not None and trainer.step >= self.later:
+            self.t += self.slower
+        else:
+            self.t += self.slow if trainer.step <= self.until else self.fast
 
 
-def test_a_time_budget_looks_again_once_the_step_time_settles(tmp_path, monkeypatch):
-    """The first steps are slow (kernel set-up): the first fit uses them, a second look ~40 %
-    in measures the settled step time and gives the run the steps that still fit."""
+def _budgeted_run(tmp_path, monkeypatch, clock):
+    """(project, result, step events) of a 12 s budgeted run on ``clock`` (2 steps timed, at least 4)."""
     import types
 
     import detector.training as T
 
     monkeypatch.setattr(T, "MIN_BUDGET_STEPS", 4)
     monkeypatch.setattr(T, "CALIBRATION_STEPS", 2)
-    clock = _Clock(until=3, slow=1.0, fast=0.25)
     monkeypatch.setattr(T, "time", types.SimpleNamespace(perf_counter=clock.perf_counter, time=lambda: 0.0,
                                                          sleep=lambda s: None))
     p, _ = _labelled(tmp_path / "f", n=2)
     events = []
     r = train_project(p, cfg(iterations=500, time_budget_s=12.0, warmup_steps=50), tmp_path / "m.pt",
                       hooks=[clock], on_event=events.append)
-    totals = [e.total_steps for e in events if e.kind == "step"]
+    return p, r, [e for e in events if e.kind == "step"]
+
+
+def test_a_time_budget_looks_again_once_the_step_time_settles(tmp_path, monkeypatch):
+    """The first steps are slow (kernel set-up): the first fit uses them, a second look ~40 %
+    in measures the settled step time and gives the run the steps that still fit."""
+    p, r, events = _budgeted_run(tmp_path, monkeypatch, _Clock(until=3, slow=1.0, fast=0.25))
+    totals = [e.total_steps for e in events]
     # step 3: 1 s a step, 10 s left -> 13 steps; step 7: 0.44 s a step since, 8.25 s left -> 25
     assert totals[2] == 13 and totals[6] == 25 and r.steps == 25 and r.ok
     # until the first fit the dock's ETA is the budget's time left, not 500 steps' worth
@@ -502,25 +511,9 @@ def test_a_time_budget_looks_again_once_the_step_time_settles(tmp_path, monkeypa
 def test_a_fitted_run_ends_at_its_deadline_when_the_machine_slows_down(tmp_path, monkeypatch):
     """After the last look the machine slows (a shared VM): the run ends at the first step past
     DEADLINE_SLACK x its budget instead of making every step it fitted."""
-    import types
-
-    import detector.training as T
-
-    monkeypatch.setattr(T, "MIN_BUDGET_STEPS", 4)
-    monkeypatch.setattr(T, "CALIBRATION_STEPS", 2)
-
-    class Slowing(_Clock):
-        def after_step(self, trainer, event):
-            self.t += 1.0 if trainer.step <= 3 else 0.25 if trainer.step <= 10 else 2.0
-
-    clock = Slowing(0, 0, 0)
-    monkeypatch.setattr(T, "time", types.SimpleNamespace(perf_counter=clock.perf_counter, time=lambda: 0.0,
-                                                         sleep=lambda s: None))
-    p, _ = _labelled(tmp_path / "f", n=2)
-    events = []
-    r = train_project(p, cfg(iterations=500, time_budget_s=12.0, warmup_steps=50), tmp_path / "m.pt",
-                      hooks=[clock], on_event=events.append)
-    totals = [e.total_steps for e in events if e.kind == "step"]
+    clock = _Clock(until=3, slow=1.0, fast=0.25, later=11, slower=2.0)
+    p, r, events = _budgeted_run(tmp_path, monkeypatch, clock)
+    totals = [e.total_steps for e in events]
     assert totals[6] == 25  # the second look, as in the test above
     # steps 11-14 take 2 s each: 12.75 s when step 15 ends, past 12.6 (12 x 1.05): it is the last
     assert r.ok and r.steps == 15 and totals[-1] == 15
