@@ -124,17 +124,17 @@ class LabelledImages(torch.utils.data.Dataset):
             kps[..., 1] *= sy
         return rgb, boxes, labels, masks, kps
 
-    def _window(self, rgb, labels, masks, kps):
+    def _window(self, rgb, boxes, labels, masks, kps):
         """A random window of the image at the model's scale for it (what GeneralizedRCNNTransform
         would resize it to, times a scale-jitter factor 0.8-1.2 like the whole images'), about
         ``windows[0]`` pixels square (the whole side where the image is smaller). Objects keep
-        what lies inside (at least 4 pixels); a window with an object's middle in it is preferred
+        what lies inside (at least 4 pixels); a window with a box's middle in it is preferred
         (five draws). Returns (rgb, boxes, labels, masks, kps) like _read, resized."""
         c, min_size, max_size = self.windows
         h, w = rgb.shape[:2]
         g = min(min_size / min(h, w), max_size / max(h, w)) * self.rng.choice((0.8, 0.9, 1.0, 1.1, 1.2))
         wh, ww = min(h, max(1, round(c / g))), min(w, max(1, round(c / g)))
-        centres = [(float(ys.mean()), float(xs.mean())) for ys, xs in (np.nonzero(m) for m in masks) if len(ys)]
+        centres = [((y1 + y2) / 2, (x1 + x2) / 2) for x1, y1, x2, y2 in boxes.tolist()]
         for _ in range(5):
             y0, x0 = self.rng.randint(0, h - wh), self.rng.randint(0, w - ww)
             if any(y0 <= cy < y0 + wh and x0 <= cx < x0 + ww for cy, cx in centres):
@@ -213,7 +213,7 @@ class LabelledImages(torch.utils.data.Dataset):
         if self.augment and self.copy_paste > 0 and len(self.samples) > 1 and self.rng.random() < self.copy_paste:
             rgb, boxes_np, labels, masks, kps = self._copy_paste(i, rgb, boxes_np, labels, masks, kps)
         if self.augment and self.windows is not None:
-            rgb, boxes_np, labels, masks, kps = self._window(rgb, labels, masks, kps)
+            rgb, boxes_np, labels, masks, kps = self._window(rgb, boxes_np, labels, masks, kps)
         h, w = rgb.shape[:2]
         masks = masks.astype(np.uint8)
         image = tv_tensors.Image(torch.from_numpy(rgb).permute(2, 0, 1))

@@ -327,11 +327,10 @@ class Trainer:
         cap = self._step_cap
         self.total_steps = max(min(cap, fit), min(cap, MIN_BUDGET_STEPS), self.step)
         first = not self._budget_fitted
-        if first:
-            self._deadline = self._t_start + max(budget, longest or 0.0) * DEADLINE_SLACK
         if first:  # a fifth of the run the budget gives, not of the profile's cap (500 -> a 100-step
             # cap on the warm-up, a third of a 160-step run); set once, so a later look moves no step
             # from warm-up to decay
+            self._deadline = self._t_start + max(budget, longest or 0.0) * DEADLINE_SLACK
             self.warm_steps = min(self.warm_steps, self._warm_steps())
         self._budget_fitted = True
         self._refit_step = None

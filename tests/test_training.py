@@ -708,7 +708,7 @@ def test_windows_at_the_models_scale_carry_their_pixels_masks_and_keypoints(tmp_
         assert far[2] == 0  # the picture's corner is outside every window that shows the square
         if v:  # the square's corner: at the mask's corner (within a pixel or two of resizing)
             assert mask[max(0, int(y) - 2):int(y) + 3, max(0, int(x) - 2):int(x) + 3].any()
-    assert seen >= 25  # windows with an object's middle are preferred
+    assert seen >= 25  # windows with a box's middle are preferred
     ds.windows = (1000, 150, 400)  # larger than the image: the whole of it at the model's scale
     image, t = ds[0]
     assert any(image.shape[1:] == (round(300 * 0.5 * f), round(400 * 0.5 * f)) for f in jitter)
