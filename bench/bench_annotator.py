@@ -22,7 +22,7 @@ every row also gives ``seconds_per_image_without_click`` (same model and slider,
 
     python bench/bench_annotator.py [--data demo|nuclei] [--order random|uncertainty]
                                     [--rounds 3] [--per-round K] [--budget-s S] [--slider auto|V]
-                                    [--quick] [--no-click]
+                                    [--crop PX] [--quick] [--no-click]
 
 Prints one JSON line per round and a final line with ``seconds_per_image_by_round``,
 ``manual_seconds_per_image`` (a polygon per object, as in a tool without assistance),
@@ -184,6 +184,8 @@ def main() -> None:
                     help="the confidence slider: 'auto' (the app's: after each round the value that costs "
                          "least on that run's held-out images, detector.annotator.best_slider; 0.5 before "
                          "the first model), or a fixed value such as 0.5 (the app's before that)")
+    ap.add_argument("--crop", type=int, default=None,
+                    help="train on random windows of this many pixels (0: whole images; default: the profile's)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="demo, 3 rounds, 60 s of training a round, 12 test images")
@@ -231,7 +233,8 @@ def main() -> None:
             import_coco(project, sub)
             out = tmp / f"round{r}.pt"
             cfg = TrainConfig(weights=ckpt or "none", device=args.device, seed=args.seed,
-                              time_budget_s=args.budget_s or None, iterations=args.steps or None)
+                              time_budget_s=args.budget_s or None, iterations=args.steps or None,
+                              crop=args.crop)
             t = time.perf_counter()
             result = train_project(project, cfg, out)
             train_s = time.perf_counter() - t
@@ -274,7 +277,8 @@ def main() -> None:
     sec = [row["seconds_per_image"] for row in per_round]
     print(json.dumps({
         "data": args.data, "order": args.order, "measure": args.measure if args.order == "uncertainty" else None,
-        "rounds": args.rounds, "per_round": k, "steps": args.steps or None, "budget_s": args.budget_s or None,
+        "rounds": args.rounds, "per_round": k, "crop": args.crop, "steps": args.steps or None,
+        "budget_s": args.budget_s or None,
         "test_images": len(test), "slider": args.slider, "click": click,
         "slider_by_round": [row["slider"] for row in per_round],
         "reviewed_by_round": [row["reviewed"] for row in per_round],

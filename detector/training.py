@@ -84,7 +84,7 @@ class Trainer:
             self.total_steps = max(100, 20 * steps_per_epoch)
         self.steps_per_epoch = steps_per_epoch
         self._budget_fitted = not cfg.time_budget_s
-        self._refit_step: int | None = None  # a time budget's second look at the step time
+        self._refit_step: int | None = None  # a time budget's next look at the step time
         self._deadline: float | None = None  # perf_counter() past which a fitted run ends (DEADLINE_SLACK)
         self.step = 0
         self.images_seen = 0
@@ -292,9 +292,12 @@ class Trainer:
         """With a time budget: once a few steps are timed, set the step count that fits it; look
         again about 40 % of the way in, when the step time has settled (the first steps pay for
         kernel set-up per input shape: with bfloat16 on a CPU the first fit alone left ~10 % of
-        the budget unused). With a longer limit (time_budget_max_s) a run short of BUDGET_EPOCHS
-        passes over its images goes on towards them, up to that limit. The learning-rate schedule
-        follows the step count."""
+        the budget unused), and again 40 % of the rest after each look, measuring the step time
+        since the last one, so a machine that slows down still ends its schedule (its learning
+        rate decayed) near the budget; should it slow after the last look, the deadline ends it.
+        With a longer limit (time_budget_max_s) a run short of BUDGET_EPOCHS passes over its
+        images goes on towards them, up to that limit. The learning-rate schedule follows the
+        step count."""
         budget = self.cfg.time_budget_s
         if not budget:
             return
@@ -333,11 +336,12 @@ class Trainer:
             self._deadline = self._t_start + max(budget, longest or 0.0) * DEADLINE_SLACK
             self.warm_steps = min(self.warm_steps, self._warm_steps())
         self._budget_fitted = True
+        # the next look: 40 % of the steps left from here, while at least CALIBRATION_STEPS are
+        # left after it (a laptop slows down as it warms; a shared VM's speed moves in phases)
         self._refit_step = None
-        if first:
-            again = self.step + max(CALIBRATION_STEPS, (self.total_steps - self.step) * 2 // 5)
-            if again < self.total_steps:
-                self._refit_step, self._t_refit0, self._s_refit0 = again, now, self.step
+        again = self.step + max(CALIBRATION_STEPS, (self.total_steps - self.step) * 2 // 5)
+        if again + CALIBRATION_STEPS <= self.total_steps:
+            self._refit_step, self._t_refit0, self._s_refit0 = again, now, self.step
 
     def _gather_counts(self) -> list[int]:
         if self.world == 1:

@@ -493,11 +493,15 @@ def _budgeted_run(tmp_path, monkeypatch, clock):
 
 def test_a_time_budget_looks_again_once_the_step_time_settles(tmp_path, monkeypatch):
     """The first steps are slow (kernel set-up): the first fit uses them, a second look ~40 %
-    in measures the settled step time and gives the run the steps that still fit."""
-    p, r, events = _budgeted_run(tmp_path, monkeypatch, _Clock(until=3, slow=1.0, fast=0.25))
+    in measures the settled step time and gives the run the steps that still fit, and so does
+    each later look (40 % of the rest), so the run fills its budget."""
+    clock = _Clock(until=3, slow=1.0, fast=0.25)
+    p, r, events = _budgeted_run(tmp_path, monkeypatch, clock)
     totals = [e.total_steps for e in events]
-    # step 3: 1 s a step, 10 s left -> 13 steps; step 7: 0.44 s a step since, 8.25 s left -> 25
-    assert totals[2] == 13 and totals[6] == 25 and r.steps == 25 and r.ok
+    # step 3: 1 s a step, 10 s left -> 13 steps; step 7: 0.44 s a step since, 8.25 s left -> 25;
+    # step 14: 0.25 s a step since, 6.5 s left -> 40
+    assert totals[2] == 13 and totals[6] == 25 and totals[13] == 40 and r.steps == 40 and r.ok
+    assert 11.5 < clock.t <= 12.0 * 1.05  # the budget used, not a third of it left over
     # until the first fit the dock's ETA is the budget's time left, not 500 steps' worth
     etas = [e.metrics.get("eta_s") for e in events if e.kind == "step"]
     assert etas[:2] == [12.0, 11.0] and not any(etas[2:])
@@ -508,15 +512,27 @@ def test_a_time_budget_looks_again_once_the_step_time_settles(tmp_path, monkeypa
     p.close()
 
 
-def test_a_fitted_run_ends_at_its_deadline_when_the_machine_slows_down(tmp_path, monkeypatch):
-    """After the last look the machine slows (a shared VM): the run ends at the first step past
-    DEADLINE_SLACK x its budget instead of making every step it fitted."""
+def test_a_run_that_slows_down_ends_its_schedule_by_the_budget(tmp_path, monkeypatch):
+    """The machine slows after the second look (a laptop warming up, a shared VM): the next look
+    shortens the run, and its learning rate still decays to the end value at the last step."""
     clock = _Clock(until=3, slow=1.0, fast=0.25, later=11, slower=2.0)
     p, r, events = _budgeted_run(tmp_path, monkeypatch, clock)
     totals = [e.total_steps for e in events]
-    assert totals[6] == 25  # the second look, as in the test above
-    # steps 11-14 take 2 s each: 12.75 s when step 15 ends, past 12.6 (12 x 1.05): it is the last
-    assert r.ok and r.steps == 15 and totals[-1] == 15
+    # step 14: 1.25 s a step since step 7 and the budget spent -> ends at 15 (25 fitted before)
+    assert totals[6] == 25 and totals[13] == 15 and r.ok and r.steps == 15
+    assert events[-1].lr == pytest.approx(0.05 * r.lr, rel=0.05)  # 0.4x at step 15 of 25
+    p.close()
+
+
+def test_a_fitted_run_ends_at_its_deadline_when_the_machine_slows_down(tmp_path, monkeypatch):
+    """After the last look the machine slows: the run ends at the first step past
+    DEADLINE_SLACK x its budget instead of making every step it fitted."""
+    clock = _Clock(until=3, slow=1.0, fast=0.25, later=38, slower=2.0)
+    p, r, events = _budgeted_run(tmp_path, monkeypatch, clock)
+    totals = [e.total_steps for e in events]
+    assert totals[13] == 40  # the looks, as in the test above, the last at step 38
+    # step 38 takes 2 s: 13.5 s when step 39 ends, past 12.6 (12 x 1.05): it is the last
+    assert r.ok and r.steps == 39 and totals[-1] == 39
     p.close()
 
 
