@@ -474,8 +474,8 @@ class _Clock(Hook):
             self.t += self.slow if trainer.step <= self.until else self.fast
 
 
-def _budgeted_run(tmp_path, monkeypatch, clock):
-    """(project, result, step events) of a 12 s budgeted run on ``clock`` (2 steps timed, at least 4)."""
+def _budgeted_run(tmp_path, monkeypatch, clock, budget=12.0):
+    """(project, result, step events) of a ``budget`` s run on ``clock`` (2 steps timed, at least 4)."""
     import types
 
     import detector.training as T
@@ -486,7 +486,7 @@ def _budgeted_run(tmp_path, monkeypatch, clock):
                                                          sleep=lambda s: None))
     p, _ = _labelled(tmp_path / "f", n=2)
     events = []
-    r = train_project(p, cfg(iterations=500, time_budget_s=12.0, warmup_steps=50), tmp_path / "m.pt",
+    r = train_project(p, cfg(iterations=500, time_budget_s=budget, warmup_steps=50), tmp_path / "m.pt",
                       hooks=[clock], on_event=events.append)
     return p, r, [e for e in events if e.kind == "step"]
 
@@ -527,12 +527,12 @@ def test_a_run_that_slows_down_ends_its_schedule_by_the_budget(tmp_path, monkeyp
 def test_a_fitted_run_ends_at_its_deadline_when_the_machine_slows_down(tmp_path, monkeypatch):
     """After the last look the machine slows: the run ends at the first step past
     DEADLINE_SLACK x its budget instead of making every step it fitted."""
-    clock = _Clock(until=3, slow=1.0, fast=0.25, later=38, slower=2.0)
-    p, r, events = _budgeted_run(tmp_path, monkeypatch, clock)
+    clock = _Clock(until=0, slow=0.5, fast=0.5, later=7, slower=3.0)
+    p, r, events = _budgeted_run(tmp_path, monkeypatch, clock, budget=4.0)
     totals = [e.total_steps for e in events]
-    assert totals[13] == 40  # the looks, as in the test above, the last at step 38
-    # step 38 takes 2 s: 13.5 s when step 39 ends, past 12.6 (12 x 1.05): it is the last
-    assert r.ok and r.steps == 39 and totals[-1] == 39
+    # looks at steps 3, 5 and 7 (0.5 s a step): 9 steps; step 7 takes 3 s: 6 s when step 8
+    # ends, past 4.2 (4 x 1.05): it is the last
+    assert totals[2] == totals[6] == 9 and r.ok and r.steps == 8 and totals[-1] == 8
     p.close()
 
 
