@@ -93,6 +93,14 @@ class TrainConfig:
     data_workers: int | None = None
     profile: str = "auto"  # fills what is left None: see detector.profiles
 
+    def windows(self) -> tuple[int, int, int] | None:
+        """(window px, min_size, max_size) where the run trains on windows (crop set, smaller
+        than the input size, with augment), else None."""
+        s = self.min_size
+        if not (self.augment and self.crop and s and self.crop < s):
+            return None
+        return self.crop, s, self.max_size or int(s * 5 / 3)
+
     def loss_weights(self) -> dict[str, float]:
         """Weights of torchvision's loss terms in the sum the model learns from (unnamed: 1)."""
         return {"loss_keypoint": 1.0 if self.keypoint_loss_weight is None else self.keypoint_loss_weight,

@@ -164,7 +164,7 @@ def apply_profile(cfg: TrainConfig, sizes: list[tuple[int, int]],
                   crop=prof.crop if cfg.crop is None else cfg.crop)
     rois = overrides.get("box_batch_size_per_image", ModelConfig.box_batch_size_per_image)
     net = backbone or "the checkpoint's or ResNet-50 FPN v2"
-    windows = f", trained on {out.crop} px windows" if out.crop and out.augment and out.crop < min_size else ""
+    windows = f", trained on {out.crop} px windows" if out.windows() else ""
     prof = replace(prof, reason=f"{prof.reason} -> {net} backbone, {min_size} px, batch {out.batch_size}, "
                                 f"{rois} sampled regions{windows}")
     return out, prof
