@@ -21,7 +21,8 @@ TOOLS = [
     (Tool.SELECT, "Select", "S", "Select, move, resize; drag keypoints"),
     (Tool.BOX, "Box", "W", "Draw a box; the model fills in its mask"),
     (Tool.CLICK, "Click", "Q", "Click inside an object the model missed: a prediction the slider hides "
-     "there is shown, else its outline is found from the click (Ctrl+Z and draw a box where it is wrong)"),
+     "there is shown, else its outline is found from the click (Ctrl+Z and draw a box where it is wrong); "
+     "a click inside a shape that ran over two objects splits off the clicked one"),
     (Tool.POLYGON, "Polygon", "P", "Click points, Enter or double-click to close"),
     (Tool.BRUSH, "Brush", "B", "Paint the selected mask ([ and ] size)"),
     (Tool.ERASER, "Eraser", "E", "Erase from the selected mask ([ and ] size)"),

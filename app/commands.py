@@ -68,6 +68,28 @@ class AddInstances(_Command):
             self.project.delete_instance(i.id)
 
 
+class SplitInstance(_Command):
+    """A Click tool click inside an instance: the instance keeps ``rest`` (its part away from the
+    click) and ``new`` (the part around the click) is added; one step to undo."""
+
+    def __init__(self, project, refresh, before: Instance, rest: Instance, new: Instance,
+                 text: str = "Split (click)"):
+        super().__init__(project, refresh, text)
+        self.before, self.rest, self.new = before, rest, new
+        self.stored: Instance | None = None
+
+    def _redo(self) -> None:
+        self.project.update_instance(self.rest)
+        if self.stored is None:
+            self.stored = self.project.add_instance(self.new)
+        else:
+            self.project.restore_instance(self.stored)
+
+    def _undo(self) -> None:
+        self.project.delete_instance(self.stored.id)
+        self.project.update_instance(self.before, by=self.before.changed_by)
+
+
 class DeleteInstances(_Command):
     def __init__(self, project, refresh, instances: list[Instance], text: str = "Delete"):
         super().__init__(project, refresh, text)

@@ -14,7 +14,7 @@ from detector.domain import MODEL, Category, ImageStatus, Instance
 from detector.store import Project
 
 from .canvas import ImageCanvas
-from .commands import AddInstances, DeleteInstances, EditInstances, SetImageStatus
+from .commands import AddInstances, DeleteInstances, EditInstances, SetImageStatus, SplitInstance
 
 _NUDGE = 1001  # merge key for repeated edits of the same kind
 
@@ -22,7 +22,7 @@ _NUDGE = 1001  # merge key for repeated edits of the same kind
 class Editor(QObject):
     changed = Signal()  # the current image's instances or status changed in the store
     fill_requested = Signal(int, list, list, list)  # image id, boxes, category ids, instance ids
-    click_requested = Signal(int, list, list)  # image id, points [(x, y)], category ids
+    click_requested = Signal(int, list, list, list)  # image id, points [(x, y)], category ids, instances to split
     message = Signal(str)
 
     def __init__(self, canvas: ImageCanvas, parent=None):
@@ -123,8 +123,10 @@ class Editor(QObject):
     def add_click(self, x: float, y: float) -> None:
         """A click with the Click tool: a prediction there that the confidence slider hides is
         shown (accepted, in the current category), unless the loaded model's held-out images said
-        its hidden masks cost more (``click_shows_hidden``); else the worker grows the object's
-        region from the click (``apply_clicks`` adds the instance)."""
+        its hidden masks cost more (``click_shows_hidden``); a click inside an instance on show
+        cuts it in two, the part around the click a new object of the current category (a region
+        or prediction that ran over touching objects); else the worker grows the object's region
+        from the click. ``apply_clicks`` takes the worker's answer."""
         cat = self._need_category()
         if cat is None or self.image_id is None:
             return
@@ -139,16 +141,28 @@ class Editor(QObject):
             self.edit([(p, p.with_(accepted=True, category_id=cat, keypoints=kps))], "Show the prediction (click)")
             self.canvas.select_ids([p.id])
             return
-        self.click_requested.emit(self.image_id, [[x, y]], [cat])
+        shown = [i for i in on_canvas if i.mask is not None and self.view.is_shown(i)]
+        inside = sorted(M.instances_at(shown, (x, y)), key=lambda i: M.area(i.mask))[:1]  # the innermost
+        self.click_requested.emit(self.image_id, [[x, y]], [cat], inside or [None])
 
-    def apply_clicks(self, image_id: int, found: list[Instance], missed: int = 0) -> None:
+    def apply_clicks(self, image_id: int, found: list[Instance], missed: int = 0,
+                     splits: list | None = None, unsplit: list | None = None) -> None:
         """The instances grown from the person's clicks on ``image_id`` (the image on screen or one
         the person has left since: the click is kept either way); a click that found nothing is
         said in the status bar. A region that is an object already drawn (mask IoU >= 0.5, COCO's
-        match, with one the view shows) is not added twice: that object is selected instead."""
+        match, with one the view shows) is not added twice: that object is selected instead.
+        ``splits``: (the instance as clicked, its rest, the new instance) per click inside one;
+        ``unsplit``: the instances a click inside found one object in (selected, and said)."""
         if missed:
             self.message.emit("Nothing stands out from its surroundings at the click: "
                               "draw a box (W) around the object instead.")
+        for inside, rest, new in splits or []:
+            self._split(image_id, inside, rest, new)
+        if unsplit:
+            self.message.emit("One object there: a click inside an object splits it only where it "
+                              "holds two (click the second one). Nothing changed.")
+            if image_id == self.image_id:
+                self.canvas.select_ids([i.id for i in unsplit])
         if not found or self.project is None:
             return
         insts = [i.with_(image_id=image_id, id=None,
@@ -166,6 +180,23 @@ class Editor(QObject):
             self.message.emit(f"Not saved: {cmd.error}")
         elif image_id == self.image_id:
             self.canvas.select_ids([i.id for i in cmd.stored])
+
+    def _split(self, image_id: int, inside: Instance, rest: Instance, new: Instance) -> None:
+        """Cut ``inside`` in two (``SplitInstance``), unless it changed since the click."""
+        st = self._stacks.get(image_id)
+        before = self.project.instance(inside.id) if self.project is not None and st is not None else None
+        if before is None or (before.mask, tuple(before.box)) != (inside.mask, tuple(inside.box)):
+            self.message.emit("The object changed before its split came back: click it again.")
+            return
+        rest = before.with_(mask=rest.mask, box=rest.box)
+        new = new.with_(image_id=image_id, id=None,
+                        keypoints=new.keypoints if new.keypoints else self._blank_keypoints(new.category_id))
+        cmd = SplitInstance(self.project, self._refresh, before, rest, new)
+        st.push(cmd)
+        if cmd.error:
+            self.message.emit(f"Not saved: {cmd.error}")
+        elif image_id == self.image_id:
+            self.canvas.select_ids([cmd.stored.id])
 
     def _not_drawn_yet(self, image_id: int, insts: list[Instance]) -> list[Instance]:
         """``insts`` less those that match an object the view shows on the image (mask IoU >= 0.5);

@@ -36,7 +36,9 @@ class ModelController:
         s.predicted.connect(self._on_prediction)
         s.filled.connect(lambda pred: w.editor.apply_fill(pred.image_id, list(pred.instances)))
         s.clicked.connect(lambda pred: w.editor.apply_clicks(pred.image_id, list(pred.instances),
-                                                             int(pred.extra.get("missed", 0))))
+                                                             int(pred.extra.get("missed", 0)),
+                                                             pred.extra.get("splits", []),
+                                                             pred.extra.get("unsplit", [])))
         s.batch_started.connect(self._on_batch_started)
         s.batch_progress.connect(self._on_batch_progress)
         s.batch_done.connect(self._on_batch_done)
@@ -118,8 +120,8 @@ class ModelController:
         if not self.side.fill(image_id, boxes, category_ids, instance_ids):
             self.w.say("No project open: the box stays a plain box.", 6000)
 
-    def ask_click(self, image_id: int, points: list, category_ids: list) -> None:
-        if not self.side.fill_clicks(image_id, points, category_ids):
+    def ask_click(self, image_id: int, points: list, category_ids: list, insides: list) -> None:
+        if not self.side.fill_clicks(image_id, points, category_ids, insides):
             self.w.say("No project open.", 6000)
 
     def predict_all(self) -> None:

@@ -37,7 +37,7 @@ class ModelSide(QObject):
     request_warm = Signal()
     request_predict = Signal(int, list)
     request_fill = Signal(int, int, list, list, list)
-    request_click = Signal(int, int, list, list)
+    request_click = Signal(int, int, list, list, list)
 
     def __init__(self, project: Callable[[], Project | None], parent=None):
         super().__init__(parent)
@@ -127,13 +127,14 @@ class ModelSide(QObject):
         self.request_fill.emit(self._next_request, image_id, boxes, category_ids, instance_ids)
         return True
 
-    def fill_clicks(self, image_id: int, points: list, category_ids: list) -> bool:
-        """Ask the worker for the objects at the person's clicks (``clicked`` answers); False when
-        no project is open."""
+    def fill_clicks(self, image_id: int, points: list, category_ids: list, insides: list | None = None) -> bool:
+        """Ask the worker for the objects at the person's clicks (``clicked`` answers), a click
+        with an instance in ``insides`` splitting it; False when no project is open."""
         if self.thread is None:
             return False
         self._next_request += 1
-        self.request_click.emit(self._next_request, image_id, points, category_ids)
+        self.request_click.emit(self._next_request, image_id, points, category_ids,
+                                list(insides or [None] * len(points)))
         return True
 
     def predict_all(self, first: int | None = None) -> bool:

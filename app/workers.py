@@ -202,21 +202,33 @@ class FillWorker(QObject):
         except Exception as exc:
             self.source.report(exc, self.errored)
 
-    @Slot(int, int, list, list)
-    def fill_clicks(self, request_id: int, image_id: int, points: list, category_ids: list) -> None:
+    @Slot(int, int, list, list, list)
+    def fill_clicks(self, request_id: int, image_id: int, points: list, category_ids: list,
+                    insides: list | None = None) -> None:
         """Instances grown from a person's clicks (``detector.fills.fill_clicks``); the clicks
-        that found nothing are counted in ``extra["missed"]``."""
+        that found nothing are counted in ``extra["missed"]``. A click with an instance in
+        ``insides`` (None for the others) cuts that instance in two instead
+        (``detector.fills.split_click``): ``extra["splits"]`` lists (the instance as clicked, its
+        rest, the new one), ``extra["unsplit"]`` the instances that held one object only."""
         try:
-            from detector.fills import fill_clicks
+            from detector.fills import fill_clicks, split_click
             from detector.images import load_image
 
             project = self._proj()
             rec = project.image(image_id)
             arr = load_image(project.abspath(rec))
-            found = fill_clicks(self.source.predictor, arr, points, category_ids)
+            insides = list(insides or []) + [None] * (len(points) - len(insides or []))
+            grow = [k for k, inside in enumerate(insides) if inside is None]
+            found = fill_clicks(self.source.predictor, arr, [points[k] for k in grow], [category_ids[k] for k in grow])
             insts = tuple(i for i in found if i is not None)
+            splits, unsplit = [], []
+            for p, cid, inside in zip(points, category_ids, insides):
+                if inside is not None:
+                    cut = split_click(self.source.predictor, arr, inside, p, cid)
+                    (unsplit if cut is None else splits).append(inside if cut is None else (inside, *cut))
             self.clicks_filled.emit(Prediction(request_id, image_id, rec.path, arr.shape[1], arr.shape[0], insts,
-                                               extra={"missed": len(found) - len(insts)}))
+                                               extra={"missed": len(found) - len(insts), "splits": splits,
+                                                      "unsplit": unsplit}))
         except Exception as exc:
             self.source.report(exc, self.errored)
 

@@ -22,7 +22,10 @@ point first. Where the model has a prediction there that the slider hides, the c
 (the highest-scored one whose mask holds the point); else the region grown from the click is
 added. A result that is right is kept, a close one touched up or undone, a wrong one undone, and
 then the object is drawn as a box (``_draw``). A person sees the result at once, so a failed
-click costs the click and the undo.
+click costs the click and the undo. A region that ran over other missed objects (it holds at
+least half of each of one to ``SPLIT_MOST`` of them) is split instead: each of those objects is
+clicked inside the region (the Click tool's ``split``, ``detector.clickfill.split_cut``), and
+every part is then kept, touched up, or deleted and boxed as a click's region is.
 
 Matching (stated thresholds): a prediction is the same object as a ground-truth instance at IoU
 >= ``MATCH_IOU`` (0.5, COCO's loosest AP threshold); its mask (box, for box-only data) is
@@ -79,8 +82,12 @@ COSTS = Costs()
 Fill = Callable[[tuple[float, float, float, float], int], "Instance | None"]
 
 #: ``click((x, y), category_id) -> Instance | None``: what the Click tool makes of a click at
-#: (x, y) (mask, box, keypoints); None where it finds nothing.
+#: (x, y) (mask, box, keypoints); None where it finds nothing. Its optional attribute
+#: ``split(instance, (x, y), category_id) -> (instance's rest, new instance) | None`` is the same
+#: tool's click inside an instance (``detector.fills.split_click``).
 Click = Callable[[tuple[float, float], int], "Instance | None"]
+
+SPLIT_MOST = 3  # a region over more missed objects than this is undone, not split click by click
 
 
 @dataclass
@@ -204,14 +211,18 @@ def review_cost(shown: Sequence[Instance], truth: Sequence[Instance], fill: Fill
     memo = drawn if drawn is not None else {}
     shown_ids = {id(p) for p in shown}
 
+    def at(j: int) -> tuple[tuple[float, float], Instance | None]:
+        """Where object ``j`` is clicked, and the hidden prediction that click shows (or None)."""
+        if ("at", j) not in memo:  # where the click goes, and what is under it: once an object
+            xy = click_point(M.decode(truth[j].mask).astype(bool))
+            memo[("at", j)] = xy, M.instances_at(predictions, xy)
+        xy, candidates = memo[("at", j)]
+        return xy, next((p for p in candidates if id(p) not in shown_ids), None)
+
     def draw(j: int) -> ImageCost:
         g, under, xy = truth[j], None, None
         if click is not None and g.mask is not None:
-            if ("at", j) not in memo:  # where the click goes, and what is under it: once an object
-                xy = click_point(M.decode(g.mask).astype(bool))
-                memo[("at", j)] = xy, M.instances_at(predictions, xy)
-            xy, candidates = memo[("at", j)]
-            under = next((p for p in candidates if id(p) not in shown_ids), None)
+            xy, under = at(j)
         key = (j, id(under))
         if key not in memo:
             memo[key] = _draw(g, fill, costs, click, under, xy)
@@ -239,9 +250,98 @@ def review_cost(shown: Sequence[Instance], truth: Sequence[Instance], fill: Fill
             _merge(cost, fix)
     cost.add("delete", costs.delete, len(shown) - len(pairs))
     matched = {j for _, j, _ in pairs}
-    for j in range(len(truth)):
-        if j not in matched:
+    missed = [j for j in range(len(truth)) if j not in matched]
+    split = getattr(click, "split", None)
+    done: set[int] = set()
+    for j in missed:
+        if j in done:
+            continue
+        done.add(j)
+        group = _split_group(j, missed, done, truth, click, memo, at) if split else []
+        if not group:
             _merge(cost, draw(j))
+            continue
+        key = ("split", j, tuple(group))
+        if key not in memo:
+            memo[key] = _split_first(truth, [j, *group], memo[("made", j)], fill, costs, split,
+                                     [at(k)[0] for k in [j, *group]], draw)
+        _merge(cost, memo[key])
+        done.update(group)
+    return cost
+
+
+def _split_group(j: int, missed: list[int], done: set[int], truth: Sequence[Instance], click: Click,
+                 memo: dict, at) -> list[int]:
+    """The other missed objects that object ``j``'s click region ran over (at least half of each;
+    none with a hidden prediction at its own click, which that click would show), where the region
+    is not right and runs over no more than ``SPLIT_MOST`` objects in all; [] otherwise. ``at(k)``: where object ``k``
+    is clicked and the hidden prediction there (``review_cost``)."""
+    g = truth[j]
+    if g.mask is None:
+        return []
+    xy, under = at(j)
+    if under is not None:
+        return []  # that click shows a hidden prediction
+    if ("made", j) not in memo:
+        memo[("made", j)] = click(xy, g.category_id)
+    made = memo[("made", j)]
+    if made is None or made.mask is None or M.iou(made, g) >= GOOD_IOU:
+        return []
+    if ("over", j) not in memo:  # the objects the region holds half of, whoever else is missed
+        region = M.decode(made.mask).astype(bool)
+        x1, y1, x2, y2 = made.box
+        over = []
+        for k, other in enumerate(truth):
+            b = other.box
+            if k == j or other.mask is None or b[0] > x2 or b[2] < x1 or b[1] > y2 or b[3] < y1:
+                continue
+            mask = M.decode(other.mask).astype(bool)
+            if (region & mask).sum() >= 0.5 * mask.sum():
+                over.append(k)
+        memo[("over", j)] = over
+    if len(memo[("over", j)]) > SPLIT_MOST:
+        return []
+    left = set(missed) - done
+    return [k for k in memo[("over", j)] if k in left and at(k)[1] is None]
+
+
+def _split_first(truth: Sequence[Instance], group: list[int], made: Instance, fill: Fill | None,
+                 costs: Costs, split, xys: list, draw: Callable[[int], ImageCost]) -> ImageCost:
+    """Object ``group[0]``'s click region ran over the others: each of them clicked inside it
+    (split off the part holding the click), then each part kept, touched up, or deleted and the
+    object boxed, as ``_click_first`` prices a click's region; or, the cheaper, the part deleted
+    and the object clicked again (``draw(k)``: its own click first, the region ``group[0]``'s
+    click grew, for that object)."""
+    cost = ImageCost()
+    cost.add("click object", costs.click, len(group))
+    parts: dict[int, Instance | None] = {group[0]: made}
+    for k, xy in zip(group[1:], xys[1:]):
+        holder = next((o for o, p in parts.items() if p is not None and M.instances_at([p], xy)), None)
+        res = split(parts[holder], xy, truth[k].category_id) if holder is not None else None
+        parts[k] = None
+        if res is not None:
+            parts[holder], parts[k] = res
+    for o, part in parts.items():
+        g = truth[o]
+        q = M.iou(part, g) if part is not None and part.mask is not None else 0.0
+        if q >= GOOD_IOU:
+            _keypoint_cost(part.keypoints, g, cost, costs)
+            continue
+        redo = ImageCost()
+        if part is not None:
+            redo.add("delete", costs.delete)
+        again = ImageCost()
+        _merge(again, redo)
+        _merge(redo, _draw(g, fill, costs))
+        if g.mask is not None:
+            _merge(again, draw(o))
+            redo = min(redo, again, key=lambda c: c.seconds)
+        if q >= MATCH_IOU:
+            fix = ImageCost()
+            fix.add("touch up mask", costs.touch_up)
+            _keypoint_cost(part.keypoints, g, fix, costs)
+            redo = min(fix, redo, key=lambda c: c.seconds)
+        _merge(cost, redo)
     return cost
 
 

@@ -165,3 +165,70 @@ def click_point(mask: np.ndarray) -> tuple[float, float]:
     depth = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
     y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
     return float(x) + 0.5, float(y) + 0.5
+
+
+SPLIT_AWAY = 1.5  # the instance's own seed lies farther from the click than this many click depths
+
+
+def split_cut(rgb: np.ndarray, mask: np.ndarray, xy: tuple[float, float]) -> tuple[np.ndarray, np.ndarray] | None:
+    """A click with the Click tool inside an instance that holds touching objects: ``mask`` (H x W
+    bool, the instance) cut in two, (the part around the click: a new object; the rest: the
+    instance's own). None where the click is outside the mask or no second object is there.
+
+    The click's object reaches about its depth (distance to the outline) around the click, so the
+    instance's own seed is its deepest point farther than ``SPLIT_AWAY`` depths from the click.
+    The cut is a watershed from the two seeds over the colour level (0 at the colour around the
+    instance, 1 at the instance's own), so a darker seam between touching objects is the ridge;
+    on real nuclei it beat the outline's depth and a mix of the two (bench/RESULTS.md, "Splitting
+    a merged region with a second click").
+    """
+    h, w = mask.shape
+    x, y = int(min(max(xy[0], 0), w - 1)), int(min(max(xy[1], 0), h - 1))
+    if not mask[y, x]:
+        return None
+    ys, xs = np.nonzero(mask)
+    Y0, Y1 = max(0, int(ys.min()) - 3), min(h, int(ys.max()) + 4)
+    X0, X1 = max(0, int(xs.min()) - 3), min(w, int(xs.max()) + 4)
+    reg = mask[Y0:Y1, X0:X1]
+    crop = rgb[Y0:Y1, X0:X1].astype(np.float32)
+    f = min(1.0, MAX_SIDE / max(reg.shape))
+    if f < 1.0:
+        size = (max(1, round(reg.shape[1] * f)), max(1, round(reg.shape[0] * f)))
+        crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+        reg = cv2.resize(reg.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+    cx, cy = min(reg.shape[1] - 1, int((x - X0) * f)), min(reg.shape[0] - 1, int((y - Y0) * f))
+    if not reg[cy, cx]:
+        return None
+    depth = cv2.distanceTransform(np.pad(reg, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    yy, xx = np.mgrid[0:reg.shape[0], 0:reg.shape[1]]
+    away = reg & ((xx - cx) ** 2 + (yy - cy) ** 2 > (SPLIT_AWAY * max(float(depth[cy, cx]), 1.0)) ** 2)
+    if not away.any():
+        return None  # the click's object is all there is
+    oy, ox = np.unravel_index(int(np.argmax(np.where(away, depth, -1.0))), depth.shape)
+    crop = cv2.GaussianBlur(crop, (3, 3), 0)
+    ring = cv2.dilate(reg.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & ~reg
+    obj = np.median(crop[reg], axis=0)
+    ground = np.median(crop[ring], axis=0) if ring.any() else np.zeros(3, np.float32)
+    d = obj - ground
+    level = np.clip(((crop - ground) @ d) / max(float(d @ d), 1e-6), 0.0, 1.0)
+    markers = np.zeros(reg.shape, np.int32)
+    cv2.circle(markers, (int(ox), int(oy)), 1, 1, -1)
+    cv2.circle(markers, (cx, cy), 1, 2, -1)
+    markers[~reg] = 3
+    relief = np.clip(255 - level * 255, 0, 255).astype(np.uint8)
+    cv2.watershed(cv2.cvtColor(relief, cv2.COLOR_GRAY2BGR), markers)
+    new = markers == 2
+    near = cv2.dilate(new.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    new = _largest_filled(new | ((markers == -1) & reg & near)) & reg
+    rest = reg & ~new  # may be in pieces: a click on the middle one of three
+    if not new.any() or not rest.any():
+        return None
+    shape = (Y1 - Y0, X1 - X0)
+    out = []
+    for part in (new, rest):
+        full = np.zeros((h, w), bool)
+        full[Y0:Y1, X0:X1] = _back(part, shape) & mask[Y0:Y1, X0:X1]
+        out.append(full)
+    if not out[0].any() or not out[1].any():
+        return None
+    return out[0], out[1]

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .boxfill import fill_box
-from .clickfill import fill_click
+from . import masks as M
+from .clickfill import fill_click, split_cut
 from .domain import MODEL, Instance
 
 if TYPE_CHECKING:
@@ -53,13 +54,36 @@ def fill_clicks(predictor: Predictor | None, array: np.ndarray, points: list, ca
     (``detector.clickfill``) and that region's box, or None where nothing stands out there. For a
     category with keypoints the model (where it knows the category) places them in the box."""
     found = [fill_click(array, p) for p in points]
-    out: list[Instance | None] = [None if f is None else Instance(cid, f[1], f[0])
-                                  for f, cid in zip(found, category_ids)]
+    return _posed(predictor, array, [None if f is None else Instance(cid, f[1], f[0])
+                                     for f, cid in zip(found, category_ids)])
+
+
+def split_click(predictor: Predictor | None, array: np.ndarray, inside: Instance, xy, category_id: int
+                ) -> tuple[Instance, Instance] | None:
+    """The Click tool on an instance already there (a region that ran over touching objects):
+    ``inside`` cut in two at the click (``clickfill.split_cut``), as (``inside`` keeping the rest
+    of its mask, with that part's box; a new instance of ``category_id`` with the part around the
+    click, keypoints as ``fill_clicks`` places them). None where the instance has no mask, the
+    click is not on it, or nothing there is a second object."""
+    if inside.mask is None:
+        return None
+    cut = split_cut(array, M.decode(inside.mask).astype(bool), xy)
+    if cut is None:
+        return None
+    part, rest = (M.encode(m) for m in cut)
+    new = _posed(predictor, array, [Instance(category_id, M.bbox_xyxy(part), part)])[0]
+    return inside.with_(mask=rest, box=M.bbox_xyxy(rest)), new
+
+
+def _posed(predictor: Predictor | None, array: np.ndarray, found: list[Instance | None]) -> tuple[Instance | None, ...]:
+    """``found`` with keypoints placed by the model in each box, for the categories with keypoints
+    that it knows."""
     label_of = {cid: lab for lab, cid in predictor.category_ids.items()} if predictor else {}
-    posed = [k for k, (f, cid) in enumerate(zip(found, category_ids))
-             if f is not None and cid in label_of and label_of[cid] in predictor._slices]
+    posed = [k for k, f in enumerate(found)
+             if f is not None and f.category_id in label_of and label_of[f.category_id] in predictor._slices]
+    out = list(found)
     if posed:
-        raw = model_in_boxes(predictor, array, [found[k][1] for k in posed], [category_ids[k] for k in posed])
+        raw = model_in_boxes(predictor, array, [found[k].box for k in posed], [found[k].category_id for k in posed])
         for k, r in zip(posed, raw):
             out[k] = out[k].with_(keypoints=r.keypoints)
     return tuple(out)

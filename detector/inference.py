@@ -24,7 +24,7 @@ from . import masks as M
 from .boxfill import fill_box, fill_box_both
 from .devices import device_description, is_out_of_memory, pick_device  # noqa: F401 (re-exported)
 from .errors import InferenceError
-from .fills import fill_boxes, fill_clicks, model_in_boxes  # noqa: F401 (fill_* re-exported)
+from .fills import fill_boxes, fill_clicks, model_in_boxes, split_click  # noqa: F401 (fill_* re-exported)
 from .domain import MODEL, Category, ImageStatus, Instance, Prediction
 from .images import ImageReadError, load_image
 from .model import CheckpointError, Detector, build_model, detector_from_checkpoint, load_checkpoint
@@ -288,7 +288,8 @@ def truth_fills(predictor: Predictor, array: np.ndarray, truth: list[Instance]):
 
 def truth_click(predictor: Predictor | None, array: np.ndarray):
     """The Click tool on ``array`` in the form the simulated annotator asks for it
-    (``detector.annotator.Click``), each click worked out once."""
+    (``detector.annotator.Click``, with its ``split`` for a click inside an instance), each click
+    worked out once."""
     done: dict = {}
 
     def click(xy, category_id):
@@ -296,6 +297,13 @@ def truth_click(predictor: Predictor | None, array: np.ndarray):
         if key not in done:
             done[key] = fill_clicks(predictor, array, [xy], [category_id])[0]
         return done[key]
+
+    def split(inside: Instance, xy, category_id):
+        key = ("split", inside.mask["counts"] if inside.mask else None, tuple(xy), category_id)
+        if key not in done:
+            done[key] = split_click(predictor, array, inside, xy, category_id)
+        return done[key]
+    click.split = split
     return click
 
 

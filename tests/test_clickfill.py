@@ -158,11 +158,18 @@ def test_the_click_tool_adds_the_object_in_the_real_window(qtbot, tmp_path, open
         (inst,) = p.instances(target)
         assert _iou(inst.mask, truth) > 0.9 and inst.box == pytest.approx(M.bbox_xyxy(inst.mask))
         assert canvas.selected_ids() == [inst.id]
-        # The same object clicked again (with nothing selected): not added twice, selected instead.
+        # The same object clicked again (with nothing selected): it holds one object, so nothing
+        # is split or added; it is selected (tests/test_split.py has the split).
         canvas.select_ids([])
         with qtbot.waitSignal(w.editor.message, timeout=60_000) as said:
             QTest.mouseClick(canvas.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
                              canvas.mapFromScene(x, y))
+        assert "One object there" in said.args[0]
+        assert p.instances(target) == [inst] and canvas.selected_ids() == [inst.id]
+        # A region grown again over the object (a click beside its mask): not added twice.
+        canvas.select_ids([])
+        with qtbot.waitSignal(w.editor.message, timeout=10_000) as said:
+            w.editor.apply_clicks(target, [inst.with_(id=None)])
         assert "Already drawn" in said.args[0]
         assert p.instances(target) == [inst] and canvas.selected_ids() == [inst.id]
         w.editor.stack().undo()  # one step: undo takes the object away
