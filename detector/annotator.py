@@ -23,9 +23,11 @@ point first. Where the model has a prediction there that the slider hides, the c
 added. A result that is right is kept, a close one touched up or undone, a wrong one undone, and
 then the object is drawn as a box (``_draw``). A person sees the result at once, so a failed
 click costs the click and the undo. A region that ran over other missed objects (it holds at
-least half of each of one to ``SPLIT_MOST`` of them) is split instead: each of those objects is
+least half of each, ``SPLIT_MOST`` objects at most) is split instead: each of those objects is
 clicked inside the region (the Click tool's ``split``, ``detector.clickfill.split_cut``), and
-every part is then kept, touched up, or deleted and boxed as a click's region is.
+every part is then kept, touched up, or deleted and the object boxed or clicked again. So is a
+shown prediction that holds a missed object's click point, as the app does: the click splits it,
+and the prediction's match is priced on what is left of it.
 
 Matching (stated thresholds): a prediction is the same object as a ground-truth instance at IoU
 >= ``MATCH_IOU`` (0.5, COCO's loosest AP threshold); its mask (box, for box-only data) is
@@ -232,8 +234,28 @@ def review_cost(shown: Sequence[Instance], truth: Sequence[Instance], fill: Fill
     cost.add("look", costs.look_image)
     cost.add("verify", costs.verify_instance, len(shown))
     pairs = match(shown, truth)
+    matched = {j for _, j, _ in pairs}
+    missed = [j for j in range(len(truth)) if j not in matched]
+    split = getattr(click, "split", None)
+    # A missed object whose click lands inside a shown prediction (one that ran over it): the
+    # Click tool splits that prediction there; what is left of it is what its match is priced on.
+    now = list(shown)
+    cut_off: dict[int, Instance | None] = {}
+    for j in missed if split is not None else ():
+        if truth[j].mask is None or at(j)[1] is not None:
+            continue
+        xy = at(j)[0]
+        inside = [k for k, p in enumerate(now) if p.mask is not None and M.instances_at([p], xy)]
+        if inside:
+            k = min(inside, key=lambda k: M.area(now[k].mask))
+            res = split(now[k], xy, truth[j].category_id)
+            cut_off[j] = None
+            if res is not None:
+                now[k], cut_off[j] = res
     for k, j, q in pairs:
-        p, g = shown[k], truth[j]
+        p, g = now[k], truth[j]
+        if p is not shown[k]:
+            q = M.iou(p, g)
         if p.category_id != g.category_id:
             cost.add("fix class", costs.fix_class)
         if q >= GOOD_IOU:
@@ -249,10 +271,11 @@ def review_cost(shown: Sequence[Instance], truth: Sequence[Instance], fill: Fill
                 fix = min(fix, draw(j), key=lambda c: c.seconds)
             _merge(cost, fix)
     cost.add("delete", costs.delete, len(shown) - len(pairs))
-    matched = {j for _, j, _ in pairs}
-    missed = [j for j in range(len(truth)) if j not in matched]
-    split = getattr(click, "split", None)
     done: set[int] = set()
+    for j, part in cut_off.items():
+        cost.add("click object", costs.click)
+        _merge(cost, _part_cost(part, truth[j], fill, costs, draw(j) if part is not None else None))
+        done.add(j)
     for j in missed:
         if j in done:
             continue
@@ -322,27 +345,34 @@ def _split_first(truth: Sequence[Instance], group: list[int], made: Instance, fi
         if res is not None:
             parts[holder], parts[k] = res
     for o, part in parts.items():
-        g = truth[o]
-        q = M.iou(part, g) if part is not None and part.mask is not None else 0.0
-        if q >= GOOD_IOU:
-            _keypoint_cost(part.keypoints, g, cost, costs)
-            continue
-        redo = ImageCost()
-        if part is not None:
-            redo.add("delete", costs.delete)
-        again = ImageCost()
-        _merge(again, redo)
-        _merge(redo, _draw(g, fill, costs))
-        if g.mask is not None:
-            _merge(again, draw(o))
-            redo = min(redo, again, key=lambda c: c.seconds)
-        if q >= MATCH_IOU:
-            fix = ImageCost()
-            fix.add("touch up mask", costs.touch_up)
-            _keypoint_cost(part.keypoints, g, fix, costs)
-            redo = min(fix, redo, key=lambda c: c.seconds)
-        _merge(cost, redo)
+        _merge(cost, _part_cost(part, truth[o], fill, costs, draw(o) if truth[o].mask is not None else None))
     return cost
+
+
+def _part_cost(part: Instance | None, g: Instance, fill: Fill | None, costs: Costs,
+               again: ImageCost | None) -> ImageCost:
+    """A part split off for object ``g`` (None: the split found no second object there): kept,
+    touched up, or deleted and the object boxed, or deleted and clicked again (``again``: the
+    object's own click first), the cheapest."""
+    cost = ImageCost()
+    q = M.iou(part, g) if part is not None and part.mask is not None else 0.0
+    if q >= GOOD_IOU:
+        _keypoint_cost(part.keypoints, g, cost, costs)
+        return cost
+    redo, retry = ImageCost(), ImageCost()
+    if part is not None:
+        redo.add("delete", costs.delete)
+        retry.add("delete", costs.delete)
+    _merge(redo, _draw(g, fill, costs))
+    if again is not None:
+        _merge(retry, again)
+        redo = min(redo, retry, key=lambda c: c.seconds)
+    if q >= MATCH_IOU:
+        fix = ImageCost()
+        fix.add("touch up mask", costs.touch_up)
+        _keypoint_cost(part.keypoints, g, fix, costs)
+        redo = min(fix, redo, key=lambda c: c.seconds)
+    return redo
 
 
 def draw_seconds(items: Sequence[tuple], costs: Costs = COSTS) -> tuple[float, int]:

@@ -17,7 +17,8 @@ def _cells(centres, r=20, h=120, w=200, seam=True):
     """(RGB image, [mask per cell], union): bright discs on a dark ground, each touching the next,
     a slightly darker seam where they meet (as between touching nuclei)."""
     yy, xx = np.mgrid[0:h, 0:w]
-    cells = [(yy - cy) ** 2 + (xx - cx) ** 2 <= r ** 2 for cx, cy in centres]
+    radii = r if isinstance(r, (list, tuple)) else [r] * len(centres)
+    cells = [(yy - cy) ** 2 + (xx - cx) ** 2 <= rk ** 2 for (cx, cy), rk in zip(centres, radii)]
     img = np.full((h, w), 15.0)
     union = np.zeros((h, w), bool)
     for c in cells:
@@ -27,8 +28,8 @@ def _cells(centres, r=20, h=120, w=200, seam=True):
         for (ax, _), (bx, _) in zip(centres, centres[1:]):
             img[(np.abs(xx - (ax + bx) / 2) <= 2) & union] = 95
     owner = np.full((h, w), -1)
-    for k, c in enumerate(cells):  # the truth: each pixel to the nearest centre
-        d = [(xx - cx) ** 2 + (yy - cy) ** 2 for cx, cy in centres]
+    d = [np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2) - rk for (cx, cy), rk in zip(centres, radii)]
+    for k in range(len(cells)):  # the truth: each pixel to the cell whose rim is nearest
         owner[union & (np.argmin(d, axis=0) == k)] = k
     truths = [owner == k for k in range(len(cells))]
     return np.repeat(img[..., None], 3, axis=2).astype(np.uint8), truths, union
@@ -92,6 +93,24 @@ def test_the_annotator_splits_a_region_that_ran_over_its_neighbour():
     fill = lambda box, cid: next(g for g in gts if g.box == box)  # noqa: E731
     n = len(gts)
     assert A.review_cost([], gts, fill, click=blob).seconds == pytest.approx(c.look_image + n * (2 * c.click + c.box))
+
+
+def test_the_annotator_splits_a_shown_prediction_that_holds_a_missed_object():
+    rgb, (big, small), union = _cells([(60, 60), (92, 60)], r=[20, 12])
+    gts = [Instance(1, M.bbox_xyxy(r), r) for r in (M.encode(t) for t in (big, small))]
+    merged = M.encode(union)
+    pred = Instance(1, M.bbox_xyxy(merged), merged, score=0.9, source="model", changed_by="model")
+    assert A.match([pred], gts)[0][1] == 0  # the prediction is the big cell's
+    click = truth_click(None, rgb)
+    fill = lambda box, cid: next(g for g in gts if g.box == box)  # noqa: E731
+    c = A.COSTS
+    # A click on the small cell, inside the prediction: both parts right, nothing else to do.
+    split = A.review_cost([pred], gts, fill, click=click, predictions=[pred])
+    assert split.seconds == pytest.approx(c.look_image + c.verify_instance + c.click)
+    # Without the split the small cell is clicked and grown on its own, one click more.
+    plain = lambda xy, cid: click(xy, cid)  # noqa: E731
+    assert A.review_cost([pred], gts, fill, click=plain, predictions=[pred]).seconds == \
+        pytest.approx(split.seconds + c.click)
 
 
 def test_a_click_inside_an_instance_splits_it_in_the_real_window(qtbot, tmp_path, open_window):
