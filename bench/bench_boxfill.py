@@ -137,7 +137,7 @@ def click_row(args, images, boxes) -> dict:
     for (kind, path, pairs), drawn_boxes in zip(images, boxes):
         rgb = load_image(path)
         h, w = rgb.shape[:2]
-        cuts: dict = {}  # each box's fill once (GrabCut's initialisation is random): both ways see the same
+        cuts: dict = {}  # each box's fill worked out once, for both ways of pricing
 
         def cut(b):
             if b not in cuts:

@@ -199,6 +199,7 @@ def grabcut(rgb: np.ndarray, box) -> Cut:
     if rw < 2 or rh < 2 or (rx == 0 and ry == 0 and rw >= crop.shape[1] and rh >= crop.shape[0]):
         return empty  # no surroundings to learn the background from
     label = np.zeros(crop.shape[:2], np.uint8)
+    cv2.setRNGSeed(0)  # its colour models start from a random draw: the same box, the same mask
     try:
         cv2.grabCut(np.ascontiguousarray(crop[..., ::-1]), label, (rx, ry, rw, rh), np.zeros((1, 65)),
                     np.zeros((1, 65)), GRABCUT_ITERS, cv2.GC_INIT_WITH_RECT)

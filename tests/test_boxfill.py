@@ -174,3 +174,18 @@ def test_blurred_cells_get_their_edge_from_the_surroundings():
     assert _iou(rle, masks[0]) > 0.85
     assert BF.half_level_cut(rgb, (3, 3, 4, 4)).crop.shape == (1, 1)  # too small to cut: empty
     assert not BF.wide_threshold_cut(rgb, (3, 3, 4, 4)).crop.any()
+
+
+def test_the_same_box_gets_the_same_grabcut_mask():
+    """GrabCut's colour models start from a random draw (OpenCV's RNG): the fill seeds it, so a box
+    drawn again, or priced twice by the held-out evaluation, gets the same mask."""
+    rng = np.random.default_rng(26)  # a noisy blob whose GrabCut mask follows OpenCV's RNG unseeded
+    img = rng.normal(100, 40, (100, 100, 3))
+    yy, xx = np.mgrid[0:100, 0:100]
+    img[(yy - 50) ** 2 / 400 + (xx - 50) ** 2 / 600 <= 1] += rng.normal(30, 40, 3)
+    rgb = np.clip(img, 0, 255).astype(np.uint8)
+    masks = []
+    for seed in (1, 2):
+        cv2.setRNGSeed(seed)  # whatever state another caller left
+        masks.append(BF.grabcut(rgb, (20, 25, 80, 75)).crop)
+    assert masks[0].any() and (masks[0] == masks[1]).all()
