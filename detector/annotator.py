@@ -173,21 +173,7 @@ def _click_first(gt: Instance, fill: Fill | None, costs: Costs, click: Click,
         made = under.with_(category_id=gt.category_id, keypoints=kps)
     else:
         made = click(xy or click_point(M.decode(gt.mask).astype(bool)), gt.category_id)
-    q = M.iou(made, gt) if made is not None and made.mask is not None else 0.0
-    boxed = _draw(gt, fill, costs)
-    if q >= GOOD_IOU:
-        _keypoint_cost(made.keypoints, gt, cost, costs)
-        return cost
-    redo = ImageCost()
-    if made is not None:
-        redo.add("undo", costs.click)
-    _merge(redo, boxed)
-    if q >= MATCH_IOU:
-        fix = ImageCost()
-        fix.add("touch up mask", costs.touch_up)
-        _keypoint_cost(made.keypoints, gt, fix, costs)
-        redo = min(fix, redo, key=lambda c: c.seconds)
-    _merge(cost, redo)
+    _merge(cost, _result_cost(made, gt, fill, costs, remove="undo"))
     return cost
 
 
@@ -274,7 +260,7 @@ def review_cost(shown: Sequence[Instance], truth: Sequence[Instance], fill: Fill
     done: set[int] = set()
     for j, part in cut_off.items():
         cost.add("click object", costs.click)
-        _merge(cost, _part_cost(part, truth[j], fill, costs, draw(j) if part is not None else None))
+        _merge(cost, _result_cost(part, truth[j], fill, costs, draw(j) if part is not None else None))
         done.add(j)
     for j in missed:
         if j in done:
@@ -297,8 +283,8 @@ def _split_group(j: int, missed: list[int], done: set[int], truth: Sequence[Inst
                  memo: dict, at) -> list[int]:
     """The other missed objects that object ``j``'s click region ran over (at least half of each;
     none with a hidden prediction at its own click, which that click would show), where the region
-    is not right and runs over no more than ``SPLIT_MOST`` objects in all; [] otherwise. ``at(k)``: where object ``k``
-    is clicked and the hidden prediction there (``review_cost``)."""
+    is not right and runs over no more than ``SPLIT_MOST`` objects in all; [] otherwise.
+    ``at(k)``: where object ``k`` is clicked and the hidden prediction there (``review_cost``)."""
     g = truth[j]
     if g.mask is None:
         return []
@@ -345,24 +331,26 @@ def _split_first(truth: Sequence[Instance], group: list[int], made: Instance, fi
         if res is not None:
             parts[holder], parts[k] = res
     for o, part in parts.items():
-        _merge(cost, _part_cost(part, truth[o], fill, costs, draw(o) if truth[o].mask is not None else None))
+        _merge(cost, _result_cost(part, truth[o], fill, costs, draw(o) if truth[o].mask is not None else None))
     return cost
 
 
-def _part_cost(part: Instance | None, g: Instance, fill: Fill | None, costs: Costs,
-               again: ImageCost | None) -> ImageCost:
-    """A part split off for object ``g`` (None: the split found no second object there): kept,
-    touched up, or deleted and the object boxed, or deleted and clicked again (``again``: the
-    object's own click first), the cheapest."""
+def _result_cost(made: Instance | None, g: Instance, fill: Fill | None, costs: Costs,
+                 again: ImageCost | None = None, remove: str = "delete") -> ImageCost:
+    """What a click made for object ``g`` (a grown region, a shown prediction, a split-off part;
+    None: nothing) costs on top of the click: nothing where it is right (IoU >= GOOD_IOU; its
+    keypoints fixed), else the cheapest of a touch-up (IoU >= MATCH_IOU), taking it away
+    (``remove``: "undo" or "delete") and drawing the object as a box (``_draw``), or taking it away
+    and clicking the object again (``again``: that click's own cost)."""
     cost = ImageCost()
-    q = M.iou(part, g) if part is not None and part.mask is not None else 0.0
+    q = M.iou(made, g) if made is not None and made.mask is not None else 0.0
     if q >= GOOD_IOU:
-        _keypoint_cost(part.keypoints, g, cost, costs)
+        _keypoint_cost(made.keypoints, g, cost, costs)
         return cost
     redo, retry = ImageCost(), ImageCost()
-    if part is not None:
-        redo.add("delete", costs.delete)
-        retry.add("delete", costs.delete)
+    if made is not None:
+        redo.add(remove, costs.click)
+        retry.add(remove, costs.click)
     _merge(redo, _draw(g, fill, costs))
     if again is not None:
         _merge(retry, again)
@@ -370,7 +358,7 @@ def _part_cost(part: Instance | None, g: Instance, fill: Fill | None, costs: Cos
     if q >= MATCH_IOU:
         fix = ImageCost()
         fix.add("touch up mask", costs.touch_up)
-        _keypoint_cost(part.keypoints, g, fix, costs)
+        _keypoint_cost(made.keypoints, g, fix, costs)
         redo = min(fix, redo, key=lambda c: c.seconds)
     return redo
 

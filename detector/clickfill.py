@@ -211,15 +211,10 @@ def split_cut(rgb: np.ndarray, mask: np.ndarray, xy: tuple[float, float]) -> tup
     ground = np.median(crop[ring], axis=0) if ring.any() else np.zeros(3, np.float32)
     d = obj - ground
     level = np.clip(((crop - ground) @ d) / max(float(d @ d), 1e-6), 0.0, 1.0)
-    markers = np.zeros(reg.shape, np.int32)
-    cv2.circle(markers, (int(ox), int(oy)), 1, 1, -1)
-    cv2.circle(markers, (cx, cy), 1, 2, -1)
-    markers[~reg] = 3
-    relief = np.clip(255 - level * 255, 0, 255).astype(np.uint8)
-    cv2.watershed(cv2.cvtColor(relief, cv2.COLOR_GRAY2BGR), markers)
-    new = markers == 2
-    near = cv2.dilate(new.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-    new = _largest_filled(new | ((markers == -1) & reg & near)) & reg
+    seeds = np.zeros(reg.shape, np.int32)
+    cv2.circle(seeds, (int(ox), int(oy)), 1, 1, -1)
+    cv2.circle(seeds, (cx, cy), 1, 2, -1)
+    new = _watershed(reg, np.where(reg, seeds, 0), level, cx, cy) & reg
     rest = reg & ~new  # may be in pieces: a click on the middle one of three
     if not new.any() or not rest.any():
         return None
