@@ -24,7 +24,7 @@ TOOLS = [
      "there is shown, else its outline is found from the click (Ctrl+Z and draw a box where it is wrong); "
      "a click inside a shape that ran over two objects splits off the clicked one"),
     (Tool.POLYGON, "Polygon", "P", "Click points, Enter or double-click to close"),
-    (Tool.BRUSH, "Brush", "B", "Paint the selected mask ([ and ] size)"),
+    (Tool.BRUSH, "Brush", "B", "Paint the selected mask ([ and ] size; = and - grow or shrink it a pixel)"),
     (Tool.ERASER, "Eraser", "E", "Erase from the selected mask ([ and ] size)"),
     (Tool.KEYPOINT, "Keypoint", "K", "Click to place the next missing keypoint"),
 ]
@@ -77,6 +77,10 @@ class Actions:
                             ["Ctrl+Return", "Ctrl+Enter"], "Accept every prediction above the slider")
         self.keypoint_vis = a("Keypoint visibility", ed.toggle_keypoint, "V",
                               "Cycle the clicked keypoint: visible / occluded / unlabelled")
+        self.grow = a("Grow mask", lambda: ed.grow_selected(1), ["=", "+"],
+                      "Move the selected mask's outline out by a pixel (repeat for more)")
+        self.shrink = a("Shrink mask", lambda: ed.grow_selected(-1), "-",
+                        "Move the selected mask's outline in by a pixel (repeat for more)")
         self.smaller = a("Smaller brush", lambda: self.brush(-2), "[")
         self.bigger = a("Bigger brush", lambda: self.brush(2), "]")
         self.help = a("Shortcuts", self.show_shortcuts, ["F1", "?"], "Keyboard shortcuts")
@@ -137,6 +141,8 @@ class Actions:
         e.addActions([self.undo, self.redo])
         e.addSeparator()
         e.addActions([self.delete, self.duplicate, self.accept, self.accept_all, self.keypoint_vis, self.reviewed])
+        e.addSeparator()
+        e.addActions([self.grow, self.shrink])
         bar.addMenu("&Tools").addActions(list(self.tools.values()))
         bar.addMenu("&View").addActions([self.fit, self.one, self.auto_contrast, self.prev, self.next])
         mm = bar.addMenu("&Model")

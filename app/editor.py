@@ -17,6 +17,7 @@ from .canvas import ImageCanvas
 from .commands import AddInstances, DeleteInstances, EditInstances, SetImageStatus, SplitInstance
 
 _NUDGE = 1001  # merge key for repeated edits of the same kind
+GROW_MERGE = 1002  # repeated presses of Grow / Shrink mask: one undo step
 
 
 class Editor(QObject):
@@ -284,6 +285,23 @@ class Editor(QObject):
         cmd = AddInstances(self.project, self._refresh, copies, "Duplicate")
         self._push(cmd)
         self.canvas.select_ids([i.id for i in cmd.stored])
+
+    def grow_selected(self, px: int) -> None:
+        """Edit > Grow / Shrink mask: the selected masks' outlines moved out (``px`` > 0) or in by
+        ``|px|`` pixels (``masks.grow``); repeated presses on the same instances are one undo step.
+        A box without a mask, or a mask that shrinking would empty, is left as it is."""
+        insts = [i for i in self._instances(self.canvas.selected_ids()) if i.mask is not None]
+        if not insts:
+            self.message.emit("Select an instance with a mask to grow or shrink it.")
+            return
+        pairs = []
+        for i in insts:
+            rle = M.grow(i.mask, px)
+            if rle is None:
+                self.message.emit("Shrinking would leave nothing of the mask: left as it is.")
+                continue
+            pairs.append((i, i.with_(mask=rle, box=M.bbox_xyxy(rle))))
+        self.edit(pairs, "Grow / shrink mask", merge_key=GROW_MERGE)
 
     def set_category(self, category_id: int) -> None:
         """Selected instances get the category; with none selected it is the one for new ones."""

@@ -15,7 +15,12 @@ The cost table (``Costs``) is the one place the seconds live. Sources:
 - correcting a mostly right mask with an assisting tool: 14 s (Segment Anything, Kirillov et al.
   2023, sec. 4: 34 s -> 14 s per mask with model assistance); used for a brush touch-up;
 - single clicks and key presses (delete, pick a class, place or drag a keypoint, undo, a click
-  with the Click tool): one click each, 1.75 s, from the extreme-clicking figure.
+  with the Click tool, a press of Grow or Shrink mask): one click each, 1.75 s, from the
+  extreme-clicking figure.
+
+A mask that is not right (a prediction's, a box's fill, a click's region) is first grown or shrunk
+a pixel a press where up to ``GROW_MOST`` presses make it right (at nucleus size an outline one
+pixel off is IoU ~0.7), else touched up with the brush, else redrawn (``_mend``).
 
 With the Click tool (``click``: ``detector.clickfill``) a missed object is clicked at its deepest
 point first. Where the model has a prediction there that the slider hides, the click shows it
@@ -90,6 +95,7 @@ Fill = Callable[[tuple[float, float, float, float], int], "Instance | None"]
 Click = Callable[[tuple[float, float], int], "Instance | None"]
 
 SPLIT_MOST = 3  # a region over more missed objects than this is undone, not split click by click
+GROW_MOST = 3  # presses of Grow / Shrink mask a person tries before touching a mask up with the brush
 
 
 @dataclass
@@ -151,11 +157,11 @@ def _draw(gt: Instance, fill: Fill | None, costs: Costs, click: Click | None = N
     cost.add("draw box", costs.box)
     filled = fill(gt.box, gt.category_id) if fill is not None else None
     if gt.mask is not None:
-        q = M.iou(filled, gt) if filled is not None and filled.mask is not None else 0.0
-        if q < MATCH_IOU:
+        mend = _mend(filled, gt, costs)
+        if mend is None:
             cost.add("trace polygon", costs.polygon)
-        elif q < GOOD_IOU:
-            cost.add("touch up mask", costs.touch_up)
+        else:
+            _merge(cost, mend)
     _keypoint_cost(filled.keypoints if filled is not None else (), gt, cost, costs)
     return cost
 
@@ -250,8 +256,17 @@ def review_cost(shown: Sequence[Instance], truth: Sequence[Instance], fill: Fill
             cost.add("adjust box", costs.adjust_box)
             _keypoint_cost(p.keypoints, g, cost, costs)
         else:
+            if p is shown[k]:  # the same prediction at every slider value (slider_costs): once
+                if ("mend", id(p), j) not in memo:
+                    memo[("mend", id(p), j)] = _mend(p, g, costs)
+                mended = memo[("mend", id(p), j)]
+            else:
+                mended = _mend(p, g, costs)
             fix = ImageCost()
-            fix.add("touch up mask", costs.touch_up)
+            if mended is None:  # a split's rest that no longer matches: brushed back all the same
+                fix.add("touch up mask", costs.touch_up)
+            else:
+                _merge(fix, mended)
             _keypoint_cost(p.keypoints, g, fix, costs)
             if fill is not None:
                 fix = min(fix, draw(j), key=lambda c: c.seconds)
@@ -355,12 +370,40 @@ def _result_cost(made: Instance | None, g: Instance, fill: Fill | None, costs: C
     if again is not None:
         _merge(retry, again)
         redo = min(redo, retry, key=lambda c: c.seconds)
-    if q >= MATCH_IOU:
-        fix = ImageCost()
-        fix.add("touch up mask", costs.touch_up)
-        _keypoint_cost(made.keypoints, g, fix, costs)
-        redo = min(fix, redo, key=lambda c: c.seconds)
+    mend = _mend(made, g, costs) if made is not None else None
+    if mend is not None:
+        _keypoint_cost(made.keypoints, g, mend, costs)
+        redo = min(mend, redo, key=lambda c: c.seconds)
     return redo
+
+
+def _mend(made: Instance | None, g: Instance, costs: Costs) -> ImageCost | None:
+    """The cheapest way to bring ``made``'s mask to ``g``'s without redrawing it: nothing where it
+    is right (IoU >= GOOD_IOU); else up to ``GROW_MOST`` presses of Edit > Grow or Shrink mask
+    (the outline moved a pixel a press, ``masks.grow``; a click each) where they make it right,
+    or a brush touch-up of the mask at IoU >= MATCH_IOU (after presses that get it there);
+    None where neither works (the object is redrawn)."""
+    if made is None or made.mask is None:
+        return None
+    cost = ImageCost()
+    if M.iou(made, g) >= GOOD_IOU:
+        return cost
+    options = []  # (seconds, presses, touch-up)
+    for steps in range(-GROW_MOST, GROW_MOST + 1):
+        rle = M.grow(made.mask, steps) if steps else made.mask
+        q = M.iou(Instance(g.category_id, made.box, rle), g) if rle is not None else 0.0
+        presses = abs(steps) * costs.click
+        if q >= GOOD_IOU:
+            options.append((presses, steps, False))
+        elif q >= MATCH_IOU:
+            options.append((presses + costs.touch_up, steps, True))
+    if not options:
+        return None
+    _, steps, touch = min(options, key=lambda o: (o[0], abs(o[1])))
+    cost.add("grow or shrink mask", costs.click, abs(steps))
+    if touch:
+        cost.add("touch up mask", costs.touch_up)
+    return cost
 
 
 def draw_seconds(items: Sequence[tuple], costs: Costs = COSTS) -> tuple[float, int]:

@@ -289,6 +289,39 @@ def brush(mask: Rle | None, box: tuple[float, float, float, float], stroke: np.n
     return rle, (min(start[0], bx[0]), min(start[1], bx[1]), max(start[2], bx[2]), max(start[3], bx[3]))
 
 
+def grow(rle: Rle, px: int) -> Rle | None:
+    """The mask with its outline moved out (``px`` > 0) or in (< 0) by ``|px|`` pixels, one
+    4-neighbour step a pixel (a square side grows by 2 a step; Edit > Grow / Shrink mask). None
+    when shrinking leaves nothing. The work is on the mask's bounding box, not the image."""
+    import cv2  # local: the other helpers here need only numpy and pycocotools
+
+    h, w = int(rle["size"][0]), int(rle["size"][1])
+    crop, x0, y0 = decode_crop(rle)
+    if px == 0 or not crop.size:
+        return rle if crop.size else None
+    m = abs(int(px)) if px > 0 else 1
+    pad = np.pad(crop, m)
+    # where the mask meets the image's edge the object goes on past it: no outline to move there
+    ch, cw = crop.shape
+    if x0 == 0:
+        pad[:, :m] = pad[:, m:m + 1]
+    if y0 == 0:
+        pad[:m] = pad[m:m + 1]
+    if x0 + cw == w:
+        pad[:, -m:] = pad[:, -m - 1:-m]
+    if y0 + ch == h:
+        pad[-m:] = pad[-m - 1:-m]
+    step = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    pad = (cv2.dilate if px > 0 else cv2.erode)(pad, step, iterations=abs(int(px)))
+    if not pad.any():
+        return None
+    X0, Y0 = x0 - m, y0 - m
+    # the grown part beyond the image's edges is cut off
+    a, b = max(0, -Y0), max(0, -X0)
+    pad = pad[a:a + h - max(0, Y0), b:b + w - max(0, X0)]
+    return encode_crop(pad.astype(bool), max(0, X0), max(0, Y0), h, w)
+
+
 def instances_at(instances, xy: tuple[float, float]) -> list:
     """The instances whose mask (box, without one) holds the point ``xy``, highest score first
     (unscored ones first): what a click on a prediction the slider hides shows."""
