@@ -47,6 +47,35 @@ def demo(tmp_path):
 
 
 @pytest.fixture
+def one_instance(tmp_path):
+    """``one_instance(rgb, mask, name)``: a folder of one image holding one instance (``mask``) of
+    a new category ``name``; returns (project, category, image record, instance), closed after."""
+    from PIL import Image
+
+    from detector import masks as M
+    from detector.domain import Category, Instance
+    from detector.store import Project
+
+    opened = []
+
+    def make(rgb, mask, name):
+        folder = tmp_path / "one"
+        folder.mkdir()
+        Image.fromarray(rgb).save(folder / "image.png")
+        p = Project(folder)
+        opened.append(p)
+        p.scan()
+        cat = p.add_category(Category(name, "#e6194b"))
+        (rec,) = p.images()
+        rle = M.encode(mask)
+        return p, cat, rec, p.add_instance(Instance(cat.id, M.bbox_xyxy(rle), rle, image_id=rec.id))
+
+    yield make
+    for p in opened:
+        p.close()
+
+
+@pytest.fixture
 def project(demo):
     from detector.store import Project
 

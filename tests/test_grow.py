@@ -3,11 +3,10 @@ annotator prices it at, and the real window's keys, undo and store."""
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from detector import annotator as A
 from detector import masks as M
-from detector.domain import Category, Instance
+from detector.domain import Instance
 
 
 def _rect(h, w, y0, y1, x0, x1):
@@ -73,55 +72,46 @@ def test_the_annotator_does_not_press_where_presses_do_not_make_the_mask_right()
     assert cost.seconds == pytest.approx(c.look_image + c.verify_instance + c.touch_up)
 
 
-def test_grow_and_shrink_in_the_real_window(qtbot, tmp_path, open_window):
+def test_grow_and_shrink_in_the_real_window(qtbot, open_window, one_instance):
     from PySide6.QtCore import Qt
     from PySide6.QtTest import QTest
 
-    from detector.store import Project
-
-    folder = tmp_path / "f"
-    folder.mkdir()
-    Image.fromarray(np.full((80, 100, 3), 90, np.uint8)).save(folder / "a.png")
     blob = _rect(80, 100, 30, 40, 40, 52)
-    with Project(folder) as p:
-        p.scan()
-        cat = p.add_category(Category("cell", "#e6194b"))
-        (rec,) = p.images()
-        rle = M.encode(blob)
-        inst = p.add_instance(Instance(cat.id, M.bbox_xyxy(rle), rle, image_id=rec.id))
-        w = open_window(p)
-        shortcuts = {a.text(): [k.toString() for k in a.shortcuts()] for a in (w.acts.grow, w.acts.shrink)}
-        assert shortcuts == {"Grow mask": ["=", "+"], "Shrink mask": ["-"]}
-        # Nothing selected: the status bar says what to do, nothing changes.
-        with qtbot.waitSignal(w.editor.message, timeout=5_000) as said:
-            w.acts.grow.trigger()
-        assert "Select an instance" in said.args[0] and p.instance(inst.id).mask == rle
-        w.canvas.select_ids([inst.id])
-        w.show()
-        w.activateWindow()
-        qtbot.waitUntil(w.isActiveWindow, timeout=5_000)
-        w.canvas.setFocus()
-        QTest.keyClick(w.canvas, Qt.Key.Key_Equal)  # the shortcut, as a person presses it
-        once = M.decode(p.instance(inst.id).mask).astype(bool)
-        assert once.sum() == blob.sum() + 2 * (10 + 12)  # in the store as it happens
+    p, _, rec, inst = one_instance(np.full((80, 100, 3), 90, np.uint8), blob, "cell")
+    rle = inst.mask
+    w = open_window(p)
+    shortcuts = {a.text(): [k.toString() for k in a.shortcuts()] for a in (w.acts.grow, w.acts.shrink)}
+    assert shortcuts == {"Grow mask": ["=", "+"], "Shrink mask": ["-"]}
+    # Nothing selected: the status bar says what to do, nothing changes.
+    with qtbot.waitSignal(w.editor.message, timeout=5_000) as said:
         w.acts.grow.trigger()
-        twice = p.instance(inst.id)
-        assert M.decode(twice.mask).astype(bool).sum() > once.sum()
-        assert twice.box == pytest.approx((38.0, 28.0, 54.0, 42.0))
-        # Repeated presses are one undo step.
-        stack = w.editor.stack()
-        stack.undo()
-        assert p.instance(inst.id).mask == rle and p.instance(inst.id).box == inst.box
-        stack.redo()
-        assert p.instance(inst.id).mask == twice.mask
-        # Shrinking past the mask leaves it as it is and says so.
-        for _ in range(2):
-            w.acts.shrink.trigger()
-        assert p.instance(inst.id).mask == rle
-        for _ in range(5):
-            w.acts.shrink.trigger()
-        left = p.instance(inst.id)
-        assert left.mask is not None and M.area(left.mask) == 2 * 4  # 10 x 12 after four; the fifth kept it
-        with qtbot.waitSignal(w.editor.message, timeout=5_000) as said:
-            w.acts.shrink.trigger()
-        assert "leave nothing" in said.args[0] and p.instance(inst.id).mask == left.mask
+    assert "Select an instance" in said.args[0] and p.instance(inst.id).mask == rle
+    w.canvas.select_ids([inst.id])
+    w.show()
+    w.activateWindow()
+    qtbot.waitUntil(w.isActiveWindow, timeout=5_000)
+    w.canvas.setFocus()
+    QTest.keyClick(w.canvas, Qt.Key.Key_Equal)  # the shortcut, as a person presses it
+    once = M.decode(p.instance(inst.id).mask).astype(bool)
+    assert once.sum() == blob.sum() + 2 * (10 + 12)  # in the store as it happens
+    w.acts.grow.trigger()
+    twice = p.instance(inst.id)
+    assert M.decode(twice.mask).astype(bool).sum() > once.sum()
+    assert twice.box == pytest.approx((38.0, 28.0, 54.0, 42.0))
+    # Repeated presses are one undo step.
+    stack = w.editor.stack()
+    stack.undo()
+    assert p.instance(inst.id).mask == rle and p.instance(inst.id).box == inst.box
+    stack.redo()
+    assert p.instance(inst.id).mask == twice.mask
+    # Shrinking past the mask leaves it as it is and says so.
+    for _ in range(2):
+        w.acts.shrink.trigger()
+    assert p.instance(inst.id).mask == rle
+    for _ in range(5):
+        w.acts.shrink.trigger()
+    left = p.instance(inst.id)
+    assert left.mask is not None and M.area(left.mask) == 2 * 4  # 10 x 12 after four; the fifth kept it
+    with qtbot.waitSignal(w.editor.message, timeout=5_000) as said:
+        w.acts.shrink.trigger()
+    assert "leave nothing" in said.args[0] and p.instance(inst.id).mask == left.mask

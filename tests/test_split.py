@@ -3,12 +3,11 @@ the simulated annotator's pricing of it, and the real window (one undo step)."""
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from detector import annotator as A
 from detector import clickfill as CF
 from detector import masks as M
-from detector.domain import Category, Instance
+from detector.domain import Instance
 from detector.fills import split_click
 from detector.inference import truth_click
 
@@ -113,47 +112,38 @@ def test_the_annotator_splits_a_shown_prediction_that_holds_a_missed_object():
         pytest.approx(split.seconds + c.click)
 
 
-def test_a_click_inside_an_instance_splits_it_in_the_real_window(qtbot, tmp_path, open_window):
+def test_a_click_inside_an_instance_splits_it_in_the_real_window(qtbot, open_window, one_instance):
     from PySide6.QtCore import Qt
     from PySide6.QtTest import QTest
 
     from app.canvas import Tool
-    from detector.store import Project
 
     rgb, (left, right), union = _cells([(60, 60), (96, 60)])
-    folder = tmp_path / "f"
-    folder.mkdir()
-    Image.fromarray(rgb).save(folder / "cells.png")
-    with Project(folder) as p:
-        p.scan()
-        cat = p.add_category(Category("nucleus", "#e6194b"))
-        (rec,) = p.images()
-        rle = M.encode(union)
-        merged = p.add_instance(Instance(cat.id, M.bbox_xyxy(rle), rle, image_id=rec.id))
-        w = open_window(p)
-        w.acts.set_tool(Tool.CLICK)
-        w.editor.current_category = cat.id
-        canvas = w.canvas
+    p, cat, rec, merged = one_instance(rgb, union, "nucleus")
+    w = open_window(p)
+    w.acts.set_tool(Tool.CLICK)
+    w.editor.current_category = cat.id
+    canvas = w.canvas
 
-        def click(x, y):
-            QTest.mouseClick(canvas.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
-                             canvas.mapFromScene(x, y))
+    def click(x, y):
+        QTest.mouseClick(canvas.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
+                         canvas.mapFromScene(x, y))
 
-        click(100.5, 60.5)  # inside the right-hand cell, which the instance also holds
-        qtbot.waitUntil(lambda: len(p.instances(rec.id)) == 2, timeout=60_000)
-        kept = p.instance(merged.id)
-        (new,) = [i for i in p.instances(rec.id) if i.id != merged.id]
-        assert _iou(M.decode(kept.mask).astype(bool), left) > 0.85
-        assert _iou(M.decode(new.mask).astype(bool), right) > 0.85
-        assert canvas.selected_ids() == [new.id]
-        # One step to undo: the instance as it was, the new one gone.
-        w.editor.stack().undo()
-        assert [(i.id, i.mask, i.box) for i in p.instances(rec.id)] == [(merged.id, merged.mask, merged.box)]
-        w.editor.stack().redo()
-        assert len(p.instances(rec.id)) == 2 and p.instance(merged.id).mask == kept.mask
+    click(100.5, 60.5)  # inside the right-hand cell, which the instance also holds
+    qtbot.waitUntil(lambda: len(p.instances(rec.id)) == 2, timeout=60_000)
+    kept = p.instance(merged.id)
+    (new,) = [i for i in p.instances(rec.id) if i.id != merged.id]
+    assert _iou(M.decode(kept.mask).astype(bool), left) > 0.85
+    assert _iou(M.decode(new.mask).astype(bool), right) > 0.85
+    assert canvas.selected_ids() == [new.id]
+    # One step to undo: the instance as it was, the new one gone.
+    w.editor.stack().undo()
+    assert [(i.id, i.mask, i.box) for i in p.instances(rec.id)] == [(merged.id, merged.mask, merged.box)]
+    w.editor.stack().redo()
+    assert len(p.instances(rec.id)) == 2 and p.instance(merged.id).mask == kept.mask
 
-        # A click inside an instance that holds one object: nothing changes, the status bar says so.
-        with qtbot.waitSignal(w.editor.message, timeout=60_000) as said:
-            click(100.5, 60.5)
-        assert "One object there" in said.args[0]
-        assert len(p.instances(rec.id)) == 2 and canvas.selected_ids() == [new.id]
+    # A click inside an instance that holds one object: nothing changes, the status bar says so.
+    with qtbot.waitSignal(w.editor.message, timeout=60_000) as said:
+        click(100.5, 60.5)
+    assert "One object there" in said.args[0]
+    assert len(p.instances(rec.id)) == 2 and canvas.selected_ids() == [new.id]
