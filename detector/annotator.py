@@ -386,11 +386,12 @@ def _mend(made: Instance | None, g: Instance, costs: Costs) -> ImageCost | None:
     if made is None or made.mask is None:
         return None
     cost = ImageCost()
-    if M.iou(made, g) >= GOOD_IOU:
+    q = M.iou(made, g)
+    if q >= GOOD_IOU:
         return cost
-    options = []  # (seconds, presses, touch-up)
-    for steps in range(-GROW_MOST, GROW_MOST + 1):
-        rle = M.grow(made.mask, steps) if steps else made.mask
+    options = [(costs.touch_up, 0, True)] if q >= MATCH_IOU else []  # (seconds, presses, touch-up)
+    for steps in (s for k in range(1, GROW_MOST + 1) for s in (k, -k)):
+        rle = M.grow(made.mask, steps)
         q = M.iou(Instance(g.category_id, made.box, rle), g) if rle is not None else 0.0
         presses = abs(steps) * costs.click
         if q >= GOOD_IOU:
