@@ -78,9 +78,9 @@ class Actions:
         self.keypoint_vis = a("Keypoint visibility", ed.toggle_keypoint, "V",
                               "Cycle the clicked keypoint: visible / occluded / unlabelled")
         self.grow = a("Grow mask", lambda: ed.grow_selected(1), ["=", "+"],
-                      "Move the selected mask's outline out by a pixel (repeat for more)")
+                      "Move the selected mask's outline out a pixel (a screen pixel zoomed out); repeat for more")
         self.shrink = a("Shrink mask", lambda: ed.grow_selected(-1), "-",
-                        "Move the selected mask's outline in by a pixel (repeat for more)")
+                        "Move the selected mask's outline in a pixel (a screen pixel zoomed out); repeat for more")
         self.smaller = a("Smaller brush", lambda: self.brush(-2), "[")
         self.bigger = a("Bigger brush", lambda: self.brush(2), "]")
         self.help = a("Shortcuts", self.show_shortcuts, ["F1", "?"], "Keyboard shortcuts")

@@ -139,6 +139,11 @@ class ImageCanvas(QGraphicsView):
         super().scale(sx, sy)
         self.fitted = False
 
+    def image_px_per_screen_px(self) -> int:
+        """Whole image pixels one screen pixel spans at this zoom, at least 1: a step that stays
+        visible on a large photo seen zoomed out (Grow / Shrink mask)."""
+        return max(1, int(1.0 / max(1e-6, self.transform().m11()) + 1e-6))
+
     def wheelEvent(self, event):  # noqa: N802
         factor = 1.25 if event.angleDelta().y() > 0 else 0.8
         self.scale(factor, factor)

@@ -288,12 +288,15 @@ class Editor(QObject):
 
     def grow_selected(self, px: int) -> None:
         """Edit > Grow / Shrink mask: the selected masks' outlines moved out (``px`` > 0) or in by
-        ``|px|`` pixels (``masks.grow``); repeated presses on the same instances are one undo step.
-        A box without a mask, or a mask that shrinking would empty, is left as it is."""
+        ``|px|`` steps (``masks.grow``): a step is an image pixel while the view shows the image at
+        more than half size, else as many as one screen pixel spans (so a press on a large photo
+        seen whole still shows). Repeated presses on the same instances are one undo step. A box
+        without a mask, or a mask that shrinking would empty, is left as it is."""
         insts = [i for i in self._instances(self.canvas.selected_ids()) if i.mask is not None]
         if not insts:
             self.message.emit("Select an instance with a mask to grow or shrink it.")
             return
+        px *= self.canvas.image_px_per_screen_px()
         pairs = []
         for i in insts:
             rle = M.grow(i.mask, px)

@@ -115,3 +115,20 @@ def test_grow_and_shrink_in_the_real_window(qtbot, open_window, one_instance):
     with qtbot.waitSignal(w.editor.message, timeout=5_000) as said:
         w.acts.shrink.trigger()
     assert "leave nothing" in said.args[0] and p.instance(inst.id).mask == left.mask
+
+
+def test_a_press_moves_the_outline_a_screen_pixel_when_zoomed_out(open_window, one_instance):
+    """On an image seen at a quarter of its size a press moves the outline 4 image pixels (one
+    screen pixel); back at full size, one again."""
+    blob = _rect(200, 240, 80, 120, 100, 140)
+    p, _, rec, inst = one_instance(np.full((200, 240, 3), 90, np.uint8), blob, "cell")
+    w = open_window(p)
+    w.canvas.select_ids([inst.id])
+    w.canvas.actual_size()
+    w.canvas.scale(0.25, 0.25)
+    assert w.canvas.image_px_per_screen_px() == 4
+    w.acts.grow.trigger()
+    assert p.instance(inst.id).box == pytest.approx((96.0, 76.0, 144.0, 124.0))
+    w.canvas.actual_size()
+    w.acts.shrink.trigger()
+    assert p.instance(inst.id).box == pytest.approx((97.0, 77.0, 143.0, 123.0))
