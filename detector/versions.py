@@ -73,8 +73,8 @@ class SliderAdvice:
     def text(self) -> str:
         n = f"{self.images} held-out image{'s' if self.images != 1 else ''}"
         if self.value >= 1.0:
-            out = (f"on its {n} drawing every object (the Box tool fills the mask) costs less than "
-                   f"correcting its predictions, ~{self.seconds:.0f} s an image")
+            out = (f"on its {n} clicking or boxing every object (Loupe fills the mask) costs "
+                   f"~{self.seconds:.0f} s an image; showing its predictions saved little or nothing there")
         else:
             out = f"on its {n} this leaves the least to correct, ~{self.seconds:.0f} s an image"
         if self.default_seconds is not None and abs(self.value - 0.5) > 1e-6:
