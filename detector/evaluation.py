@@ -202,7 +202,7 @@ def slider_choice(priced) -> dict:
     weak (the demo's first model: 15.3 s an unseen image at the 0.85 its two held-out images chose
     by 0.2 s, against 9.8 hidden and 14.1 with no model), while hiding a model's predictions
     where they would have saved a little leaves the Click tool and the box fill to find every
-    object (the nuclei's rounds: 0.3-4.6 s of 537-593 an image, under 1 %; bench/RESULTS.md,
+    object (the nuclei's rounds: 0.3-6.4 s of 537-593 an image, 1.2 % at most; bench/RESULTS.md,
     "The slider shows predictions only where they save 3 %"). Where the held-out images speak
     for the rest, the rule gives up less than ``SHOW_MARGIN`` of an image's seconds."""
     by = slider_costs(priced)
