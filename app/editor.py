@@ -296,12 +296,13 @@ class Editor(QObject):
         if not insts:
             self.message.emit("Select an instance with a mask to grow or shrink it.")
             return
-        px *= self.canvas.image_px_per_screen_px()
+        step = self.canvas.image_px_per_screen_px()
         pairs = []
         for i in insts:
-            rle = M.grow(i.mask, px)
+            rle = M.grow(i.mask, px * step)
             if rle is None:
-                self.message.emit("Shrinking would leave nothing of the mask: left as it is.")
+                finer = f" (a press is {step} image pixels at this zoom: zoom in for one)" if step > 1 else ""
+                self.message.emit(f"Shrinking would leave nothing of the mask: left as it is{finer}.")
                 continue
             pairs.append((i, i.with_(mask=rle, box=M.bbox_xyxy(rle))))
         self.edit(pairs, "Grow / shrink mask", merge_key=GROW_MERGE)

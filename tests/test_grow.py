@@ -117,7 +117,7 @@ def test_grow_and_shrink_in_the_real_window(qtbot, open_window, one_instance):
     assert "leave nothing" in said.args[0] and p.instance(inst.id).mask == left.mask
 
 
-def test_a_press_moves_the_outline_a_screen_pixel_when_zoomed_out(open_window, one_instance):
+def test_a_press_moves_the_outline_a_screen_pixel_when_zoomed_out(qtbot, open_window, one_instance):
     """On an image seen at a quarter of its size a press moves the outline 4 image pixels (one
     screen pixel); back at full size, one again."""
     blob = _rect(200, 240, 80, 120, 100, 140)
@@ -132,3 +132,13 @@ def test_a_press_moves_the_outline_a_screen_pixel_when_zoomed_out(open_window, o
     w.canvas.actual_size()
     w.acts.shrink.trigger()
     assert p.instance(inst.id).box == pytest.approx((97.0, 77.0, 143.0, 123.0))
+    # Zoomed out again, a press past what is left says the step and how to make it finer.
+    w.canvas.scale(0.25, 0.25)
+    for _ in range(5):  # 46 -> 6 px a side, 4 px a side a press
+        w.acts.shrink.trigger()
+    left = p.instance(inst.id)
+    assert left.box == pytest.approx((117.0, 97.0, 123.0, 103.0))
+    with qtbot.waitSignal(w.editor.message, timeout=5_000) as said:
+        w.acts.shrink.trigger()
+    assert "4 image pixels" in said.args[0] and "zoom in" in said.args[0]
+    assert p.instance(inst.id).mask == left.mask
