@@ -1,73 +1,143 @@
-"""RoI Align over the feature pyramid, with a parallel backward pass on the CPU.
+"""RoI Align over the feature pyramid, its CPU gradient as two matrix products.
 
-torchvision's CPU ``roi_align`` runs its forward pass on all cores but its backward pass on one
-(one loop over the regions): about a fifth of a CPU training step. Here the regions are split
-into one chunk per core and torchvision's own backward kernel runs on each chunk in a thread
-(torch ops release the GIL); the gradients are summed. Same kernel, same numbers up to the order
-of the sums (tested against torchvision's op). On a GPU, and without gradients, it is exactly
-torchvision's ``MultiScaleRoIAlign``.
+torchvision's CPU ``roi_align`` runs its backward pass on one core, one region at a time: 45-75 ms
+for one image's 14 x 14 mask regions in a CPU training step (bench/RESULTS.md). RoI Align is
+separable: a bin's value is the mean of bilinear samples on a grid of rows and columns, and a
+bilinear weight is a row weight times a column weight, so each region's output is
+``Ay @ F @ Ax.T`` for every channel, with ``Ay`` (output rows x feature rows) and ``Ax`` (output
+columns x feature columns) holding the mean sampling weights. Those matrices are built here as
+torchvision's kernel samples (the same points, border rules and count), and the gradient is their
+products transposed, one image at a time, on every core. The forward stays torchvision's kernel
+(faster than the products, which the tests check against it in float64). On a GPU, and without
+gradients (inference), it is torchvision's ``MultiScaleRoIAlign`` as it is.
 """
 
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.poolers import initLevelMapper
 
-_POOL: ThreadPoolExecutor | None = None
-MIN_REGIONS_PER_CHUNK = 16
+
+def _axis_weights(start: Tensor, size: Tensor, bins: int, ratio: int, length: int) -> Tensor:
+    """(regions, bins, length): the mean weight of each feature row (or column) in each bin,
+    sampled as torchvision's ``roi_align`` kernel samples (``ratio`` points a bin, a point
+    beyond -1 or ``length`` counts as zero, points below 0 are read at 0, the last row repeats)."""
+    dtype = start.dtype
+    step = size / bins
+    where = (torch.arange(bins, dtype=dtype)[None, :, None]
+             + ((torch.arange(ratio, dtype=dtype) + 0.5) / ratio)[None, None, :])
+    pos = start[:, None, None] + where * step[:, None, None]  # regions, bins, ratio
+    inside = ((pos >= -1.0) & (pos <= length)).to(dtype) / ratio
+    pos = pos.clamp(min=0.0)
+    low = pos.floor().long()
+    last = low >= length - 1
+    low = torch.where(last, torch.full_like(low, length - 1), low)
+    frac = torch.where(last, torch.zeros_like(pos), pos - low.to(dtype))
+    high = torch.where(last, low, low + 1)
+    weights = start.new_zeros((len(start), bins, length))
+    weights.scatter_add_(2, low, (1.0 - frac) * inside)
+    weights.scatter_add_(2, high, frac * inside)
+    return weights
 
 
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max(1, torch.get_num_threads()), thread_name_prefix="loupe-roialign")
-    return _POOL
+def _support(wy: Tensor, wx: Tensor) -> tuple[int, int, int, int] | None:
+    """The rows and columns some region's samples read (r0, r1, c0, c1), or None: none."""
+    rows, cols = torch.where(wy.sum((0, 1)) > 0)[0], torch.where(wx.sum((0, 1)) > 0)[0]
+    if not len(rows) or not len(cols):
+        return None
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _weights(shape, rois: Tensor, output_size: tuple[int, int], spatial_scale: float, sampling_ratio: int,
+             aligned: bool, dtype) -> tuple[Tensor, Tensor]:
+    """Each region's row and column weights (regions x bins x rows / columns of the map)."""
+    _, _, h, w = shape
+    offset = 0.5 if aligned else 0.0
+    x0, y0 = rois[:, 1] * spatial_scale - offset, rois[:, 2] * spatial_scale - offset
+    width, height = rois[:, 3] * spatial_scale - offset - x0, rois[:, 4] * spatial_scale - offset - y0
+    if not aligned:
+        width, height = width.clamp(min=1.0), height.clamp(min=1.0)
+    ay = _axis_weights(y0, height, output_size[0], sampling_ratio, h).to(dtype)
+    ax = _axis_weights(x0, width, output_size[1], sampling_ratio, w).to(dtype)
+    return ay, ax
 
 
 class _RoIAlign(torch.autograd.Function):
+    """Forward: torchvision's kernel (already on every core). Backward: the separable weights'
+    products, transposed: for each image, (rows x bins) @ the output gradient, then @ (bins x
+    columns), over the rows and columns its regions read."""
+
     @staticmethod
     def forward(ctx, features: Tensor, rois: Tensor, scale: float, ph: int, pw: int, ratio: int,
                 aligned: bool) -> Tensor:
         ctx.save_for_backward(rois)
-        ctx.meta = (tuple(features.shape), scale, ph, pw, ratio, aligned)
+        ctx.meta = (tuple(features.shape), features.dtype, scale, ph, pw, ratio, aligned)
         return torch.ops.torchvision.roi_align(features, rois, scale, ph, pw, ratio, aligned)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (rois,) = ctx.saved_tensors
-        (n, c, h, w), scale, ph, pw, ratio, aligned = ctx.meta
-        grad = grad.contiguous()
-        parts = min(torch.get_num_threads(), max(1, len(rois) // MIN_REGIONS_PER_CHUNK))
-
-        def chunk(a: int, b: int) -> Tensor:
-            return torch.ops.torchvision._roi_align_backward(grad[a:b], rois[a:b], scale, ph, pw, n, c, h, w,
-                                                              ratio, aligned)
-
-        if parts <= 1:
-            total = chunk(0, len(rois))
-        else:
-            bounds = [len(rois) * i // parts for i in range(parts + 1)]
-            futures = [_pool().submit(chunk, a, b) for a, b in zip(bounds, bounds[1:])]
-            total = futures[0].result()
-            for f in futures[1:]:
-                total = total + f.result()
-        return total, None, None, None, None, None, None
+        shape, dtype, scale, ph, pw, ratio, aligned = ctx.meta
+        n, c, _, _ = shape
+        ay, ax = _weights(shape, rois, (ph, pw), scale, ratio, aligned, grad.dtype)
+        out = grad.new_zeros(shape)
+        image = rois[:, 0].long()
+        for b in range(n):
+            idx = torch.where(image == b)[0]
+            if not len(idx):
+                continue
+            box = _support(ay[idx], ax[idx])
+            if box is None:
+                continue
+            r0, r1, c0, c1 = box
+            wy, wx, k = ay[idx, :, r0:r1], ax[idx, :, c0:c1], len(idx)
+            g = grad[idx].permute(0, 2, 1, 3).reshape(k, ph, c * pw)  # regions, bins_y, (channel, bins_x)
+            u = torch.bmm(wy.transpose(1, 2), g)  # regions, rows, (channel, bins_x)
+            u = u.reshape(k, r1 - r0, c, pw).permute(2, 1, 0, 3).reshape(c * (r1 - r0), k * pw)
+            out[b, :, r0:r1, c0:c1] = (u @ wx.reshape(k * pw, c1 - c0)).reshape(c, r1 - r0, c1 - c0)
+        return out.to(dtype), None, None, None, None, None, None
 
 
 def roi_align(features: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
               sampling_ratio: int, aligned: bool = False) -> Tensor:
-    """torchvision's ``roi_align`` (``rois``: K x 5, batch index first), backward split over cores."""
+    """torchvision's ``roi_align`` (``rois``: K x 5, batch index first; ``sampling_ratio`` > 0)
+    with its gradient as matrix products on every core."""
+    if sampling_ratio <= 0:
+        raise ValueError("the separable RoI Align needs a fixed sampling_ratio (> 0)")
     return _RoIAlign.apply(features, rois, float(spatial_scale), int(output_size[0]), int(output_size[1]),
                            int(sampling_ratio), bool(aligned))
 
 
+def roi_align_products(features: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
+                       sampling_ratio: int, aligned: bool = False) -> Tensor:
+    """The forward as the products too (what the backward transposes; tests check it against
+    torchvision's kernel, which the forward uses since it is faster)."""
+    n, c, _, _ = features.shape
+    ph, pw = output_size
+    ay, ax = _weights(features.shape, rois, output_size, spatial_scale, sampling_ratio, aligned, features.dtype)
+    out = features.new_zeros((len(rois), c, ph, pw))
+    image = rois[:, 0].long()
+    for b in range(n):
+        idx = torch.where(image == b)[0]
+        box = _support(ay[idx], ax[idx]) if len(idx) else None
+        if box is None:
+            continue  # every sample outside the map: zeros, as torchvision gives
+        r0, r1, c0, c1 = box
+        wy, wx, k = ay[idx, :, r0:r1], ax[idx, :, c0:c1], len(idx)
+        # columns first: (channel * rows, cols) @ (cols, regions * bins_x), then each region's rows
+        t = features[b, :, r0:r1, c0:c1].reshape(-1, c1 - c0) @ wx.reshape(k * pw, c1 - c0).T
+        t = t.reshape(c, r1 - r0, k, pw).permute(2, 1, 0, 3).reshape(k, r1 - r0, c * pw)
+        out = out.index_copy(0, idx, torch.bmm(wy, t).reshape(k, ph, c, pw).permute(0, 2, 1, 3))
+    return out
+
+
 class PyramidRoIAlign(MultiScaleRoIAlign):
-    """``MultiScaleRoIAlign`` (same levels and sampling) whose CPU backward uses every core.
+    """``MultiScaleRoIAlign`` (same levels and sampling) whose CPU training pass is ``roi_align``
+    above: the backward on every core instead of one.
 
     The levels' scales are the pyramid's strides (1/4 ... 1/32 for the ResNet FPNs here), fixed
     when built. torchvision infers them on the first call from the feature maps' size against the
@@ -87,7 +157,8 @@ class PyramidRoIAlign(MultiScaleRoIAlign):
 
     def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
         feats = [x[k] for k in self.featmap_names]
-        if feats[0].device.type != "cpu" or not torch.is_grad_enabled() or len(feats) < 2:
+        if (feats[0].device.type != "cpu" or not torch.is_grad_enabled() or len(feats) < 2
+                or self.sampling_ratio <= 0):
             return super().forward(x, boxes, image_shapes)
         # Under CPU bfloat16 autocast the pooling runs in float32, as torchvision's autocast
         # wrapper does on a GPU (the boxes are float32; sampling positions need the precision).
@@ -99,5 +170,5 @@ class PyramidRoIAlign(MultiScaleRoIAlign):
         for lvl, (f, scale) in enumerate(zip(feats, self.scales)):
             idx = torch.where(levels == lvl)[0]
             if len(idx):
-                out[idx] = roi_align(f, rois[idx], self.output_size, scale, self.sampling_ratio).to(out.dtype)
+                out = out.index_copy(0, idx, roi_align(f, rois[idx], self.output_size, scale, self.sampling_ratio))
         return out
