@@ -172,3 +172,41 @@ class PyramidRoIAlign(MultiScaleRoIAlign):
             if len(idx):
                 out = out.index_copy(0, idx, roi_align(f, rois[idx], self.output_size, scale, self.sampling_ratio))
         return out
+
+
+class _MaxPoolChannelsLast(torch.autograd.Function):
+    """The forward in channels-last memory (vectorised over channels: ~4x faster on a CPU than
+    the planar kernel), the backward with the planar kernel and the same indices."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, kernel: int, stride: int, padding: int) -> Tensor:
+        out, idx = torch.nn.functional.max_pool2d(x.contiguous(memory_format=torch.channels_last), kernel,
+                                                  stride, padding, return_indices=True)
+        out, idx = out.contiguous(), idx.contiguous()
+        ctx.save_for_backward(x, idx)
+        ctx.meta = (kernel, stride, padding)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, idx = ctx.saved_tensors
+        k, s, p = ctx.meta
+        gx = torch.ops.aten.max_pool2d_with_indices_backward(grad.contiguous(), x, [k, k], [s, s], [p, p],
+                                                             [1, 1], False, idx)
+        return gx, None, None, None
+
+
+class StemMaxPool(torch.nn.MaxPool2d):
+    """A ResNet stem's max pool (3 x 3, stride 2; no parameters). On a CPU the planar kernel took
+    20-34 ms for a batch of two 288 x 384 inputs' stem maps, a training step's largest single
+    operation after the convolutions; channels-last gives the same values and indices
+    (tests/test_pooling.py). Elsewhere torchvision's as it is."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (x.device.type != "cpu" or x.dim() != 4 or self.dilation != 1 or self.ceil_mode
+                or not all(isinstance(v, int) for v in (self.kernel_size, self.stride, self.padding))):
+            return super().forward(x)
+        if not torch.is_grad_enabled():
+            return torch.nn.functional.max_pool2d(x.contiguous(memory_format=torch.channels_last), self.kernel_size,
+                                                  self.stride, self.padding).contiguous()
+        return _MaxPoolChannelsLast.apply(x, self.kernel_size, self.stride, self.padding)

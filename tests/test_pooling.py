@@ -35,7 +35,7 @@ def test_outputs_and_gradients_match_torchvision():
             our_grads = _grads((ours * w).sum(), feats)
             assert torch.allclose(ours, ref, atol=3e-5), (ours - ref).abs().max()  # float32 rounding only
             for a, b in zip(our_grads, ref_grads):
-                assert torch.allclose(a, b, rtol=1e-5, atol=3e-5), (a - b).abs().max()
+                assert torch.allclose(a, b, rtol=1e-4, atol=1e-4), (a - b).abs().max()  # float32 sums
             assert sum(float(g.abs().sum()) for g in ref_grads) > 0
 
 
@@ -88,3 +88,22 @@ def test_in_double_precision_the_products_are_torchvisions_kernel():
             (b,) = torch.autograd.grad((ours * w).sum(), feats)
             assert torch.allclose(a, b, rtol=0, atol=1e-12)
             assert float(ref[-1].detach().abs().sum()) == 0.0 and float(a.abs().sum()) > 0
+
+
+def test_the_stem_max_pool_gives_torchvisions_values_indices_and_gradients():
+    from detector.pooling import StemMaxPool
+
+    g = torch.Generator().manual_seed(2)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.relu(torch.randn(2, 5, 23, 30, generator=g)).to(dtype)  # ties at 0, as after a ReLU
+        x[0, 0, :4, :4] = 1.0  # and ties between equal values
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ref = torch.nn.MaxPool2d(3, 2, 1)(a)
+        ours = StemMaxPool(3, 2, 1)(b)
+        assert torch.equal(ours, ref) and ours.is_contiguous()
+        w = torch.randn(ref.shape, generator=g).to(dtype)
+        (ref * w).sum().backward()
+        (ours * w).sum().backward()
+        assert torch.equal(a.grad, b.grad)
+        with torch.no_grad():
+            assert torch.equal(StemMaxPool(3, 2, 1)(x), ref)

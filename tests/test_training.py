@@ -14,7 +14,7 @@ import torch
 
 from detector import masks as M
 from detector.domain import Category, ImageStatus, Instance
-from detector.evaluation import evaluate_project, held_out_metrics
+from detector.evaluation import SHOW_MARGIN, evaluate_project, held_out_metrics
 from detector.inference import Predictor, load_detector, predict_project
 from detector.images import load_image
 from detector.model import build_model, load_checkpoint, save_checkpoint
@@ -61,10 +61,19 @@ def test_each_loss_falls_and_ap_rises(trained, tmp_path):
     assert before["segm"]["AP"] < 0.05 and before["bbox"]["AP"] < 0.05
     assert after["bbox"]["AP"] > 0.5 and after["segm"]["AP"] > 0.5, after
     assert after["keypoints"]["AP"] > before["keypoints"]["AP"] + 0.2, (before, after)
-    # The slider the held-out pricing suggests: the trained model is worth showing (below 1.00,
-    # where nothing is shown), and correcting it costs less than correcting the untrained one.
-    n = len(after["slider"]["seconds_per_image"])
-    assert after["slider"]["images"] == after["images"] and n == 19 and after["slider"]["best"] < 1.0
+    # The slider the held-out pricing suggests follows its prices: below 1.00 (where nothing is
+    # shown) only where that saves SHOW_MARGIN of an image's seconds. Whether this tiny model's
+    # predictions are worth showing turns on float rounding (its masks against the Click tool's),
+    # so that is left to tests/test_annotator.py's fixed predictions. Correcting the trained
+    # model costs less than correcting the untrained one.
+    prices = after["slider"]["seconds_per_image"]
+    assert after["slider"]["images"] == after["images"] and len(prices) == 19
+    best, hidden = after["slider"]["best"], prices["1.00"]
+    if best < 1.0:  # the cheapest value, and it saves the margin (prices are rounded to 0.01 s)
+        assert prices[f"{best:.2f}"] <= min(prices.values()) + 0.01, after["slider"]
+        assert prices[f"{best:.2f}"] <= (1 - SHOW_MARGIN) * hidden + 0.01, after["slider"]
+    else:  # nothing shown saved the margin
+        assert min(prices.values()) >= (1 - SHOW_MARGIN) * hidden - 0.01, after["slider"]
     cheapest = {k: min(m["slider"]["seconds_per_image"].values()) for k, m in (("a", after), ("b", before))}
     assert cheapest["a"] < cheapest["b"], (after["slider"], before["slider"])
     # The Box tool's fill: an untrained model's masks are worse than the classical cuts, which
