@@ -64,10 +64,11 @@ def test_the_levels_scales_are_the_strides_whatever_the_first_images():
     assert torch.allclose(ours(feats, boxes, small), right, atol=3e-5)  # and with gradients (the products)
 
 
-def test_in_double_precision_the_products_are_torchvisions_kernel():
+def test_in_double_precision_the_products_are_torchvisions_kernel(monkeypatch):
     """Same sample points, border rules and counts: in float64 the two agree to rounding (the
     float32 tests above allow for float32's), for both alignments and any sampling ratio, with
     regions partly or wholly outside the map and regions under a pixel."""
+    from detector import pooling
     from detector.pooling import roi_align, roi_align_products
 
     g = torch.Generator().manual_seed(5)
@@ -77,17 +78,16 @@ def test_in_double_precision_the_products_are_torchvisions_kernel():
     wh[:10] *= 0.02  # smaller than a feature pixel
     rois = torch.cat([torch.randint(0, 2, (60, 1), generator=g).double(), xy, xy + wh], 1)
     rois[-1, 1:] = torch.tensor([300.0, 300.0, 340.0, 330.0])  # wholly outside: zeros
-    for aligned in (False, True):
-        for ratio in (1, 2, 3):
-            ref = torch.ops.torchvision.roi_align(feats, rois, 0.25, 5, 4, ratio, aligned)
-            ours = roi_align(feats, rois, (5, 4), 0.25, ratio, aligned)
-            assert torch.allclose(roi_align_products(feats, rois, (5, 4), 0.25, ratio, aligned), ref,
-                                  rtol=0, atol=1e-12)
-            w = torch.randn_like(ref)
-            (a,) = torch.autograd.grad((ref * w).sum(), feats)
-            (b,) = torch.autograd.grad((ours * w).sum(), feats)
-            assert torch.allclose(a, b, rtol=0, atol=1e-12)
-            assert float(ref[-1].detach().abs().sum()) == 0.0 and float(a.abs().sum()) > 0
+    for aligned, ratio, chunk in [(a, r, 32) for a in (False, True) for r in (1, 2, 3)] + [(False, 2, 7)]:
+        monkeypatch.setattr(pooling, "REGIONS_PER_PRODUCT", chunk)  # 7: an image's ~30 regions in parts
+        ref = torch.ops.torchvision.roi_align(feats, rois, 0.25, 5, 4, ratio, aligned)
+        ours = roi_align(feats, rois, (5, 4), 0.25, ratio, aligned)
+        assert torch.allclose(roi_align_products(feats, rois, (5, 4), 0.25, ratio, aligned), ref, rtol=0, atol=1e-12)
+        w = torch.randn_like(ref)
+        (a,) = torch.autograd.grad((ref * w).sum(), feats)
+        (b,) = torch.autograd.grad((ours * w).sum(), feats)
+        assert torch.allclose(a, b, rtol=0, atol=1e-12)
+        assert float(ref[-1].detach().abs().sum()) == 0.0 and float(a.abs().sum()) > 0
 
 
 def test_the_stem_max_pool_gives_torchvisions_values_indices_and_gradients():
