@@ -7,9 +7,9 @@ bilinear weight is a row weight times a column weight, so each region's output i
 ``Ay @ F @ Ax.T`` for every channel, with ``Ay`` (output rows x feature rows) and ``Ax`` (output
 columns x feature columns) holding the mean sampling weights. Those matrices are built here as
 torchvision's kernel samples (the same points, border rules and count), and the gradient is their
-products transposed, one image at a time, on every core. The forward stays torchvision's kernel
-(faster than the products, which the tests check against it in float64). On a GPU, and without
-gradients (inference), it is torchvision's ``MultiScaleRoIAlign`` as it is.
+products transposed, one image at a time, on every core (tested against torchvision's kernel's
+gradients in float64). The forward stays torchvision's kernel (faster than the products). On a
+GPU, and without gradients (inference), it is torchvision's ``MultiScaleRoIAlign`` as it is.
 """
 
 from __future__ import annotations
@@ -116,29 +116,6 @@ def roi_align(features: Tensor, rois: Tensor, output_size: tuple[int, int], spat
                            int(sampling_ratio), bool(aligned))
 
 
-def roi_align_products(features: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
-                       sampling_ratio: int, aligned: bool = False) -> Tensor:
-    """The forward as the products too (what the backward transposes; tests check it against
-    torchvision's kernel, which the forward uses since it is faster)."""
-    n, c, _, _ = features.shape
-    ph, pw = output_size
-    ay, ax = _weights(features.shape, rois, output_size, spatial_scale, sampling_ratio, aligned, features.dtype)
-    out = features.new_zeros((len(rois), c, ph, pw))
-    image = rois[:, 0].long()
-    for b in range(n):
-        idx = torch.where(image == b)[0]
-        box = _support(ay[idx], ax[idx]) if len(idx) else None
-        if box is None:
-            continue  # every sample outside the map: zeros, as torchvision gives
-        r0, r1, c0, c1 = box
-        wy, wx, k = ay[idx, :, r0:r1], ax[idx, :, c0:c1], len(idx)
-        # columns first: (channel * rows, cols) @ (cols, regions * bins_x), then each region's rows
-        t = features[b, :, r0:r1, c0:c1].reshape(-1, c1 - c0) @ wx.reshape(k * pw, c1 - c0).T
-        t = t.reshape(c, r1 - r0, k, pw).permute(2, 1, 0, 3).reshape(k, r1 - r0, c * pw)
-        out = out.index_copy(0, idx, torch.bmm(wy, t).reshape(k, ph, c, pw).permute(0, 2, 1, 3))
-    return out
-
-
 class PyramidRoIAlign(MultiScaleRoIAlign):
     """``MultiScaleRoIAlign`` (same levels and sampling) whose CPU training pass is ``roi_align``
     above: the backward on every core instead of one.
@@ -207,10 +184,6 @@ class StemMaxPool(torch.nn.MaxPool2d):
     (tests/test_pooling.py). Elsewhere torchvision's as it is."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if (x.device.type != "cpu" or x.dim() != 4 or self.dilation != 1 or self.ceil_mode
-                or not all(isinstance(v, int) for v in (self.kernel_size, self.stride, self.padding))):
+        if x.device.type != "cpu":
             return super().forward(x)
-        if not torch.is_grad_enabled():
-            return torch.nn.functional.max_pool2d(x.contiguous(memory_format=torch.channels_last), self.kernel_size,
-                                                  self.stride, self.padding).contiguous()
         return _MaxPoolChannelsLast.apply(x, self.kernel_size, self.stride, self.padding)

@@ -67,9 +67,11 @@ def test_the_levels_scales_are_the_strides_whatever_the_first_images():
 def test_in_double_precision_the_products_are_torchvisions_kernel(monkeypatch):
     """Same sample points, border rules and counts: in float64 the two agree to rounding (the
     float32 tests above allow for float32's), for both alignments and any sampling ratio, with
-    regions partly or wholly outside the map and regions under a pixel."""
+    regions partly or wholly outside the map and regions under a pixel. The gradient of a linear
+    map for random output weights is its transpose applied to them: equal gradients mean the
+    products' sampling weights are the kernel's."""
     from detector import pooling
-    from detector.pooling import roi_align, roi_align_products
+    from detector.pooling import roi_align
 
     g = torch.Generator().manual_seed(5)
     feats = torch.randn(2, 3, 13, 17, generator=g, dtype=torch.float64, requires_grad=True)
@@ -82,7 +84,6 @@ def test_in_double_precision_the_products_are_torchvisions_kernel(monkeypatch):
         monkeypatch.setattr(pooling, "REGIONS_PER_PRODUCT", chunk)  # 7: an image's ~30 regions in parts
         ref = torch.ops.torchvision.roi_align(feats, rois, 0.25, 5, 4, ratio, aligned)
         ours = roi_align(feats, rois, (5, 4), 0.25, ratio, aligned)
-        assert torch.allclose(roi_align_products(feats, rois, (5, 4), 0.25, ratio, aligned), ref, rtol=0, atol=1e-12)
         w = torch.randn_like(ref)
         (a,) = torch.autograd.grad((ref * w).sum(), feats)
         (b,) = torch.autograd.grad((ours * w).sum(), feats)
