@@ -40,16 +40,24 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def cpu_bf16_fast() -> bool:
-    """Whether this CPU has bfloat16 matrix units (Intel AMX), where oneDNN runs bfloat16
-    convolutions several times faster than float32; laptops without them keep float32.
-    bench/RESULTS.md has the measurement behind it. ``LOUPE_CPU_BF16=0`` turns it off."""
-    if os.environ.get("LOUPE_CPU_BF16", "1") == "0":
+    """Whether this CPU has bfloat16 arithmetic in hardware, where oneDNN runs bfloat16
+    convolutions faster than float32: Intel's AMX tiles, or AVX-512 BF16's dot products (AMD Zen 4
+    and later, Intel Cooper Lake). CPUs with neither (most laptops before 2023, AVX2 only) keep
+    float32, where bfloat16 would be emulated. bench/RESULTS.md has the measurements behind it.
+    ``LOUPE_CPU_BF16=0`` turns it off; ``LOUPE_CPU_BF16=amx`` asks for the matrix units only."""
+    setting = os.environ.get("LOUPE_CPU_BF16", "1")
+    if setting == "0":
         return False
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    try:
-        return bool(probe and probe())
-    except (RuntimeError, AttributeError):
-        return False
+    probes = ("_is_amx_tile_supported",) if setting == "amx" else \
+        ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    for name in probes:
+        probe = getattr(torch.cpu, name, None)
+        try:
+            if probe is not None and probe():
+                return True
+        except (RuntimeError, AttributeError):
+            continue
+    return False
 
 
 def cpu_autocast(amp: bool, world: int) -> bool:

@@ -216,7 +216,7 @@ OPTIONS = (
     Option("holdout", "--holdout", "fraction of the reviewed images held out for evaluation "
                                    "(default %(default)s)", type=float),
     Option("amp", "--no-amp", "float32 throughout: no mixed precision on a GPU, no bfloat16 on a CPU "
-                              "with AMX", kind="off"),
+                              "with AMX or AVX-512 BF16", kind="off"),
     Option("weight_decay", "--weight-decay", "weight decay of the optimizer (default %(default)s)", type=float,
            metavar="D"),
     Option("warmup_steps", "--warmup-steps", "linear learning-rate warm-up steps (default %(default)s, at "

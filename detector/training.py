@@ -145,7 +145,8 @@ class Trainer:
         cuda = self.device.type == "cuda"
         # A GPU: bfloat16 where it has it (Ampere and later): float32's range, so no loss scaling
         # and no overflow from random initial weights; float16 with a GradScaler elsewhere.
-        # A CPU with bfloat16 matrix units (AMX): bfloat16 autocast in one process (cpu_autocast).
+        # A CPU with bfloat16 in hardware (AMX, AVX-512 BF16): bfloat16 autocast in one process
+        # (cpu_autocast).
         self.amp = (cfg.amp and cuda) or (self.device.type == "cpu" and cpu_autocast(cfg.amp, self.world))
         self.amp_dtype = torch.float16 if cuda and not torch.cuda.is_bf16_supported() else torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)

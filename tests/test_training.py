@@ -466,6 +466,38 @@ def test_cpu_bfloat16_training_where_the_cpu_has_amx_and_float32_when_asked(tmp_
     assert D.cpu_bf16_fast() is False and D.cpu_autocast(True, 1) is False
 
 
+@pytest.mark.parametrize("amx, avx512_bf16, setting, want", [
+    (True, False, "1", True), (False, True, "1", True), (False, False, "1", False),
+    (False, True, "amx", False), (True, True, "amx", True), (True, True, "0", False)])
+def test_bfloat16_on_a_cpu_with_amx_or_avx512_bf16(monkeypatch, amx, avx512_bf16, setting, want):
+    """bfloat16 in hardware, either kind (Intel's AMX tiles; AVX-512 BF16 on AMD Zen 4 and later),
+    turns the CPU's bfloat16 training on; ``LOUPE_CPU_BF16=amx`` asks for the tiles only, ``0``
+    for neither. A probe that torch lacks or that fails counts as no."""
+    import detector.devices as D
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    if avx512_bf16:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    else:
+        monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.setenv("LOUPE_CPU_BF16", setting)
+    assert D.cpu_bf16_fast() is want
+    assert D.cpu_autocast(True, 1) is want and D.cpu_autocast(True, 2) is False and D.cpu_autocast(False, 1) is False
+
+
+def _broken_probe():
+    raise RuntimeError("cpuinfo failed")
+
+
+def test_a_failing_bfloat16_probe_counts_as_no(monkeypatch):
+    import detector.devices as D
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", _broken_probe)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", _broken_probe, raising=False)
+    monkeypatch.delenv("LOUPE_CPU_BF16", raising=False)
+    assert D.cpu_bf16_fast() is False
+
+
 class _Clock(Hook):
     """A fake clock for the trainer: each step takes ``slow`` seconds up to step ``until``, then
     ``fast``, then (from step ``later``, if given) ``slower``."""
