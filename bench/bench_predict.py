@@ -51,7 +51,7 @@ def bare_forward(det, paths, device, batch_size, channels_last) -> float:
     pred = Predictor(det, device, batch_size, channels_last=channels_last)
     model = pred.model
     tensors = [pred.upload(load_image(p)) for p in paths]
-    ctx = torch.autocast("cuda", dtype=torch.float16) if pred.amp else torch.autocast("cpu", enabled=False)
+    ctx = pred.autocast()
 
     def run(items):
         with torch.inference_mode(), ctx:

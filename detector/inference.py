@@ -22,7 +22,7 @@ from torchvision.models.detection.roi_heads import keypointrcnn_inference, maskr
 
 from . import masks as M
 from .boxfill import fill_box, fill_box_both
-from .devices import device_description, is_out_of_memory, pick_device  # noqa: F401 (re-exported)
+from .devices import cpu_bf16_fast, device_description, is_out_of_memory, pick_device  # noqa: F401 (re-exported)
 from .errors import InferenceError
 from .fills import fill_boxes, fill_clicks, model_in_boxes, split_click  # noqa: F401 (fill_* re-exported)
 from .domain import MODEL, Category, ImageStatus, Instance, Prediction
@@ -43,7 +43,9 @@ class Predictor:
         # Batches pay off on a GPU; on a CPU one image at a time is fastest (measured).
         self.batch_size = max(1, int(batch_size or (4 if self.device.type != "cpu" else 1)))
         self.model = detector.model.to(self.device).eval()
-        self.amp = amp and self.device.type == "cuda"
+        # float16 on a GPU; bfloat16 on a CPU that has it in hardware (devices.cpu_bf16_fast), with
+        # the layers that give box coordinates and scores in float32 as in training (model.in_float32).
+        self.amp = amp and (self.device.type == "cuda" or (self.device.type == "cpu" and cpu_bf16_fast()))
         on_gpu = self.device.type == "cuda"
         # On a GPU: masks are pasted on the device (paste_runs), images are uploaded from pinned
         # memory, and convolutions run channels-last where asked (bench/bench_predict.py
@@ -63,6 +65,13 @@ class Predictor:
         # (``evaluation.fill_choice``, ``versions.fill_uses_model``).
         self.model_masks = True
 
+    def autocast(self):
+        """The precision the model runs in: float16 autocast on a GPU, bfloat16 on a CPU with it in
+        hardware (``amp``), else float32."""
+        if not self.amp:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.float16 if self.device.type == "cuda" else torch.bfloat16)
+
     # -- the model pass, without full-image pasting -----------------------------------------
     def upload(self, a: np.ndarray | torch.Tensor) -> torch.Tensor:
         """``H x W x 3`` uint8 (pinned when it came from ``stage``) -> ``3 x H x W`` float on the device."""
@@ -80,7 +89,7 @@ class Predictor:
         model = self.model
         tensors = [self.upload(a) for a in arrays]
         sizes = [t.shape[-2:] for t in tensors]
-        ctx = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+        ctx = self.autocast()
         with ctx:
             images, _ = model.transform(tensors)
             x = images.tensors
@@ -242,7 +251,7 @@ class Predictor:
         model, rh = self.model, self.model.roi_heads
         t = torch.from_numpy(array).to(self.device).permute(2, 0, 1).float().div_(255)
         oh, ow = t.shape[-2:]
-        ctx = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+        ctx = self.autocast()
         with ctx:
             images, _ = model.transform([t])
             rh_, rw_ = images.image_sizes[0]

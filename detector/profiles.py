@@ -42,7 +42,7 @@ def short_side(sizes: list[tuple[int, int]]) -> int | None:
 OBJECT_PX = 48  # the median object's shorter side, in model-input pixels, that the fast profiles aim at
 
 
-# On a CPU that trains in float32 (no bfloat16 matrix units: most laptops) a step is compute-bound
+# On a CPU that trains in float32 (no bfloat16 in hardware: most laptops) a step is compute-bound
 # and its cost follows the pixels: objects at ~32 px (the smallest anchor) there. bench/RESULTS.md
 # ("A CPU without AMX") has the runs: the demo's first model kept its AP50 in ~60 % of the time.
 FLOAT32_CPU_OBJECT_PX = 32
