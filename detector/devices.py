@@ -62,9 +62,9 @@ def cpu_bf16_fast() -> bool:
 
 def cpu_autocast(amp: bool, world: int) -> bool:
     """Whether a CPU run trains under bfloat16 autocast: asked for (``amp``), bfloat16 in the
-    CPU's hardware (``cpu_bf16_fast``), and one
-    process only (a two-process gloo run with bfloat16 had a rank abort in 2 of ~4 test runs,
-    cause not found). detector.training runs it so, and the CPU profile is chosen by it."""
+    CPU's hardware (``cpu_bf16_fast``), and one process only (a two-process gloo run with bfloat16
+    had a rank abort in 2 of ~4 test runs, cause not found). detector.training runs it so, and the
+    CPU profile is chosen by it."""
     return amp and world == 1 and cpu_bf16_fast()
 
 

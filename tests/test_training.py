@@ -160,7 +160,7 @@ def test_bfloat16_predictions_on_a_cpu_match_float32(trained, monkeypatch):
     f32 = Predictor(det, "cpu", amp=False)
     for ours, ref in zip(bf16.predict(arrays), f32.predict(arrays)):
         sure = [i for i in ref if i.score > 0.5]
-        assert sure, "the overfitted model finds objects"
+        assert sure and any(i.keypoints for i in sure), "the overfitted model finds objects, kites among them"
         assert len([i for i in ours if i.score > 0.5]) == len(sure)
         for r in sure:
             o = max(ours, key=lambda i: _iou(i.box, r.box))
@@ -168,6 +168,8 @@ def test_bfloat16_predictions_on_a_cpu_match_float32(trained, monkeypatch):
             assert max(abs(a - b) for a, b in zip(o.box, r.box)) < 1.0
             mo, mr = M.decode(o.mask).astype(bool), M.decode(r.mask).astype(bool)
             assert (mo & mr).sum() / max(1, (mo | mr).sum()) > 0.95
+            for (ox, oy, ov), (rx, ry, rv) in zip(o.keypoints, r.keypoints):
+                assert ov == rv and abs(ox - rx) <= 2.0 and abs(oy - ry) <= 2.0
     monkeypatch.undo()
     monkeypatch.setenv("LOUPE_CPU_BF16", "0")
     assert not Predictor(det, "cpu").amp
