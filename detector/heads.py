@@ -144,9 +144,9 @@ class Float32Anchors(AnchorGenerator):
 
     torchvision makes them in the feature maps' dtype: under bfloat16 autocast (a GPU's, or a CPU's
     with AMX or AVX-512 BF16) an anchor corner above x=256 is rounded to a multiple of 2 px, above
-    512 of 4 px and above 1024 (an 800 px input's long side) of 8 px, so a 32 px anchor's box, its IoU
-    with the objects and the regression targets measured from it are off by up to a quarter of its size. No weights: the
-    same state dict as torchvision's.
+    512 of 4 px and above 1024 (an 800 px input's long side) of 8 px, so a 32 px anchor's box, its
+    IoU with the objects and the regression targets measured from it are off by up to a quarter of
+    its size. No weights: the same state dict as torchvision's.
     """
 
     def forward(self, image_list, feature_maps):

@@ -149,21 +149,21 @@ def test_bfloat16_predictions_on_a_cpu_match_float32(trained, monkeypatch):
     faster, bench/RESULTS.md), with box coordinates and scores from float32 layers: the same
     objects, boxes within a pixel, the same masks. ``amp=False`` and ``LOUPE_CPU_BF16=0`` keep float32."""
     import detector.inference as I
+    from torchvision.ops import box_iou
 
     folder, _, ckpt, _, _ = trained
     with Project(folder) as p:
         det = load_detector(p, str(ckpt))
         arrays = [load_image(p.abspath(r)) for r in p.images()[:2]]
     monkeypatch.setattr(I, "cpu_bf16_fast", lambda: True)
-    bf16 = Predictor(det, "cpu")
-    assert bf16.amp and not Predictor(det, "cpu", amp=False).amp
-    f32 = Predictor(det, "cpu", amp=False)
+    bf16, f32 = Predictor(det, "cpu"), Predictor(det, "cpu", amp=False)
+    assert bf16.amp and not f32.amp
     for ours, ref in zip(bf16.predict(arrays), f32.predict(arrays)):
         sure = [i for i in ref if i.score > 0.5]
         assert sure and any(i.keypoints for i in sure), "the overfitted model finds objects, kites among them"
         assert len([i for i in ours if i.score > 0.5]) == len(sure)
         for r in sure:
-            o = max(ours, key=lambda i: _iou(i.box, r.box))
+            o = ours[int(box_iou(torch.tensor([i.box for i in ours]), torch.tensor([r.box])).argmax())]
             assert o.category_id == r.category_id and abs(o.score - r.score) < 0.05
             assert max(abs(a - b) for a, b in zip(o.box, r.box)) < 1.0
             mo, mr = M.decode(o.mask).astype(bool), M.decode(r.mask).astype(bool)
@@ -173,13 +173,6 @@ def test_bfloat16_predictions_on_a_cpu_match_float32(trained, monkeypatch):
     monkeypatch.undo()
     monkeypatch.setenv("LOUPE_CPU_BF16", "0")
     assert not Predictor(det, "cpu").amp
-
-
-def _iou(a, b):
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 @pytest.mark.slow
