@@ -16,8 +16,7 @@ from PySide6.QtCore import QObject, Signal
 
 from detector.domain import ImageStatus
 from detector.store import Project
-
-META_KEY = "reviewed_at_last_training"
+from detector.versions import REVIEWED_AT_TRAINING as META_KEY
 
 
 @dataclass(frozen=True)
@@ -64,8 +63,12 @@ class AutoTrainer(QObject):
             self.status.emit("")
             return
         left = self.settings.every - self.since_last()
-        self.status.emit("auto-training now" if self.running() else
-                         f"auto-train after {max(0, left)} more reviewed image{'s' if left != 1 else ''}")
+        if self.running():
+            self.status.emit("auto-training now")
+        elif left <= 0:  # a starting model, or reviews since a run from before this count was kept
+            self.status.emit("auto-train at the next review")
+        else:
+            self.status.emit(f"auto-train after {left} more reviewed image{'s' if left != 1 else ''}")
 
     def maybe_start(self) -> bool:
         """Start a run if N images were reviewed since the last one and none is running."""

@@ -25,6 +25,8 @@ class ModelController:
         self.side = ModelSide(lambda: w.project, w)  # the worker, on its own thread
         self.reannotate_after_load = False
         self.device_label = QLabel("model: none")
+        # A rule and some room on its left, so a long message beside it reads as cut, not run on.
+        self.device_label.setStyleSheet("QLabel { border-left: 1px solid palette(mid); padding-left: 8px; }")
         self.progress = QProgressBar()
         self.progress.setMaximumWidth(240)
         self.progress.setVisible(False)

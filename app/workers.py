@@ -82,11 +82,11 @@ class InferenceWorker(QObject):
         """Import the model side (torch, torchvision, the starting-model helpers) off the GUI thread."""
         try:
             from detector import pretrained  # noqa: F401  (the starting-model banner needs it)
-            from detector.inference import device_description, pick_device
+            from detector.inference import describe_device, pick_device
 
             settle_imports()
 
-            self.warmed.emit(device_description(pick_device(self.device)))
+            self.warmed.emit(describe_device(pick_device(self.device)))
         except Exception as exc:
             self._fail(exc)
 
@@ -110,7 +110,7 @@ class InferenceWorker(QObject):
     @Slot(str)
     def load_model(self, weights: str) -> None:
         try:
-            from detector.inference import Predictor, device_description, load_detector, model_identity
+            from detector.inference import Predictor, load_detector, model_identity
 
             self.warm_up()
             from detector.versions import fill_note, fill_uses_model, version_for
@@ -121,7 +121,7 @@ class InferenceWorker(QObject):
             metrics = version.metrics if version else None
             self.predictor.model_masks = fill_uses_model(metrics)
             self.identity = model_identity(self._proj(), weights or None)
-            self.model_ready.emit(ModelInfo(weights, device_description(self.predictor.device), det.notice,
+            self.model_ready.emit(ModelInfo(weights, self.predictor.describe(), det.notice,
                                             fill_note(metrics)))
         except Exception as exc:  # reported, never a silent thread death
             self.predictor = None

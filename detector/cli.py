@@ -110,6 +110,7 @@ def cmd_train(args) -> int:
     import signal
     import threading
 
+    from .domain import ImageStatus
     from .train_config import TrainConfig
     from .train_hooks import EvalHook
     from .training import train_project
@@ -131,6 +132,7 @@ def cmd_train(args) -> int:
     if args.evaluate or args.register:
         compare = args.compare or (active.path if args.register and active is not None else None)
         evaluate = EvalHook(project, compare, device=args.device)
+    reviewed_at_start = project.status_counts().get(ImageStatus.REVIEWED, 0)
     result = train_project(project, cfg, args.output, progress=not args.json_events,
                            json_events=args.json_events, cancel=cancel, hooks=[evaluate] if evaluate else [])
     summary = result.summary()
@@ -139,10 +141,11 @@ def cmd_train(args) -> int:
         if not args.json_events:
             print(json.dumps(evaluate.metrics))
         if args.register:
-            from .versions import register
+            from .versions import REVIEWED_AT_TRAINING, register
 
             reg = register(project, Path(args.output).resolve(), after, before,
                            {**cfg.to_dict(), "command": "loupe train"}, result.images_seen)
+            project.set_meta(REVIEWED_AT_TRAINING, str(reviewed_at_start))  # the app's auto-training counts from it
             summary["registered"] = {"version": reg.version.name, "active": reg.promoted,
                                      "ap": reg.ap, "before": reg.before}
             print(reg.text(then="`loupe predict` re-annotates the images not yet reviewed."),

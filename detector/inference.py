@@ -32,6 +32,19 @@ from .paste import paste_mask, paste_runs  # noqa: F401 (re-exported)
 from .threads import run_ahead
 
 
+def precision(device: torch.device, amp: bool = True) -> str:
+    """What a Predictor on ``device`` runs in: float16 autocast on a GPU, bfloat16 on a CPU that has
+    it in hardware (``cpu_bf16_fast``), else float32 (``amp=False`` too)."""
+    if amp and device.type == "cuda":
+        return "float16"
+    return "bfloat16" if amp and device.type == "cpu" and cpu_bf16_fast() else "float32"
+
+
+def describe_device(device: torch.device, amp: bool = True) -> str:
+    """The device and the precision a Predictor there runs in, as the status bar says it."""
+    return f"{device_description(device)} · {precision(device, amp)}"
+
+
 class Predictor:
     """Runs a Detector on batches of images; results are Instances with RLE masks."""
 
@@ -45,7 +58,7 @@ class Predictor:
         self.model = detector.model.to(self.device).eval()
         # float16 on a GPU; bfloat16 on a CPU that has it in hardware (devices.cpu_bf16_fast), with
         # the layers that give box coordinates and scores in float32 as in training (model.in_float32).
-        self.amp = amp and (self.device.type == "cuda" or (self.device.type == "cpu" and cpu_bf16_fast()))
+        self.amp = precision(self.device, amp) != "float32"
         on_gpu = self.device.type == "cuda"
         # On a GPU: masks are pasted on the device (paste_runs), images are uploaded from pinned
         # memory, and convolutions run channels-last where asked (bench/bench_predict.py
@@ -71,6 +84,10 @@ class Predictor:
         if not self.amp:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=torch.float16 if self.device.type == "cuda" else torch.bfloat16)
+
+    def describe(self) -> str:
+        """The device and the precision the model runs in, for people: "CPU · bfloat16"."""
+        return describe_device(self.device, self.amp)
 
     # -- the model pass, without full-image pasting -----------------------------------------
     def upload(self, a: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -434,7 +451,7 @@ def predict_project(project, weights: str | None = None, device: str | None = No
     seconds = time.perf_counter() - t0
     return {"images": n_img, "instances": n_inst, "unreadable": n_bad,
             "already_done": done_before, "images_per_s": round(n_img / max(seconds, 1e-9), 2),
-            "device": device_description(predictor.device),
+            "device": predictor.describe(),
             "seconds": round(seconds, 2), "notice": det.notice}
 
 

@@ -40,6 +40,11 @@ class Registered:
         return out + " — not better than the active model; activate it from Model versions if you prefer it."
 
 
+# The number of reviewed images when the active model's training started (project meta): the app's
+# training while labeling counts newly reviewed images from it, for runs started there or by `loupe train`.
+REVIEWED_AT_TRAINING = "reviewed_at_last_training"
+
+
 def register(project: Project, checkpoint: str | Path, after: dict | None, before: dict | None,
              settings: dict, images_seen: int, name: str | None = None) -> Registered:
     """Add a trained checkpoint as a model version; make it active when it is not worse.

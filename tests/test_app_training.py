@@ -89,6 +89,9 @@ def test_train_cancel_then_complete_swaps_model_and_reannotates(qtbot, window):
     assert w.acts.score_slider.value() == round(advice.value * 100)
     assert w.view.min_score == pytest.approx(advice.value) and "suggests" in w.acts.score_slider.toolTip()
     assert f"suggests confidence {advice.value:.2f}" in w.models.device_label.text()
+    # It names the device and its precision (bfloat16 where the CPU has it in hardware).
+    assert w.models.device_label.text().startswith(w.model_side.info.device)
+    assert w.model_side.info.device in ("CPU · bfloat16", "CPU · float32")
     # The Box tool's fill follows it too: the model's masks in it or not, as its held-out images said.
     assert w.model_side.info.fill == fill_note(version.metrics) and "Box tool" in w.model_side.info.fill
     assert w.model_side.info.fill in w.models.device_label.toolTip()
@@ -158,6 +161,11 @@ def test_auto_training_after_n_reviews_promotes_by_ap_and_reannotates(qtbot, win
     w.training.autotrain.settings = AutoTrainSettings(every=1)
     w.training.autotrain.announce()
     assert "after 1 more reviewed image" in w.training.panel.auto.text()
+    counted = p.get_meta("reviewed_at_last_training")  # a starting model: no count kept yet
+    p.set_meta("reviewed_at_last_training", "0")
+    w.training.autotrain.announce()
+    assert w.training.panel.auto.text() == "auto-train at the next review"
+    p.set_meta("reviewed_at_last_training", counted)
     first = p.active_model()
     todo = [r.id for r in p.images([ImageStatus.PREDICTED])]
     assert len(todo) == 2

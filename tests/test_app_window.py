@@ -175,6 +175,8 @@ def test_the_starting_offer_waits_for_the_model_side(qtbot, project, open_window
     qtbot.waitUntil(lambda: w.starting.ready, timeout=60_000)
     assert w.starting.banner.isVisibleTo(w)
     assert "no model yet" in w.models.device_label.text()
+    from detector.inference import describe_device, pick_device
+    assert w.models.device_label.text().startswith(describe_device(pick_device()) + " · ")  # "CPU · bfloat16 · …"
     assert "(170 MB)" in w.starting.download_button.text()  # named once detector.pretrained is in
 
 

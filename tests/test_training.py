@@ -158,6 +158,7 @@ def test_bfloat16_predictions_on_a_cpu_match_float32(trained, monkeypatch):
     monkeypatch.setattr(I, "cpu_bf16_fast", lambda: True)
     bf16, f32 = Predictor(det, "cpu"), Predictor(det, "cpu", amp=False)
     assert bf16.amp and not f32.amp
+    assert bf16.describe() == "CPU · bfloat16" and f32.describe() == "CPU · float32"  # the status bar's words
     for ours, ref in zip(bf16.predict(arrays), f32.predict(arrays)):
         sure = [i for i in ref if i.score > 0.5]
         assert sure and any(i.keypoints for i in sure), "the overfitted model finds objects, kites among them"
@@ -303,6 +304,8 @@ def test_command_line_train_evaluate_predict(tmp_path):
     registered = json.loads(r.stdout.strip().splitlines()[-1])["registered"]
     with Project(tmp_path / "f") as p2:
         assert registered["active"] and p2.active_model().path == str((tmp_path / "m.pt").resolve())
+        # the app's training while labeling counts newly reviewed images from this run's start
+        assert p2.get_meta("reviewed_at_last_training") == str(p2.status_counts()[ImageStatus.REVIEWED]) == "3"
     events = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{\"kind\"")]
     kinds = [e["kind"] for e in events]
     assert kinds[0] == "start" and kinds.count("step") == 2 and "done" in kinds
