@@ -25,8 +25,7 @@ class ModelController:
         self.side = ModelSide(lambda: w.project, w)  # the worker, on its own thread
         self.reannotate_after_load = False
         self.device_label = QLabel("model: none")
-        # A rule and some room on its left, so a long message beside it reads as cut, not run on.
-        self.device_label.setStyleSheet("QLabel { border-left: 1px solid palette(mid); padding-left: 8px; }")
+        self.device_label.setObjectName("modelLabel")  # resources/style.qss sets it off from a long message
         self.progress = QProgressBar()
         self.progress.setMaximumWidth(240)
         self.progress.setVisible(False)
