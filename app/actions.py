@@ -204,15 +204,14 @@ class Actions:
             self.score_slider.setToolTip(self._slider_tip)
             return
         v = round(advice.value * 100)
-        why = advice.text()
-        self.score_slider.setToolTip(f"{self._slider_tip}. This model suggests {advice.value:.2f}: {why}")
+        self.score_slider.setToolTip(f"{self._slider_tip}. This model suggests {advice.value:.2f}: {advice.text()}")
         if self.score_slider.value() == self._slider_set:
             self._slider_set = v
             self.score_slider.setValue(v)
-            self.w.say(f"Confidence slider set to {advice.value:.2f}: {why}.", 15000)
+            self.w.say(f"Confidence slider set to {advice.value:.2f}: {advice.short()}.", 15000)
         elif self.score_slider.value() != v:
-            self.w.say(f"This model suggests confidence {advice.value:.2f} ({why}); "
-                       f"your {self.score_slider.value() / 100:.2f} is kept.", 15000)
+            self.w.say(f"This model suggests confidence {advice.value:.2f}; your {self.score_slider.value() / 100:.2f} "
+                       "is kept (the slider's tooltip says why).", 15000)
 
     def _on_threshold(self, value: int) -> None:
         self.score_label.setText(f"{value / 100:.2f}")

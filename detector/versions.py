@@ -86,6 +86,15 @@ class SliderAdvice:
             out += f" (at 0.50: ~{self.default_seconds:.0f} s)"
         return out
 
+    def short(self) -> str:
+        """The same in a status bar's width (the slider's tooltip keeps ``text``)."""
+        n = f"{self.images} held-out image{'s' if self.images != 1 else ''}"
+        if self.value >= 1.0:
+            return f"predictions hidden: on its {n} showing them saved little (~{self.seconds:.0f} s an image)"
+        at_half = f", at 0.50 ~{self.default_seconds:.0f} s" if self.default_seconds is not None \
+            and abs(self.value - 0.5) > 1e-6 else ""
+        return f"the least to correct on its {n}, ~{self.seconds:.0f} s an image{at_half}"
+
 
 def slider_advice(metrics: dict | None) -> SliderAdvice | None:
     """The slider a version's held-out metrics suggest, or None (no held-out images, or a

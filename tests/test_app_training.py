@@ -99,6 +99,14 @@ def test_train_cancel_then_complete_swaps_model_and_reannotates(qtbot, window):
     other = 0.85 if advice.value != 0.85 else 0.75
     w.acts.suggest_slider(SliderAdvice(other, 10.0, 12.0, 2))  # the person has not moved it: set
     assert w.acts.score_slider.value() == round(other * 100)
+    # said in the status bar in full at the default window size, beside the model label
+    msg = w.statusBar().currentMessage()
+    assert msg == f"Confidence slider set to {other:.2f}: {SliderAdvice(other, 10.0, 12.0, 2).short()}."
+    w.resize(1280, 800)
+    free = w.width() - w.models.device_label.sizeHint().width() - 40  # the status bar spans the window
+    assert w.statusBar().fontMetrics().horizontalAdvance(msg) < free
+    hidden = SliderAdvice(1.0, 10.0, 12.0, 2)  # the longest form
+    assert w.statusBar().fontMetrics().horizontalAdvance(f"Confidence slider set to 1.00: {hidden.short()}.") < free
     w.acts.score_slider.setValue(30)  # moved by the person: a later suggestion keeps it
     w.acts.suggest_slider(SliderAdvice(0.8, 10.0, 12.0, 2))
     assert w.acts.score_slider.value() == 30 and "0.80" in w.acts.score_slider.toolTip()
