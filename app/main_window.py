@@ -95,6 +95,8 @@ class MainWindow(QMainWindow):
         self.folder.message.connect(self.say)
         self.scanned = self.folder.scanned  # ScanResult: the folder was read again in the background
         self.models = ModelController(self)
+        # a cut message's whole line (say) is the status bar's tooltip while the message shows
+        self.statusBar().messageChanged.connect(lambda m: m or self.statusBar().setToolTip(""))
         self.model_side = self.models.side
         self.acts = Actions(self)
         self.canvas.point_clicked.connect(self.acts.place_keypoint)
@@ -117,8 +119,14 @@ class MainWindow(QMainWindow):
         self.view.image_id = image_id
 
     def say(self, text: str, ms: int = 15000) -> None:
-        """A line in the status bar for ``ms`` milliseconds."""
-        self.statusBar().showMessage(text, ms)
+        """A line in the status bar for ``ms`` milliseconds; cut with "…" where it would run under the
+        model label at this window's width, the whole line then in the status bar's tooltip."""
+        bar = self.statusBar()
+        beside = [self.models.device_label, self.models.progress]
+        room = max(120, self.width() - sum(w.sizeHint().width() for w in beside if w.isVisible()) - 40)
+        shown = bar.fontMetrics().elidedText(text, Qt.TextElideMode.ElideRight, room)
+        bar.setToolTip(text if shown != text else "")
+        bar.showMessage(shown, ms)
 
     # -- project ----------------------------------------------------------------------------
     def choose_folder(self) -> None:

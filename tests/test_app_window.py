@@ -178,6 +178,22 @@ def test_the_starting_offer_waits_for_the_model_side(qtbot, project, open_window
     from detector.inference import describe_device, pick_device
     assert w.models.device_label.text().startswith(describe_device(pick_device()) + " · ")  # "CPU · bfloat16 · …"
     assert "(170 MB)" in w.starting.download_button.text()  # named once detector.pretrained is in
+    # A line longer than the room beside the model label is cut with "…", whole in the tooltip.
+    w.resize(1280, 800)
+    w.show()
+    qtbot.waitExposed(w)
+    long = "broken.json: " + "the entry is not what COCO allows " * 12
+    w.say(long)
+    bar = w.statusBar()
+    shown = bar.currentMessage()
+    assert shown.endswith("…") and long.startswith(shown[:-1]) and bar.toolTip() == long
+    room = w.width() - w.models.device_label.width()
+    assert bar.fontMetrics().horizontalAdvance(shown) < room
+    w.say("Saved.")
+    assert bar.currentMessage() == "Saved." and bar.toolTip() == ""
+    w.say(long)
+    bar.clearMessage()
+    assert bar.toolTip() == ""
 
 
 def test_a_known_project_shows_its_list_at_once_and_reconciles_the_folder_after(qtbot, project, open_window):
