@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QDockWidget, QFileDialog, QMainWindow, QMessageBox, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (QDockWidget, QFileDialog, QMainWindow, QMessageBox, QStatusBar, QVBoxLayout,
+                               QWidget)
 
 from detector.store import Project, ProjectError
 
@@ -34,6 +35,18 @@ ORDER_KEY = "image_order"  # project meta: "" (file name) or "uncertainty"
 CONTRAST_KEY = "auto_contrast"  # project meta: "" (on, the default) or "off"
 
 
+class StatusBar(QStatusBar):
+    """A status bar whose cut message (``MainWindow.say``) is whole in its tooltip while it shows."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.messageChanged.connect(self._message_changed)  # the bar's own: gone with it
+
+    def _message_changed(self, message: str) -> None:
+        if not message:
+            self.setToolTip("")
+
+
 class MainWindow(QMainWindow):
     """One project at a time. ``image_shown(image_id)`` fires once an image and its instances show."""
 
@@ -44,6 +57,7 @@ class MainWindow(QMainWindow):
         super().__init__()
         self.setWindowTitle("Loupe")
         self.resize(1280, 800)
+        self.setStatusBar(StatusBar(self))
         self.setAcceptDrops(True)
         self.project: Project | None = None
         self.view = ViewState()  # what is on screen and how: every widget reads it from here
@@ -95,8 +109,6 @@ class MainWindow(QMainWindow):
         self.folder.message.connect(self.say)
         self.scanned = self.folder.scanned  # ScanResult: the folder was read again in the background
         self.models = ModelController(self)
-        # a cut message's whole line (say) is the status bar's tooltip while the message shows
-        self.statusBar().messageChanged.connect(lambda m: m or self.statusBar().setToolTip(""))
         self.model_side = self.models.side
         self.acts = Actions(self)
         self.canvas.point_clicked.connect(self.acts.place_keypoint)
