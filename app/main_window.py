@@ -36,14 +36,22 @@ CONTRAST_KEY = "auto_contrast"  # project meta: "" (on, the default) or "off"
 
 
 class StatusBar(QStatusBar):
-    """A status bar whose cut message (``MainWindow.say``) is whole in its tooltip while it shows."""
+    """A status bar that cuts a long message with "…" and holds it whole in its tooltip while it shows."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
+        self._cut = ""  # the cut message on show, whose whole line is the tooltip
         self.messageChanged.connect(self._message_changed)  # the bar's own: gone with it
 
+    def show_cut(self, text: str, ms: int, room: int) -> None:
+        shown = self.fontMetrics().elidedText(text, Qt.TextElideMode.ElideRight, room)
+        self._cut = shown if shown != text else ""
+        self.setToolTip(text if self._cut else "")
+        self.showMessage(shown, ms)
+
     def _message_changed(self, message: str) -> None:
-        if not message:
+        if message != self._cut:  # timed out, cleared, or another line (an action's tip) over it
+            self._cut = ""
             self.setToolTip("")
 
 
@@ -133,12 +141,9 @@ class MainWindow(QMainWindow):
     def say(self, text: str, ms: int = 15000) -> None:
         """A line in the status bar for ``ms`` milliseconds; cut with "…" where it would run under the
         model label at this window's width, the whole line then in the status bar's tooltip."""
-        bar = self.statusBar()
         beside = [self.models.device_label, self.models.progress]
         room = max(120, self.width() - sum(w.sizeHint().width() for w in beside if w.isVisible()) - 40)
-        shown = bar.fontMetrics().elidedText(text, Qt.TextElideMode.ElideRight, room)
-        bar.setToolTip(text if shown != text else "")
-        bar.showMessage(shown, ms)
+        self.statusBar().show_cut(text, ms, room)
 
     # -- project ----------------------------------------------------------------------------
     def choose_folder(self) -> None:

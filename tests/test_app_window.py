@@ -192,6 +192,9 @@ def test_the_starting_offer_waits_for_the_model_side(qtbot, project, open_window
     w.say("Saved.")
     assert bar.currentMessage() == "Saved." and bar.toolTip() == ""
     w.say(long)
+    bar.showMessage("an action's status tip")  # another line over it: the tooltip goes with it
+    assert bar.toolTip() == ""
+    w.say(long)
     bar.clearMessage()
     assert bar.toolTip() == ""
 
