@@ -58,7 +58,8 @@ class Predictor:
         self.model = detector.model.to(self.device).eval()
         # float16 on a GPU; bfloat16 on a CPU that has it in hardware (devices.cpu_bf16_fast), with
         # the layers that give box coordinates and scores in float32 as in training (model.in_float32).
-        self.amp = precision(self.device, amp) != "float32"
+        self.precision = precision(self.device, amp)
+        self.amp = self.precision != "float32"
         on_gpu = self.device.type == "cuda"
         # On a GPU: masks are pasted on the device (paste_runs), images are uploaded from pinned
         # memory, and convolutions run channels-last where asked (bench/bench_predict.py
@@ -83,7 +84,7 @@ class Predictor:
         hardware (``amp``), else float32."""
         if not self.amp:
             return nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.float16 if self.device.type == "cuda" else torch.bfloat16)
+        return torch.autocast(self.device.type, dtype=getattr(torch, self.precision))
 
     def describe(self) -> str:
         """The device and the precision the model runs in, for people: "CPU · bfloat16"."""
