@@ -64,9 +64,12 @@ class Project(CategoryTable, ImageTable, InstanceTable, ModelTable):
                 raise ProjectError(f"{self.db_path.parent}: cannot create the project folder "
                                    f"({exc.strerror}); use --project PATH for a read-only folder"
                                    ) from exc
-        self._local = threading.local()
+        self._local = threading.local()  # one connection per thread, made on first use
         self._all_conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
+        self._writers: set[sqlite3.Connection] = set()  # in a transaction: close() leaves them be
+        self._retired: set[sqlite3.Connection] = set()  # ...and each closes when its transaction ends
+        self._writing = threading.local()  # .conn: this thread's open transaction's (close keeps it)
         self._lock_file = None
         if self.db_path.exists():
             self._probe()
@@ -104,7 +107,7 @@ class Project(CategoryTable, ImageTable, InstanceTable, ModelTable):
 
     # -- connections and transactions -------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
+        conn = getattr(self._writing, "conn", None) or getattr(self._local, "conn", None)
         if conn is None:
             def connect():
                 c = sqlite3.connect(self.db_path, timeout=LOCK_WAIT_S, isolation_level=None,
@@ -149,10 +152,14 @@ class Project(CategoryTable, ImageTable, InstanceTable, ModelTable):
         if conn.in_transaction:
             yield conn
             return
+        with self._conns_lock:
+            self._writers.add(conn)
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
+            self._end_write(conn)
             raise self._write_error(exc) from exc
+        self._writing.conn = conn  # nested calls join it even if close() comes meanwhile
         try:
             yield conn
             conn.execute("COMMIT")
@@ -164,19 +171,37 @@ class Project(CategoryTable, ImageTable, InstanceTable, ModelTable):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        finally:
+            self._writing.conn = None
+            self._end_write(conn)
+
+    def _end_write(self, conn: sqlite3.Connection) -> None:
+        with self._conns_lock:
+            self._writers.discard(conn)
+            retired = conn in self._retired
+            self._retired.discard(conn)
+        if retired:  # close() came while this transaction ran
+            conn.close()
 
     def close(self) -> None:
+        """Release the project: its lock and its connections, a connection that is in a
+        transaction on another thread when that transaction ends. Closing it under the
+        transaction crashed SQLite (a folder scan committing while a test closed the project
+        under its window) and would lose the write; reads on other threads must be over (the
+        window stops its workers first)."""
         if self._lock_file is not None:
             self._lock_file.close()  # releases the OS lock
             self._lock_file = None
         with self._conns_lock:
-            for c in self._all_conns:
-                try:
-                    c.close()
-                except sqlite3.Error:
-                    pass
-            self._all_conns.clear()
-        self._local = threading.local()
+            conns, self._all_conns = self._all_conns, []
+            self._retired.update(c for c in conns if c in self._writers)
+            idle = [c for c in conns if c not in self._writers]
+        self._local = threading.local()  # a later use opens a fresh connection
+        for c in idle:
+            try:
+                c.close()
+            except sqlite3.Error:
+                pass
 
     def __enter__(self) -> Project:
         return self

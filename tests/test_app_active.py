@@ -41,11 +41,12 @@ def test_least_confident_first_orders_the_list_and_next_follows(qtbot, project, 
     assert w.current_image_id == ids[4]
     assert listed(w)[-1] == ids[2]
     w.close()
-    with Project(project.root) as again:
-        w2 = open_window(again)
-        assert w2.image_list.order.currentData() == "uncertainty"
-        assert w2.current_image_id == ids[1]  # the project opens on the most unsure image
-        assert listed(w2)[:3] == [ids[1], ids[4], ids[0]]
+    # Reopened: the window owns the project and closes it after its folder scan (a `with` block
+    # here closed it under the running scan: a SQLite crash in 1 of ~40 runs).
+    w2 = open_window(Project(project.root))
+    assert w2.image_list.order.currentData() == "uncertainty"
+    assert w2.current_image_id == ids[1]  # the project opens on the most unsure image
+    assert listed(w2)[:3] == [ids[1], ids[4], ids[0]]
 
 
 def test_space_moves_on_when_a_status_filter_hides_the_reviewed_image(qtbot, project, open_window):

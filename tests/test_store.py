@@ -95,6 +95,48 @@ def test_concurrent_reader_and_writer(demo):
     writer.close()
 
 
+def test_closing_while_another_thread_writes_loses_nothing_and_lets_go_after(demo):
+    """A window closing its project while a folder scan commits on a pool thread: closing that
+    thread's connection under it crashed SQLite (a segfault in CI) or lost the write. Now the
+    writer's transaction, nested calls included, lands whole; then every connection is closed
+    (SQLite removes the -wal file when its last connection closes)."""
+    folder, _ = demo
+    p = Project(folder)
+    p.scan()
+    wal = p.db_path.with_name(p.db_path.name + "-wal")
+    inside, go, errors = threading.Event(), threading.Event(), []
+
+    def write():
+        try:
+            with p.transaction():
+                p.ensure_category(Category("before close"))
+                inside.set()
+                go.wait(10)
+                p.ensure_category(Category("after close"))  # a nested transaction joins this one
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    idle_done = threading.Event()
+
+    def idle_reader():  # a thread that read once and stays alive, idle
+        p.image_count()
+        idle_done.set()
+        go.wait(10)
+
+    threads = [threading.Thread(target=write), threading.Thread(target=idle_reader)]
+    for t in threads:
+        t.start()
+    assert inside.wait(10) and idle_done.wait(10)
+    p.close()
+    go.set()
+    for t in threads:
+        t.join(10)
+    assert not errors
+    assert not wal.exists()
+    with Project(folder) as again:
+        assert {c.name for c in again.categories()} >= {"before close", "after close"}
+
+
 def test_newer_schema_is_refused_and_garbage_db_explained(tmp_path):
     with Project(tmp_path) as p:
         p.set_meta("schema_version", "99")
