@@ -9,6 +9,7 @@ what its answers change (model_controller.py, model_side.py), training and model
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
@@ -36,18 +37,38 @@ CONTRAST_KEY = "auto_contrast"  # project meta: "" (on, the default) or "off"
 
 
 class StatusBar(QStatusBar):
-    """A status bar that cuts a long message with "…" and holds it whole in its tooltip while it shows."""
+    """A status bar that cuts a long message with "…" to the room beside its permanent widgets
+    (the model label), holds it whole in its tooltip while it shows, and cuts it again to the new
+    room when the window is resized."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
+        self._beside: list[QWidget] = []  # the permanent widgets, whose room a message leaves
         self._cut = ""  # the cut message on show, whose whole line is the tooltip
+        self._whole, self._until = "", 0.0  # ...its whole line, and when it times out (0: never)
         self.messageChanged.connect(self._message_changed)  # the bar's own: gone with it
 
-    def show_cut(self, text: str, ms: int, room: int) -> None:
-        shown = self.fontMetrics().elidedText(text, Qt.TextElideMode.ElideRight, room)
+    def addPermanentWidget(self, widget: QWidget, stretch: int = 0) -> None:  # noqa: N802
+        self._beside.append(widget)
+        super().addPermanentWidget(widget, stretch)
+
+    def room(self) -> int:
+        """Pixels a message has beside the permanent widgets that show."""
+        return max(120, self.width() - sum(w.sizeHint().width() for w in self._beside if w.isVisible()) - 40)
+
+    def show_cut(self, text: str, ms: int) -> None:
+        shown = self.fontMetrics().elidedText(text, Qt.TextElideMode.ElideRight, self.room())
         self._cut = shown if shown != text else ""
+        self._whole, self._until = text, (time.monotonic() + ms / 1000 if ms else 0.0)
         self.setToolTip(text if self._cut else "")
         self.showMessage(shown, ms)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802
+        super().resizeEvent(event)
+        if self._cut and self.currentMessage() == self._cut:
+            left = int((self._until - time.monotonic()) * 1000) if self._until else 0
+            if not self._until or left > 0:
+                self.show_cut(self._whole, left)
 
     def _message_changed(self, message: str) -> None:
         if message != self._cut:  # timed out, cleared, or another line (an action's tip) over it
@@ -140,10 +161,8 @@ class MainWindow(QMainWindow):
 
     def say(self, text: str, ms: int = 15000) -> None:
         """A line in the status bar for ``ms`` milliseconds; cut with "…" where it would run under the
-        model label at this window's width, the whole line then in the status bar's tooltip."""
-        beside = [self.models.device_label, self.models.progress]
-        room = max(120, self.width() - sum(w.sizeHint().width() for w in beside if w.isVisible()) - 40)
-        self.statusBar().show_cut(text, ms, room)
+        model label (again when the window is resized), the whole line then in the bar's tooltip."""
+        self.statusBar().show_cut(text, ms)
 
     # -- project ----------------------------------------------------------------------------
     def choose_folder(self) -> None:

@@ -189,6 +189,15 @@ def test_the_starting_offer_waits_for_the_model_side(qtbot, project, open_window
     assert shown.endswith("…") and long.startswith(shown[:-1]) and bar.toolTip() == long
     room = w.width() - w.models.device_label.width()
     assert bar.fontMetrics().horizontalAdvance(shown) < room
+    # Resized, the line is cut again to the new room: more of it when wider, less when narrower.
+    w.resize(1800, 800)
+    qtbot.waitUntil(lambda: len(bar.currentMessage()) > len(shown), timeout=5000)
+    assert bar.currentMessage().endswith("…") and bar.toolTip() == long
+    w.resize(900, 800)
+    qtbot.waitUntil(lambda: len(bar.currentMessage()) < len(shown), timeout=5000)
+    assert long.startswith(bar.currentMessage()[:-1]) and bar.toolTip() == long
+    assert bar.fontMetrics().horizontalAdvance(bar.currentMessage()) < w.width() - w.models.device_label.width()
+    w.resize(1280, 800)
     w.say("Saved.")
     assert bar.currentMessage() == "Saved." and bar.toolTip() == ""
     w.say(long)
