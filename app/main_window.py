@@ -53,8 +53,9 @@ class StatusBar(QStatusBar):
         super().addPermanentWidget(widget, stretch)
 
     def room(self) -> int:
-        """Pixels a message has beside the permanent widgets that show."""
-        return max(120, self.width() - sum(w.sizeHint().width() for w in self._beside if w.isVisible()) - 40)
+        """Pixels a message has beside the permanent widgets that show (the bar spans its window,
+        which is laid out before the bar is: a window not yet shown has its size, the bar not)."""
+        return max(120, self.window().width() - sum(w.sizeHint().width() for w in self._beside if w.isVisible()) - 40)
 
     def show_cut(self, text: str, ms: int) -> None:
         shown = self.fontMetrics().elidedText(text, Qt.TextElideMode.ElideRight, self.room())
