@@ -65,7 +65,9 @@ class Project(CategoryTable, ImageTable, InstanceTable, ModelTable):
                                    f"({exc.strerror}); use --project PATH for a read-only folder"
                                    ) from exc
         self._local = threading.local()  # one connection per thread, made on first use
-        self._all_conns: list[sqlite3.Connection] = []
+        # each thread's connection by the thread's id: a QThreadPool job runs with a fresh Python
+        # thread-local each time, so a thread's next job replaces (and closes) its last one's
+        self._all_conns: dict[int, sqlite3.Connection] = {}
         self._conns_lock = threading.Lock()
         self._writers: set[sqlite3.Connection] = set()  # in a transaction: close() leaves them be
         self._retired: set[sqlite3.Connection] = set()  # ...and each closes when its transaction ends
@@ -128,7 +130,13 @@ class Project(CategoryTable, ImageTable, InstanceTable, ModelTable):
             conn.row_factory = sqlite3.Row
             self._local.conn = conn
             with self._conns_lock:
-                self._all_conns.append(conn)
+                old = self._all_conns.get(threading.get_ident())
+                self._all_conns[threading.get_ident()] = conn
+                if old is not None and old in self._writers:  # not expected: a thread does one thing
+                    self._retired.add(old)
+                    old = None
+            if old is not None:  # this thread's earlier job's (or an ended thread's, id reused)
+                old.close()
         return conn
 
     def _write_error(self, exc: sqlite3.Error) -> ProjectError:
@@ -193,7 +201,7 @@ class Project(CategoryTable, ImageTable, InstanceTable, ModelTable):
             self._lock_file.close()  # releases the OS lock
             self._lock_file = None
         with self._conns_lock:
-            conns, self._all_conns = self._all_conns, []
+            conns, self._all_conns = list(self._all_conns.values()), {}
             self._retired.update(c for c in conns if c in self._writers)
             idle = [c for c in conns if c not in self._writers]
         self._local = threading.local()  # a later use opens a fresh connection

@@ -137,6 +137,45 @@ def test_closing_while_another_thread_writes_loses_nothing_and_lets_go_after(dem
         assert {c.name for c in again.categories()} >= {"before close", "after close"}
 
 
+def _open_handles(path) -> int:
+    """How many file descriptors of this process are open on ``path`` (Linux's /proc)."""
+    import os
+
+    fds = "/proc/self/fd"
+    return sum(1 for fd in os.listdir(fds) if os.path.realpath(os.path.join(fds, fd)) == str(path.resolve()))
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/fd"), reason="counts open files in /proc")
+def test_jobs_on_a_thread_pool_do_not_pile_up_connections(qapp, project):
+    """A QThreadPool job runs with a fresh Python thread-local each time, so each job that reads
+    the project opened a connection of its own, all kept open until the project closed. A
+    thread's next job now closes its last one's: ten jobs leave one connection, not ten."""
+    from PySide6.QtCore import QRunnable, QThreadPool
+
+    counts, done = [], threading.Semaphore(0)
+
+    class Job(QRunnable):
+        def run(self):
+            counts.append(project.image_count())
+            done.release()
+
+    pool = QThreadPool()
+    pool.setMaxThreadCount(1)
+    pool.setExpiryTimeout(60_000)  # one thread for all ten, as the app's jobs one after another
+    open_after = []
+    for _ in range(10):
+        pool.start(Job())
+        assert done.acquire(timeout=10)
+        open_after.append(_open_handles(project.db_path))
+    pool.waitForDone()
+    assert len(counts) == 10 and len(set(counts)) == 1
+    # SQLite keeps a closed connection's file open while others in the process hold the file
+    # (POSIX locks) and reuses it for the next: a plateau from the second job on, not one more a job
+    assert open_after[-1] == open_after[1] <= 3, open_after
+    project.close()
+    assert _open_handles(project.db_path) == 0
+
+
 def test_newer_schema_is_refused_and_garbage_db_explained(tmp_path):
     with Project(tmp_path) as p:
         p.set_meta("schema_version", "99")
