@@ -205,6 +205,14 @@ class StartingModel(QObject):
         self.progress.setVisible(False)
         self.cancel_button.setVisible(False)
 
+    def _moved_on(self, project: Project) -> bool:
+        """Whether another folder was opened while a job prepared a model for ``project``: the
+        model stays that project's (registered there), and the offer is the open project's."""
+        if self.project() is project:
+            return False
+        self.refresh()
+        return True
+
     def _fail(self, exc: BaseException) -> None:
         self._idle()
         self.refresh()
@@ -264,6 +272,8 @@ class StartingModel(QObject):
 
         def done(path: str) -> None:
             self._idle()
+            if self._moved_on(project):
+                return
             self.banner.setVisible(False)
             self.added.emit(path)
 
@@ -303,6 +313,8 @@ class StartingModel(QObject):
         def done(result: tuple[str, str]) -> None:
             kind, where = result
             self._idle()
+            if self._moved_on(project):
+                return
             if kind == "torchvision":
                 self.use_coco(weights_file=where)
             else:

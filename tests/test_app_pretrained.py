@@ -114,3 +114,48 @@ def test_a_loupe_checkpoint_becomes_the_active_model(open_window, qtbot, fresh, 
     # it pre-annotates the images at once
     qtbot.waitUntil(lambda: not w.model_side.busy and all(r.status is not ImageStatus.NEW for r in fresh.images()),
                     timeout=120_000)
+
+
+def test_a_model_prepared_for_a_folder_left_meanwhile_stays_with_that_folder(open_window, qtbot, fresh, tmp_path,
+                                                                             monkeypatch):
+    """Another folder opened while a loaded file is still being copied in: the model is registered
+    with the folder it was loaded for (nothing lost) and the open folder neither takes it nor
+    pre-annotates with it; its own offer shows."""
+    import threading
+
+    from app import pretrained as app_pretrained
+    from detector.model import build_model, save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "mine.pt", build_model(
+        categories=[Category("Person")], weights="none",
+        config=ModelConfig(backbone="resnet18", min_size=64, max_size=96, box_detections_per_img=5)))
+    other_folder = tmp_path / "other"
+    generate(other_folder, n_images=2, seed=5, size=(96, 72))
+    other = Project(other_folder)
+    other.scan()
+    copying, go = threading.Event(), threading.Event()
+    copy = app_pretrained.shutil.copyfile
+
+    def slow_copy(src, dst):
+        copying.set()
+        go.wait(20)
+        return copy(src, dst)
+
+    monkeypatch.setattr(app_pretrained.shutil, "copyfile", slow_copy)
+    w = open_window(fresh)
+    qtbot.waitUntil(lambda: w.starting.ready, timeout=60_000)  # torch comes up on the worker's thread
+    handed = []
+    w.starting.added.connect(handed.append)  # what the window would load and pre-annotate with
+    w.starting.load_weights(str(ckpt))
+    assert copying.wait(20)
+    with qtbot.waitSignal(w.image_shown, timeout=10_000):
+        w.set_project(other)  # the person opens another folder meanwhile
+    go.set()
+    # the job's answer has reached the window once its buttons are enabled again (the same call)
+    qtbot.waitUntil(lambda: not w.starting.jobs.running and w.starting.load_button.isEnabled(), timeout=20_000)
+    assert handed == []
+    with Project(fresh.root) as first:
+        assert first.active_model() is not None and "mine" in first.active_model().name
+    assert other.active_model() is None and w.model_side.info is None
+    assert w.starting.banner.isVisibleTo(w)
+    assert all(r.status is ImageStatus.NEW for r in other.images())
