@@ -192,11 +192,11 @@ class Project(CategoryTable, ImageTable, InstanceTable, ModelTable):
             conn.close()
 
     def close(self) -> None:
-        """Release the project: its lock and its connections, a connection that is in a
-        transaction on another thread when that transaction ends. Closing it under the
-        transaction crashed SQLite (a folder scan committing while a test closed the project
-        under its window) and would lose the write; reads on other threads must be over (the
-        window stops its workers first)."""
+        """Release the project: its lock and its connections now, except one in a transaction on
+        another thread, which closes when that transaction ends. Closing it under the transaction
+        crashed SQLite (a folder scan committing while a test closed the project under its window)
+        and would lose the write; reads on other threads must be over (the window stops its
+        workers first)."""
         if self._lock_file is not None:
             self._lock_file.close()  # releases the OS lock
             self._lock_file = None
