@@ -32,7 +32,7 @@ for lib in libEGL.so.1 libGL.so.1 libGLX.so.0 libGLdispatch.so.0 libOpenGL.so.0 
     libbrotlicommon.so.1 libbrotlidec.so.1 libexpat.so.1 libglib-2.0.so.0 libgthread-2.0.so.0 \
     libpcre2-8.so.0 libdbus-1.so.3 libsystemd.so.0 libcap.so.2 libgcrypt.so.20 libgpg-error.so.0 \
     liblz4.so.1 liblzma.so.5 libzstd.so.1 libbsd.so.0 libmd.so.0; do
-  src=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ {print $NF; exit}')
+  src=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ && !f {print $NF; f = 1}')  # no early exit: ldconfig would die of SIGPIPE under pipefail
   if [ -n "$src" ]; then cp -L "$src" .gpu/stage/site/_syslibs/; fi
 done
 tar -C .gpu/stage -cJf .gpu/site.tar.xz site
