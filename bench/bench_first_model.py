@@ -79,6 +79,14 @@ def setup_nuclei(tmp: Path, source: Path, smoke: bool) -> tuple[Path, Path]:
     return folder, gt
 
 
+T0 = time.perf_counter()
+
+
+def progress(text: str) -> None:
+    """One timed line on stderr, so a run cut off by a lease's limit says where it was."""
+    print(f"[{time.perf_counter() - T0:7.1f} s] {text}", file=sys.stderr, flush=True)
+
+
 def train_like_the_button(folder: Path, out: Path, device: str | None, extra: list[str]) -> tuple[float, float, dict]:
     """(seconds to the saved model, seconds to the end with evaluation, the closing summary)."""
     cmd = [sys.executable, "-m", "detector.cli", "train", str(folder), "-o", str(out),
@@ -91,6 +99,8 @@ def train_like_the_button(folder: Path, out: Path, device: str | None, extra: li
         if not line.startswith("{"):
             continue
         ev = json.loads(line)
+        if ev.get("kind") in ("start", "done") or (ev.get("kind") == "step" and ev.get("step", 0) % 50 == 0):
+            progress(f"train {ev['kind']} step {ev.get('step')}/{ev.get('total_steps')}")
         if ev.get("kind") == "prepare":  # a first run with internet downloads its weights
             fetching.append(time.perf_counter())
         elif ev.get("kind") == "done":
@@ -115,7 +125,7 @@ def unseen_metrics(folder: Path, ckpt: Path, gt: Path, device: str | None) -> di
     items = [(ImageRecord(im.path, im.width, im.height), folder / im.path,
               [i.with_(category_id=by_name[name].id) for name, i in im.instances])
              for im in images.values()]
-    return evaluate_detector(det, items, device)
+    return evaluate_detector(det, items, device)  # AP only (no slider pricing: evaluate_detector)
 
 
 def main() -> None:
@@ -140,8 +150,10 @@ def main() -> None:
             else:
                 raise SystemExit(f"unknown dataset {name!r}")
             ckpt = tmp / "model.pt"
+            progress(f"{name}: set up, training")
             train_s, total_s, summary = train_like_the_button(folder, ckpt, args.device, extra)
             meta = load_checkpoint(ckpt)
+            progress(f"{name}: saved at {train_s:.1f} s, the run ended at {total_s:.1f} s; scoring the unseen images")
             metrics = unseen_metrics(folder, ckpt, gt, args.device)
             cfg = meta.get("train_config", {})
             print(json.dumps({
