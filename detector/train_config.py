@@ -221,10 +221,11 @@ OPTIONS = (
            metavar="D"),
     Option("warmup_steps", "--warmup-steps", "linear learning-rate warm-up steps (default %(default)s, at "
                                              "most a fifth of the run)", type=int),
-    Option("time_budget_s", "--time-budget", "fit the step count so the run (reading the data, setting up the "
-                                             "model, the steps; not a download of the weights it starts from) "
-                                             "takes about S seconds (default: the profile's; cpu-fast 150, "
-                                             "gpu-fast 22)", type=float, metavar="S"),
+    Option("time_budget_s", "--time-budget", "fit the step count so the run (from the command's start: "
+                                             "imports, reading the data, setting up the model, the steps; not a "
+                                             "download of the weights it starts from) takes about S seconds "
+                                             "(default: the profile's; cpu-fast 150, gpu-fast 26)",
+           type=float, metavar="S"),
     Option("time_budget_max_s", "--time-budget-max", f"when the time budget leaves fewer than {BUDGET_EPOCHS} "
                                                      "passes over the reviewed images, go on up to S seconds (default: "
                                                      "the profile's; cpu-fast 270)", type=float, metavar="S"),

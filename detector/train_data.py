@@ -323,7 +323,7 @@ def seed_worker(worker_id: int) -> None:
 
 def data_loader(dataset: LabelledImages, batches: RunBatches, workers: int) -> torch.utils.data.DataLoader:
     """Worker processes forked where the platform can (a forked worker starts at once; a spawned
-    one imports torch again, seconds of a 22 s first model); they never touch the GPU."""
+    one imports torch again, seconds of a 26 s first model); they never touch the GPU."""
     ctx = None
     if workers and sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods():
         ctx = mp.get_context("fork")

@@ -497,11 +497,14 @@ def _jsonable(d: dict) -> dict:
 # ------------------------------------------------------------------------------------------
 def train_project(project, cfg: TrainConfig, output: str | os.PathLike, *, progress: bool = False,
                   json_events: bool = False, on_event: Callable[[TrainEvent], None] | None = None,
-                  hooks: list[Hook] | None = None, cancel: threading.Event | None = None) -> TrainResult:
+                  hooks: list[Hook] | None = None, cancel: threading.Event | None = None,
+                  started: float | None = None) -> TrainResult:
     """Fine-tune on the project's reviewed images (minus the held-out split) and write ``output``.
-    A time budget counts from this call: reading the data and building the model are inside it,
-    a download of the weights it starts from is not (it happens once; "prepare" events report it)."""
-    started = time.perf_counter()
+    A time budget counts from ``started`` (time.perf_counter(); default: this call; ``loupe train``
+    passes its own start, so importing torch is inside it too): reading the data and building the
+    model are inside it, a download of the weights it starts from is not (it happens once;
+    "prepare" events report it)."""
+    started = time.perf_counter() if started is None else started
     train, held = split_reviewed(project, cfg.holdout)
     samples, groups = collect_samples(project, train)
     if cfg.extra_coco:

@@ -142,3 +142,36 @@ def test_train_config_round_trips_through_loupe_trains_options():
         replace(cfg, momentum=0.8).to_argv()
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "F", "-o", "x.pt", "--freeze-bn", "maybe"])
+
+
+def test_loupe_trains_time_budget_counts_from_the_commands_start(tmp_path, monkeypatch):
+    """`loupe train` hands the trainer the moment the command started (before importing torch and
+    reading the project), so a time budget holds the imports too: a slow host's imports must not
+    push the saved model past the budget."""
+    import time
+
+    import pytest
+
+    import detector.training as T
+    from detector.cli import main
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def fake_train(project, cfg, output, **kw):
+        seen.update(started=kw.get("started"), called=time.perf_counter(), output=output)
+        raise Stop
+
+    monkeypatch.setattr(T, "train_project", fake_train)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        t0 = time.perf_counter()
+        with pytest.raises(Stop):
+            main(["train", str(tmp_path), "-o", str(tmp_path / "m.pt"), "--no-register"])
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    assert seen["output"] == str(tmp_path / "m.pt")
+    assert seen["started"] is not None and t0 <= seen["started"] < seen["called"]

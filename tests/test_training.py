@@ -611,9 +611,11 @@ def test_a_fitted_run_ends_at_its_deadline_when_the_machine_slows_down(tmp_path,
     p.close()
 
 
-def test_a_time_budget_counts_the_runs_set_up(tmp_path, monkeypatch):
+@pytest.mark.parametrize("before, steps, end", [(None, 17, 12.5), (2.0, 13, 10.5)])
+def test_a_time_budget_counts_the_runs_set_up(tmp_path, monkeypatch, before, steps, end):
     """The budget is the run's, not the steps': seconds spent reading the data and building the
-    model (a GPU's start) leave fewer steps, so the model is saved when the budget says."""
+    model (a GPU's start) leave fewer steps, so the model is saved when the budget says; so do
+    seconds ``before`` the call when the caller says when it started (``loupe train``'s imports)."""
     import types
 
     import detector.training as T
@@ -631,11 +633,13 @@ def test_a_time_budget_counts_the_runs_set_up(tmp_path, monkeypatch):
 
     monkeypatch.setattr(T, "prepare_detector", slow_build)
     p, _ = _labelled(tmp_path / "f", n=2)
-    r = train_project(p, cfg(iterations=500, time_budget_s=12.0, warmup_steps=2), tmp_path / "m.pt", hooks=[clock])
+    started = None if before is None else clock.perf_counter() - before
+    r = train_project(p, cfg(iterations=500, time_budget_s=12.0, warmup_steps=2), tmp_path / "m.pt", hooks=[clock],
+                      started=started)
     p.close()
     # step 3: 0.5 s a step, 12 - 5 s left -> 17 steps, ending at 4 + 17 * 0.5 = 12.5 s (25 if the
-    # set-up were free)
-    assert r.ok and r.steps == 17 and clock.t == pytest.approx(12.5)
+    # set-up were free); started 2 s earlier: 12 - 7 s left -> 13 steps, ending at 10.5 s (12.5 in all)
+    assert r.ok and r.steps == steps and clock.t == pytest.approx(end)
 
 
 @pytest.mark.parametrize("longest, steps", [(30.0, 20), (8.0, 17)])
