@@ -134,6 +134,12 @@ class CocoEvaluator:
 
 
 SLIDER_IMAGES = 50
+# ... and no image after the one that brings the priced ground truth to this many objects: pricing
+# costs ~0.1 s an object on a 2-core CPU (nuclei, 8 images of 596 objects: 60 s, against 4 s for
+# their AP), so a run's held-out images on crowded data (~75 nuclei an image) no longer keep its
+# model waiting minutes; 400 objects are 5-6 such images, and 2-9 images already chose the slider
+# within 2 s of the best value (bench/RESULTS.md)
+SLIDER_OBJECTS = 400
 
 
 def evaluate_detector(detector: Detector, items: list[tuple[ImageRecord, Path, list[Instance]]],
@@ -142,21 +148,22 @@ def evaluate_detector(detector: Detector, items: list[tuple[ImageRecord, Path, l
     whether its masks help the Box tool's fill (``fill``: ``fill_choice``) and what correcting its
     predictions into the ground truth would cost a person at each confidence slider value, with
     that fill and the Click tool for the objects it misses (``slider``: ``slider_choice``). Both on
-    the first ``SLIDER_IMAGES`` items: pricing fills every ground-truth box, and 2-9 images already
-    chose within 2 s of the best value, bench/RESULTS.md. Off by default: a weak model on crowded
-    images leaves a Click fill per missed object to price (minutes on nuclei's 38 unseen images on
-    a GPU, 2026-11-30), and only a run's held-out evaluation reads the prices."""
+    the first ``SLIDER_IMAGES`` items, up to ``SLIDER_OBJECTS`` objects: pricing fills every
+    ground-truth box, and 2-9 images already chose within 2 s of the best value, bench/RESULTS.md.
+    Off by default: pricing costs ~0.1 s an object on a 2-core CPU (minutes on nuclei's 38 unseen
+    images, also on a GPU), and only a run's held-out evaluation reads the prices."""
     predictor = Predictor(detector, device, batch_size)
     # One entry per project category (a COCO start may map several model classes to one).
     ev = CocoEvaluator(list({c.id: c for c in detector.categories}.values()))
-    priced = []
+    priced, objects = [], 0
     for rec, path, gt in items:
         a = load_image(path)
         rec = ImageRecord(rec.path, a.shape[1], a.shape[0], rec.status, id=rec.id)
         (preds,) = predictor.predict([a])
         ev.process(rec, gt, list(preds))
-        if price_slider and len(priced) < SLIDER_IMAGES:
+        if price_slider and len(priced) < SLIDER_IMAGES and objects < SLIDER_OBJECTS:
             priced.append((preds, gt, *truth_fills(predictor, a, gt), truth_click(predictor, a)))
+            objects += len(gt)
     metrics = ev.evaluate()
     metrics["images"] = len(items)
     if priced:

@@ -68,6 +68,17 @@ def test_each_loss_falls_and_ap_rises(trained, tmp_path):
     # model costs less than correcting the untrained one.
     prices = after["slider"]["seconds_per_image"]
     assert after["slider"]["images"] == after["images"] and len(prices) == 19
+    # Crowded images: pricing stops after the image that reaches SLIDER_OBJECTS (the AP still
+    # counts every image)
+    import detector.evaluation as E
+
+    with Project(folder) as p:
+        first = len([i for i in p.instances(p.images()[0].id) if i.touched_by_person])
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(E, "SLIDER_OBJECTS", first)
+            capped = evaluate_project(p, str(ckpt), records=p.images())
+    assert after["images"] > 1 and capped["slider"]["images"] == 1 and capped["images"] == after["images"]
+    assert capped["segm"] == after["segm"]
     best, hidden = after["slider"]["best"], prices["1.00"]
     if best < 1.0:  # the cheapest value, and it saves the margin (prices are rounded to 0.01 s)
         assert prices[f"{best:.2f}"] <= min(prices.values()) + 0.01, after["slider"]
