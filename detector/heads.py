@@ -15,7 +15,8 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.roi_heads import RoIHeads, keypointrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.detection.transform import (GeneralizedRCNNTransform, _resize_image_and_masks,
+                                                    resize_boxes, resize_keypoints)
 
 from .domain import Category
 from .images import stretch_bounds
@@ -190,6 +191,35 @@ class StretchingTransform(GeneralizedRCNNTransform):
     it sees the same kind of input in training and in use."""
 
     stretch_dim: bool = False
+    # With min_scale > 0 (ModelConfig.min_scale) an image is resized by at least that factor, its
+    # long side at most max_size; base_size is the model's min_size (training's scale jitter draws
+    # min_size from around it and scales the floor alike).
+    min_scale: float = 0.0
+    base_size: int = 0
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
         return super().normalize(stretch_dim(image) if self.stretch_dim else image)
+
+    def resize(self, image: torch.Tensor, target: dict | None = None):
+        if not self.min_scale or (self.training and self._skip_resize):
+            return super().resize(image, target)
+        h, w = image.shape[-2:]
+        size = self.torch_choice(self.min_size) if self.training else self.min_size[-1]
+        base = self.base_size or size
+        g = scale_with_floor(h, w, base, self.max_size, self.min_scale) * size / base
+        # torchvision's resize with both limits at this factor: min(g * short / short, ...) = g
+        image, target = _resize_image_and_masks(image, g * min(h, w), g * max(h, w) + 1, target, None)
+        if target is None:
+            return image, target
+        target["boxes"] = resize_boxes(target["boxes"], (h, w), image.shape[-2:])
+        if "keypoints" in target:
+            target["keypoints"] = resize_keypoints(target["keypoints"], (h, w), image.shape[-2:])
+        return image, target
+
+
+def scale_with_floor(h: int, w: int, min_size: float, max_size: float, floor: float = 0.0) -> float:
+    """The factor an h x w image is resized by: torchvision's (the shorter side to min_size, the
+    longer at most max_size), raised to ``floor`` where that is larger, the longer side still at
+    most max_size."""
+    g = min(min_size / min(h, w), max_size / max(h, w))
+    return min(max(g, floor), max_size / max(h, w)) if floor else g

@@ -76,6 +76,12 @@ class ModelConfig:
     # to the full range before the network (detector/heads.py StretchingTransform); photos pass as
     # they are. Checkpoints from before the option read False: their models never saw it.
     stretch_dim: bool = True
+    # A floor on the factor images are resized by (0: none, torchvision's rule alone). torchvision
+    # gives every image the same shorter side (min_size), so an image larger than the others shrinks
+    # more, and where objects keep their size in pixels across images (microscopy, scans) a large
+    # image's objects come out too small to find. With a floor, each image is resized by at least
+    # this factor (the long side at most max_size); detector.profiles.scale_floor decides.
+    min_scale: float = 0.0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -146,6 +152,7 @@ def _architecture(num_classes: int, num_keypoints: int, cfg: ModelConfig) -> Mas
         model.rpn.__class__ = CoarseRPN
     model.transform.__class__ = StretchingTransform
     model.transform.stretch_dim = cfg.stretch_dim
+    model.transform.min_scale, model.transform.base_size = cfg.min_scale, cfg.min_size
     if num_keypoints:
         rh = model.roi_heads
         rh.keypoint_roi_pool = PyramidRoIAlign(["0", "1", "2", "3"], 14, 2)

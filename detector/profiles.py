@@ -97,6 +97,36 @@ GPU_FAST_BUDGET_S = 26.0
 CPU_FAST_BUDGET_MAX_S = 270.0
 
 
+# The floor on the resize factor (ModelConfig.min_scale) and the long side it allows, in multiples
+# of the input size (512 px on a CPU: 2048).
+FLOOR_MAX_SIDE = 4
+
+
+def scale_floor(images: list[tuple[int, int, float]], min_size: int, max_size: int,
+                object_px: int = OBJECT_PX) -> float:
+    """A floor on the resize factor for images of different sizes, or 0.0 for none.
+
+    ``images``: (width, height, median object's shorter side in pixels) of each reviewed image
+    with objects. torchvision's rule gives every image the same shorter side, right where objects
+    grow with the image (photos of one scene at two resolutions). Where they keep their size in
+    pixels (microscopy, scans at one resolution) an image larger than the others shrinks more and
+    its objects with it: nuclei's 1024 px images went in at half size, their ~16 px nuclei at 8 px,
+    under the smallest anchor (32 px). So when a reviewed image larger than the median would have
+    its objects shrunk under half of ``object_px`` (the size the profile aims at), every image is
+    resized by at least the median image's factor: the larger ones keep the median's
+    magnification (their long side at most FLOOR_MAX_SIDE x min_size) instead of shrinking.
+    Images of one size (the demo, a camera's photos) are never changed by it. apply_profile asks
+    where the run trains on windows, whose steps cost the same however large the images go in."""
+    if not images:
+        return 0.0
+    floor = min_size / statistics.median(min(w, h) for w, h, _ in images)
+    for w, h, obj in images:
+        g = min(min_size / min(w, h), max_size / max(w, h))
+        if g < floor * 0.99 and obj * g < object_px / 2:
+            return round(floor, 4)
+    return 0.0
+
+
 def choose(name: str, device: torch.device, sizes: list[tuple[int, int]],
            objects: list[float] | None = None, learned: bool = False, float32_cpu: bool = False) -> Profile:
     """The profile called ``name`` for images of ``sizes`` (w, h) whose labelled objects have

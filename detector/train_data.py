@@ -24,6 +24,7 @@ from . import masks as M
 from .domain import Category, ImageRecord, ImageStatus, Instance
 from .errors import TrainingError
 from .images import load_image
+from .heads import scale_with_floor
 from .model import keypoint_slices
 from .threads import run_ahead as _prefetched  # noqa: F401 (the trainer's name for it)
 
@@ -79,6 +80,7 @@ class LabelledImages(torch.utils.data.Dataset):
         # pixels at the model's scale (scale jitter included) instead of the whole image; the trainer
         # sets it and lets the model's transform skip its own resize (use_windows)
         self.windows: tuple[int, int, int] | None = None
+        self.min_scale = 0.0  # the model's floor on the resize factor (ModelConfig.min_scale)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -132,7 +134,7 @@ class LabelledImages(torch.utils.data.Dataset):
         (five draws). Returns (rgb, boxes, labels, masks, kps) like _read, resized."""
         c, min_size, max_size = self.windows
         h, w = rgb.shape[:2]
-        g = min(min_size / min(h, w), max_size / max(h, w)) * self.rng.choice((0.8, 0.9, 1.0, 1.1, 1.2))
+        g = scale_with_floor(h, w, min_size, max_size, self.min_scale) * self.rng.choice((0.8, 0.9, 1.0, 1.1, 1.2))
         wh, ww = min(h, max(1, round(c / g))), min(w, max(1, round(c / g)))
         centres = [((y1 + y2) / 2, (x1 + x2) / 2) for x1, y1, x2, y2 in boxes.tolist()]
         for _ in range(5):

@@ -4,6 +4,7 @@ the profile fills in, and the optimizer and learning rate for where the weights 
 from __future__ import annotations
 
 import math
+import statistics
 import threading
 from dataclasses import replace
 
@@ -152,6 +153,21 @@ def apply_profile(cfg: TrainConfig, sizes: list[tuple[int, int]],
     most = max((len(s.instances) for s in samples), default=0)
     if "box_detections_per_img" not in overrides and most * 1.5 > 100:
         overrides["box_detections_per_img"] = int(math.ceil(most * 1.5))
+    max_size = cfg.max_size or max(min_size, int(min_size * 5 / 3))
+    crop = prof.crop if cfg.crop is None else cfg.crop
+    # A floor on the resize factor (profiles.scale_floor) where the run trains on windows: a
+    # step's cost stays that of its windows however large the images go in (measured there only;
+    # whole images at the floor's size would cost a GPU's short run steps, not measured yet).
+    windows = replace(cfg, min_size=min_size, crop=crop).windows() is not None
+    if windows and "min_scale" not in overrides and prof.name != "reference":
+        aim = profiles.FLOAT32_CPU_OBJECT_PX if float32_cpu and prof.name == "cpu-fast" else profiles.OBJECT_PX
+        per_image = [(s.width, s.height, statistics.median(min(i.box[2] - i.box[0], i.box[3] - i.box[1])
+                                                            for i in s.instances))
+                     for s in samples if s.instances and s.width and s.height]
+        floor = profiles.scale_floor(per_image, min_size, max_size, aim)
+        if floor:
+            overrides["min_scale"] = floor
+            max_size = cfg.max_size or profiles.FLOOR_MAX_SIDE * min_size
     explicit = bool(cfg.iterations or cfg.epochs)
     iterations = cfg.iterations if explicit else prof.iterations
     own = bool(cfg.time_budget_s or explicit)  # a length the person set replaces the profile's
@@ -159,13 +175,15 @@ def apply_profile(cfg: TrainConfig, sizes: list[tuple[int, int]],
     budget_max = cfg.time_budget_max_s or (None if own else prof.time_budget_max_s)
     out = replace(cfg, backbone=backbone, min_size=min_size, iterations=iterations, time_budget_s=budget,
                   time_budget_max_s=budget_max,
-                  max_size=cfg.max_size or max(min_size, int(min_size * 5 / 3)),
+                  max_size=max_size,
                   batch_size=cfg.batch_size or prof.batch_size, model_overrides=overrides,
-                  crop=prof.crop if cfg.crop is None else cfg.crop)
+                  crop=crop)
     rois = overrides.get("box_batch_size_per_image", ModelConfig.box_batch_size_per_image)
     net = backbone or "the checkpoint's or ResNet-50 FPN v2"
     windows = f", trained on {out.crop} px windows" if out.windows() else ""
-    prof = replace(prof, reason=f"{prof.reason} -> {net} backbone, {min_size} px, batch {out.batch_size}, "
+    floor = overrides.get("min_scale")
+    floor = f", larger images kept at x{floor:.2f} (long side up to {max_size} px)" if floor else ""
+    prof = replace(prof, reason=f"{prof.reason} -> {net} backbone, {min_size} px{floor}, batch {out.batch_size}, "
                                 f"{rois} sampled regions{windows}")
     return out, prof
 

@@ -113,9 +113,11 @@ class Trainer:
             self.model.transform.min_size = tuple(int(s * f) for f in (0.8, 0.9, 1.0, 1.1, 1.2)) \
                 if cfg.augment else (s,)
             self.model.transform.max_size = cfg.max_size
+            self.model.transform.base_size = s
             if cfg.windows() is not None:
                 # windows at the model's scale, resized by the dataset: the transform keeps them as they are
                 self.dataset.windows = cfg.windows()
+                self.dataset.min_scale = self.model.transform.min_scale
                 self.model.transform._skip_resize = True
         self.ddp = None
         self._pool: ThreadPoolExecutor | None = None  # the step's threads while run() runs

@@ -413,3 +413,40 @@ def test_dim_images_reach_the_network_stretched_as_the_screen_shows_them(tmp_pat
     assert torch.allclose(old.model.transform.normalize(tensor(dim)), (tensor(dim) - mean) / std)
     off = build_model(categories=cats, weights="none", config=replace(LIGHT, stretch_dim=False))
     assert not off.model.transform.stretch_dim  # --model-option stretch_dim=false
+
+
+def test_a_floor_on_the_scale_resizes_large_images_by_it_in_use_and_in_training(tmp_path):
+    """ModelConfig.min_scale: an image goes in at torchvision's size (shorter side min_size, longer
+    at most max_size) or at min_scale times its own size, whichever is larger, the longer side
+    still at most max_size; training's scale jitter scales the floor alike; boxes follow; the
+    floor is kept with the model, and a checkpoint from before it reads none."""
+    from dataclasses import replace
+
+    cfg = replace(LIGHT, min_size=64, max_size=256, min_scale=2.0)
+    det = build_model(categories=(Category("cell"),), weights="none", config=cfg)
+    t = det.model.transform.eval()
+
+    def size_in(h, w, transform=t, target=None):
+        batch, targets = transform([torch.rand(3, h, w)], None if target is None else [target])
+        return batch.image_sizes[0], targets
+
+    assert size_in(32, 32)[0] == (64, 64)  # torchvision's rule: the shorter side to 64 (x2)
+    assert size_in(128, 128)[0] == (256, 256)  # x2, not x0.5 (torchvision's 64 x 64)
+    assert size_in(64, 200)[0] == (81, 256)  # x2 would make the longer side 400: x1.28 (256 / 200)
+    plain = build_model(categories=(Category("cell"),), weights="none", config=replace(cfg, min_scale=0.0))
+    assert size_in(128, 128, plain.model.transform.eval())[0] == (64, 64)
+
+    t.train()
+    t.min_size = (48, 64, 80)  # the trainer's jitter around the model's 64 px
+    box = torch.tensor([[10.0, 20.0, 30.0, 40.0]])
+    for _ in range(10):
+        (h, w), targets = size_in(128, 128, t, {"boxes": box.clone(), "labels": torch.tensor([1])})
+        assert (h, w) in {(192, 192), (256, 256), (320, 320)}  # x2 times 0.75 / 1 / 1.25
+        assert targets[0]["boxes"][0].tolist() == pytest.approx((box[0] * h / 128).tolist())
+
+    path = save_checkpoint(tmp_path / "m.pt", det)
+    assert load_checkpoint(path)["config"]["min_scale"] == 2.0
+    again = detector_from_checkpoint(load_checkpoint(path), (Category("cell"),))
+    assert again.config.min_scale == 2.0 and again.model.transform.min_scale == 2.0
+    older = {k: v for k, v in cfg.to_dict().items() if k != "min_scale"}
+    assert ModelConfig.from_dict(older).min_scale == 0.0

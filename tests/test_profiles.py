@@ -141,3 +141,49 @@ def test_a_cpu_that_trains_in_float32_gets_fewer_pixels_and_an_rpn_from_stride_8
         assert (out.model_overrides.get("rpn_stride4") is False) == coarse, (bf16, amp)
     out, _ = apply_profile(TrainConfig(weights="none", model_overrides={"rpn_stride4": True}), DEMO)
     assert out.model_overrides["rpn_stride4"] is True  # what the person set wins
+
+
+def _samples(specs):
+    """Samples of (width, height, object side) with four square objects each."""
+    from detector.domain import Instance
+    from detector.train_data import Sample
+
+    return [Sample(f"im{k}.png", [Instance(category_id=1, box=(10.0 * j, 10.0, 10.0 * j + o, 10.0 + o))
+                                  for j in range(4)], w, h) for k, (w, h, o) in enumerate(specs)]
+
+
+def test_a_floor_on_the_scale_keeps_large_images_objects_findable(monkeypatch):
+    """torchvision gives every image one shorter side: nuclei's 1024 px images went in at half
+    size and their ~16 px nuclei at 8 px. Where a reviewed image larger than the median would
+    have its objects shrunk under half the size aimed at, every image is resized by at least the
+    median image's factor (the long side at most 4x the input size), where the run trains on
+    windows. Images of one size, photos whose objects grow with the image and whole-image runs
+    keep torchvision's rule; the person's setting wins."""
+    microscopy = [(256, 256, 15)] * 12 + [(1024, 1024, 16)] * 2 + [(696, 520, 21)] * 2
+    assert profiles.scale_floor(microscopy, 512, 853) == 2.0  # 512 / the median 256
+    assert profiles.scale_floor([(320, 240, 70)] * 8, 224, 373) == 0.0  # one size: never changed
+    photos = [(640, 480, 60)] * 10 + [(4000, 3000, 380)] * 3  # objects grow with the image
+    assert profiles.scale_floor(photos, 512, 853) == 0.0
+    assert profiles.scale_floor([], 512, 853) == 0.0
+    assert profiles.scale_floor([(256, 256, 15)] * 3 + [(1024, 1024, 50)], 512, 853) == 0.0  # 50 -> 25 px: kept
+    assert profiles.scale_floor([(256, 256, 15)] * 3 + [(1024, 1024, 50)], 512, 853, object_px=64) == 2.0
+
+    monkeypatch.setattr(train_setup, "pick_device", lambda name=None: CPU)
+    monkeypatch.setattr(devices, "cpu_bf16_fast", lambda: True)
+    samples = _samples(microscopy)
+    out, prof = apply_profile(TrainConfig(weights="none"), [(s.width, s.height) for s in samples], samples)
+    assert out.min_size == 512 and out.model_overrides["min_scale"] == 2.0 and out.max_size == 2048
+    assert "larger images kept at x2.00 (long side up to 2048 px)" in prof.reason
+    assert out.windows() == (256, 512, 2048)
+    demo = _samples([(320, 240, 70)] * 8)
+    out, prof = apply_profile(TrainConfig(weights="none"), [(320, 240)] * 8, demo)
+    assert "min_scale" not in out.model_overrides and out.max_size == int(out.min_size * 5 / 3)
+    assert "kept at" not in prof.reason
+    own = TrainConfig(weights="none", model_overrides={"min_scale": 0.0})  # off, as the person asked
+    out, _ = apply_profile(own, [(s.width, s.height) for s in samples], samples)
+    assert out.model_overrides["min_scale"] == 0.0 and out.max_size == 853
+    out, _ = apply_profile(TrainConfig(weights="none", profile="reference"), [(s.width, s.height) for s in samples],
+                           samples)
+    assert "min_scale" not in out.model_overrides  # torchvision's settings, as asked
+    out, _ = apply_profile(TrainConfig(weights="none", crop=0), [(s.width, s.height) for s in samples], samples)
+    assert "min_scale" not in out.model_overrides  # whole images: measured with windows only

@@ -821,6 +821,10 @@ def test_windows_at_the_models_scale_carry_their_pixels_masks_and_keypoints(tmp_
     f = image.shape[1] / 300
     assert t["masks"][0].sum().item() == pytest.approx((60 * f) ** 2, rel=0.1)
     assert t["keypoints"][0][1].tolist() == pytest.approx([399.5 * f, 299.5 * f, 2], abs=1.5)
+    ds.windows, ds.min_scale = (1000, 150, 800), 1.0  # a floor on the scale (ModelConfig.min_scale)
+    image, t = ds[0]
+    assert any(image.shape[1:] == (round(300 * f), round(400 * f)) for f in jitter)  # x1, not x0.5
+    ds.windows, ds.min_scale = (1000, 150, 400), 0.0
 
     from conftest import FAST
     from detector.model import ModelConfig
@@ -834,6 +838,11 @@ def test_windows_at_the_models_scale_carry_their_pixels_masks_and_keypoints(tmp_
                       config=ModelConfig(backbone="resnet18", min_size=96, max_size=128, **FAST))
     trainer = Trainer(det, samples, groups, cfg(iterations=2, augment=True, crop=48), tmp_path / "m.pt")
     assert trainer.dataset.windows == (48, 96, 128) and trainer.model.transform._skip_resize
+    assert trainer.dataset.min_scale == 0.0
+    floored = build_model(categories=labels, weights="none", config=ModelConfig(
+        backbone="resnet18", min_size=96, max_size=128, min_scale=1.5, **FAST))
+    on = Trainer(floored, samples, groups, cfg(iterations=1, augment=True, crop=48), tmp_path / "o.pt")
+    assert on.dataset.min_scale == 1.5 and on.model.transform.base_size == 96  # the windows take the floor
     sizes = []
     trainer.model.backbone.register_forward_hook(lambda m, i, o: sizes.append(tuple(i[0].shape[-2:])))
     assert trainer.run().ok
