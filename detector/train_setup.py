@@ -164,10 +164,10 @@ def apply_profile(cfg: TrainConfig, sizes: list[tuple[int, int]],
         per_image = [(s.width, s.height, statistics.median(min(i.box[2] - i.box[0], i.box[3] - i.box[1])
                                                             for i in s.instances))
                      for s in samples if s.instances and s.width and s.height]
-        floor = profiles.scale_floor(per_image, min_size, max_size, aim)
-        if floor:
-            overrides["min_scale"] = floor
-            max_size = cfg.max_size or profiles.FLOOR_MAX_SIDE * min_size
+        # set either way: a round from a checkpoint takes this round's choice, not the saved one
+        overrides["min_scale"] = profiles.scale_floor(per_image, min_size, max_size, aim)
+    if overrides.get("min_scale"):  # the profile's floor, or the person's (--model-option min_scale=F)
+        max_size = cfg.max_size or profiles.FLOOR_MAX_SIDE * min_size
     explicit = bool(cfg.iterations or cfg.epochs)
     iterations = cfg.iterations if explicit else prof.iterations
     own = bool(cfg.time_budget_s or explicit)  # a length the person set replaces the profile's

@@ -177,7 +177,7 @@ def test_a_floor_on_the_scale_keeps_large_images_objects_findable(monkeypatch):
     assert out.windows() == (256, 512, 2048)
     demo = _samples([(320, 240, 70)] * 8)
     out, prof = apply_profile(TrainConfig(weights="none"), [(320, 240)] * 8, demo)
-    assert "min_scale" not in out.model_overrides and out.max_size == int(out.min_size * 5 / 3)
+    assert not out.model_overrides.get("min_scale") and out.max_size == int(out.min_size * 5 / 3)
     assert "kept at" not in prof.reason
     own = TrainConfig(weights="none", model_overrides={"min_scale": 0.0})  # off, as the person asked
     out, _ = apply_profile(own, [(s.width, s.height) for s in samples], samples)
@@ -187,3 +187,8 @@ def test_a_floor_on_the_scale_keeps_large_images_objects_findable(monkeypatch):
     assert "min_scale" not in out.model_overrides  # torchvision's settings, as asked
     out, _ = apply_profile(TrainConfig(weights="none", crop=0), [(s.width, s.height) for s in samples], samples)
     assert "min_scale" not in out.model_overrides  # whole images: measured with windows only
+    out, prof = apply_profile(TrainConfig(weights="none", model_overrides={"min_scale": 1.5}), [(320, 240)] * 8, demo)
+    assert out.max_size == 4 * out.min_size and "kept at x1.50" in prof.reason  # the person's floor
+    again = _samples([(256, 256, 15)] * 4)  # a later round from a floored model, its images of one size
+    out, _ = apply_profile(TrainConfig(weights="none"), [(256, 256)] * 4, again)
+    assert out.model_overrides["min_scale"] == 0.0  # this round's choice replaces the checkpoint's
