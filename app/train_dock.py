@@ -8,7 +8,8 @@ import time
 from PySide6.QtCharts import QChart, QChartView, QLineSeries, QLogValueAxis, QValueAxis
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor, QPainter
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea, QVBoxLayout,
+                               QWidget)
 
 from detector.train_config import EventKind, TrainEvent
 
@@ -124,7 +125,7 @@ class TrainingPanel(QWidget):
         self.auto.hide()  # shown with a status: empty, it took a line from the profile's text
         self.profile = QLabel("")  # which settings run and why (the start event says)
         self.profile.setWordWrap(True)
-        self.profile.setStyleSheet("color: #9aa0a6;")
+        self.profile.setStyleSheet("color: #9aa0a6; background: transparent;")
         self.result = QLabel("")
         self.result.setWordWrap(True)
         self.speed.setWordWrap(True)
@@ -136,9 +137,18 @@ class TrainingPanel(QWidget):
         controls.addWidget(self.progress)
         controls.addWidget(self.speed)
         controls.addWidget(self.auto)
-        controls.addWidget(self.profile)
+        # The profile's reasons run to ~8 lines at this width, more than the dock's height leaves
+        # at the default window size: they scroll in the space left instead of being clipped.
+        self.profile_area = QScrollArea()
+        self.profile_area.setWidget(self.profile)
+        self.profile_area.setWidgetResizable(True)
+        self.profile_area.setFrameShape(QFrame.Shape.NoFrame)
+        self.profile_area.setStyleSheet("QScrollArea, QWidget#qt_scrollarea_viewport { background: transparent; }")
+        self.profile_area.viewport().setAutoFillBackground(False)
+        self.profile_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.profile.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        controls.addWidget(self.profile_area, 1)
         controls.addWidget(self.result)
-        controls.addStretch(1)
         left = QWidget()
         left.setLayout(controls)
         left.setFixedWidth(340)

@@ -218,6 +218,14 @@ def test_the_panel_shows_a_download_before_the_run_then_the_run(qtbot):
     assert (bar.maximum(), bar.value(), bar.text()) == (160, 0, "step 0/160")
     assert "downloading" not in panel.speed.text()
     assert panel.profile.text() == "Profile cpu-fast: a CPU"
+    # reasons longer than the dock is tall scroll, whole, instead of being clipped
+    panel.resize(1180, 240)  # the dock at the default window size
+    panel.show()
+    long = "; ".join(f"reason number {k} for this choice" for k in range(20))
+    panel.on_event(TrainEvent("start", 0, 160, message=f"training on 8 images; profile cpu-fast: {long}"))
+    qtbot.waitUntil(lambda: panel.profile_area.verticalScrollBar().maximum() > 0)
+    lab = panel.profile
+    assert lab.height() >= lab.heightForWidth(lab.width()) > panel.profile_area.viewport().height()
     panel.on_event(TrainEvent("step", 3, 500, losses={"loss": 2.0}, metrics={"eta_s": 141.6}))
     assert bar.text() == "step 3  ETA ~141 s (time budget)"  # the budget has not fitted the steps yet
     panel.on_event(TrainEvent("step", 7, 160, losses={"loss": 1.5}))
