@@ -22,7 +22,7 @@ every row also gives ``seconds_per_image_without_click`` (same model and slider,
 
     python bench/bench_annotator.py [--data demo|nuclei] [--order random|uncertainty]
                                     [--rounds 3] [--per-round K] [--budget-s S] [--slider auto|V]
-                                    [--crop PX] [--quick] [--no-click]
+                                    [--crop PX] [--model-option KEY=VALUE] [--quick] [--no-click]
 
 Prints one JSON line per round and a final line with ``seconds_per_image_by_round``,
 ``manual_seconds_per_image`` (a polygon per object, as in a tool without assistance),
@@ -54,6 +54,7 @@ from detector.model import load_checkpoint  # noqa: E402
 from detector.store import Project  # noqa: E402
 from detector.synthetic import generate  # noqa: E402
 from detector.training import TrainConfig, train_project  # noqa: E402
+from detector.train_config import parse_model_options  # noqa: E402
 
 NUCLEI = ROOT.parent / "shared" / "data" / "nuclei"
 
@@ -186,6 +187,8 @@ def main() -> None:
                          "the first model), or a fixed value such as 0.5 (the app's before that)")
     ap.add_argument("--crop", type=int, default=None,
                     help="train on random windows of this many pixels (0: whole images; default: the profile's)")
+    ap.add_argument("--model-option", action="append", metavar="KEY=VALUE",
+                    help="a model knob for every round, as `loupe train --model-option` (e.g. min_scale=0)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="demo, 3 rounds, 60 s of training a round, 12 test images")
@@ -234,7 +237,7 @@ def main() -> None:
             out = tmp / f"round{r}.pt"
             cfg = TrainConfig(weights=ckpt or "none", device=args.device, seed=args.seed,
                               time_budget_s=args.budget_s or None, iterations=args.steps or None,
-                              crop=args.crop)
+                              crop=args.crop, model_overrides=parse_model_options(args.model_option))
             t = time.perf_counter()
             result = train_project(project, cfg, out)
             train_s = time.perf_counter() - t
@@ -277,7 +280,7 @@ def main() -> None:
     sec = [row["seconds_per_image"] for row in per_round]
     print(json.dumps({
         "data": args.data, "order": args.order, "measure": args.measure if args.order == "uncertainty" else None,
-        "rounds": args.rounds, "per_round": k, "crop": args.crop, "steps": args.steps or None,
+        "rounds": args.rounds, "per_round": k, "crop": args.crop, "model_options": args.model_option or [], "steps": args.steps or None,
         "budget_s": args.budget_s or None,
         "test_images": len(test), "slider": args.slider, "click": click,
         "slider_by_round": [row["slider"] for row in per_round],
