@@ -158,8 +158,8 @@ def apply_profile(cfg: TrainConfig, sizes: list[tuple[int, int]],
     # A floor on the resize factor (profiles.scale_floor) where the run trains on windows: a
     # step's cost stays that of its windows however large the images go in (measured there only;
     # whole images at the floor's size would cost a GPU's short run steps, not measured yet).
-    windows = replace(cfg, min_size=min_size, crop=crop).windows() is not None
-    if windows and "min_scale" not in overrides and prof.name != "reference":
+    on_windows = replace(cfg, min_size=min_size, crop=crop).windows() is not None
+    if on_windows and "min_scale" not in overrides and prof.name != "reference":
         aim = profiles.FLOAT32_CPU_OBJECT_PX if float32_cpu and prof.name == "cpu-fast" else profiles.OBJECT_PX
         per_image = [(s.width, s.height, statistics.median(min(i.box[2] - i.box[0], i.box[3] - i.box[1])
                                                             for i in s.instances))
