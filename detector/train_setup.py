@@ -127,6 +127,11 @@ def learned_start(cfg: TrainConfig) -> bool:
     return cfg.weights == "coco" and cfg.backbone in (None, DEFAULT_BACKBONE) and coco_cache_path().is_file()
 
 
+def _short_side(box) -> float:
+    """A box's shorter side (x0, y0, x1, y1): the object size the profiles reason with."""
+    return min(box[2] - box[0], box[3] - box[1])
+
+
 def apply_profile(cfg: TrainConfig, sizes: list[tuple[int, int]],
                   samples: list[Sample] = ()) -> tuple[TrainConfig, Profile]:
     """Fill the settings left open from the profile (device, image sizes); what was set stays.
@@ -136,7 +141,7 @@ def apply_profile(cfg: TrainConfig, sizes: list[tuple[int, int]],
     """
     learned = learned_start(cfg)
     try:
-        objects = [min(i.box[2] - i.box[0], i.box[3] - i.box[1]) for s in samples for i in s.instances]
+        objects = [_short_side(i.box) for s in samples for i in s.instances]
         device = pick_device(cfg.device)
         float32_cpu = device.type == "cpu" and not cpu_autocast(cfg.amp, dist_info()[1])
         prof = profiles.choose(cfg.profile, device, sizes, objects, learned=learned, float32_cpu=float32_cpu)
@@ -161,8 +166,7 @@ def apply_profile(cfg: TrainConfig, sizes: list[tuple[int, int]],
     on_windows = replace(cfg, min_size=min_size, crop=crop).windows() is not None
     if on_windows and "min_scale" not in overrides and prof.name != "reference":
         aim = profiles.FLOAT32_CPU_OBJECT_PX if float32_cpu and prof.name == "cpu-fast" else profiles.OBJECT_PX
-        per_image = [(s.width, s.height, statistics.median(min(i.box[2] - i.box[0], i.box[3] - i.box[1])
-                                                            for i in s.instances))
+        per_image = [(s.width, s.height, statistics.median(_short_side(i.box) for i in s.instances))
                      for s in samples if s.instances and s.width and s.height]
         # set either way: a round from a checkpoint takes this round's choice, not the saved one
         overrides["min_scale"] = profiles.scale_floor(per_image, min_size, max_size, aim)
