@@ -280,8 +280,8 @@ def main() -> None:
     sec = [row["seconds_per_image"] for row in per_round]
     print(json.dumps({
         "data": args.data, "order": args.order, "measure": args.measure if args.order == "uncertainty" else None,
-        "rounds": args.rounds, "per_round": k, "crop": args.crop, "model_options": args.model_option or [], "steps": args.steps or None,
-        "budget_s": args.budget_s or None,
+        "rounds": args.rounds, "per_round": k, "crop": args.crop, "model_options": args.model_option or [],
+        "steps": args.steps or None, "budget_s": args.budget_s or None,
         "test_images": len(test), "slider": args.slider, "click": click,
         "slider_by_round": [row["slider"] for row in per_round],
         "reviewed_by_round": [row["reviewed"] for row in per_round],
