@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .heads import scale_with_floor
 from .train_config import BUDGET_EPOCHS, CPU_MAX_SIZE, GPU_SIZE, LIGHT_BACKBONE, PROFILES
 
 
@@ -121,7 +122,7 @@ def scale_floor(images: list[tuple[int, int, float]], min_size: int, max_size: i
         return 0.0
     floor = min_size / statistics.median(min(w, h) for w, h, _ in images)
     for w, h, obj in images:
-        g = min(min_size / min(w, h), max_size / max(w, h))
+        g = scale_with_floor(h, w, min_size, max_size)  # torchvision's factor
         if g < floor * 0.99 and obj * g < object_px / 2:
             return round(floor, 4)
     return 0.0
